@@ -1,0 +1,244 @@
+//! Configuration: `exporter.toml` (or the bundled copy) plus `REGIONPROBE_...` environment
+//! overrides, loaded with the `config` crate into raw serde structs and validated into [`Config`].
+//!
+//! Every error names the file, the key path and what was expected, e.g.
+//! `exporter.toml: key `target[2].timeout`: timeout 2s is longer than the interval 1s`.
+
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The `exporter.toml` shipped in the repository, compiled in so a bare `regionprobe` runs.
+pub const BUNDLED: &str = include_str!("../../exporter.toml");
+
+/// Environment variables with this prefix override file keys: `REGIONPROBE_EXPORTER__REGION=eu`
+/// sets `exporter.region` (`__` separates the path segments).
+pub const ENV_PREFIX: &str = "REGIONPROBE";
+
+/// Default histogram buckets in seconds: 100 us doubling up to 13.1 s (18 buckets).
+///
+/// Doubling gives the same relative resolution at every scale, from a loopback ping to a
+/// congested intercontinental path, at 18 series per target (the shape smokeping_prober uses).
+/// Targets whose latency sits in a narrow band can set finer `buckets` of their own.
+pub const DEFAULT_BUCKETS: [f64; 18] = [
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048,
+    0.4096, 0.8192, 1.6384, 3.2768, 6.5536, 13.1072,
+];
+
+/// Where the configuration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The `exporter.toml` compiled into the binary.
+    Bundled,
+    /// A file given with `--config`.
+    File(PathBuf),
+}
+
+impl ConfigSource {
+    /// The name used in error messages and logs.
+    pub fn name(&self) -> String {
+        match self {
+            ConfigSource::Bundled => "<bundled exporter.toml>".to_owned(),
+            ConfigSource::File(path) => path.display().to_string(),
+        }
+    }
+
+    /// Reads and validates the configuration, applying the process environment's overrides.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        self.load_with_env(None)
+    }
+
+    /// Like [`ConfigSource::load`], with the environment given explicitly (`None`: the process's).
+    pub fn load_with_env(
+        &self,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let file = self.name();
+        let text = match self {
+            ConfigSource::Bundled => BUNDLED.to_owned(),
+            ConfigSource::File(path) => {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    file: file.clone(),
+                    source,
+                })?
+            }
+        };
+        parse(&file, &text, env)
+    }
+}
+
+/// Parses and validates configuration text; `file` is only used in messages.
+pub fn parse(
+    file: &str,
+    text: &str,
+    env: Option<HashMap<String, String>>,
+) -> Result<Config, ConfigError> {
+    let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true);
+    if env.is_some() {
+        environment = environment.source(env);
+    }
+    let layered = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(environment)
+        .build()
+        .map_err(|err| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: err.to_string(),
+        })?;
+    let value: config::Value = layered
+        .try_deserialize()
+        .map_err(|err| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: err.to_string(),
+        })?;
+    let raw: raw::RawFile = serde_path_to_error::deserialize(value).map_err(|err| {
+        let key = err.path().to_string();
+        let problem = strip_key_suffix(&err.inner().to_string());
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            problem,
+        }
+    })?;
+    validate::validate(raw).map_err(|(key, problem)| ConfigError::Invalid {
+        file: file.to_owned(),
+        key,
+        problem,
+    })
+}
+
+/// The `config` crate appends its own (sometimes mangled) " for key `...`" to serde messages;
+/// we report the path from serde_path_to_error instead.
+fn strip_key_suffix(message: &str) -> String {
+    match message.rfind(" for key `") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// A configuration that could not be used. The running configuration stays in place.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: key `{key}`: {problem}")]
+    Invalid {
+        file: String,
+        key: String,
+        problem: String,
+    },
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub exporter: Exporter,
+    pub ranking: Ranking,
+    pub targets: Vec<Target>,
+}
+
+/// `[exporter]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exporter {
+    /// This sidecar's region: the `source_region` label.
+    pub region: String,
+    /// Address of the HTTP server (`/metrics`, status, reload).
+    pub listen: SocketAddr,
+}
+
+/// `[ranking]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranking {
+    pub window: Duration,
+    pub quantile: f64,
+    pub loss_penalty: Duration,
+}
+
+/// One `[[target]]` with the `[defaults]` applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// Unique name: the `target` label.
+    pub name: String,
+    /// Region the target lives in: the `target_region` label.
+    pub region: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Upper bounds of the latency histogram, strictly increasing, seconds.
+    pub buckets: Vec<f64>,
+    pub probe: ProbeConfig,
+}
+
+/// What to probe and how.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProbeConfig {
+    Icmp(IcmpConfig),
+    Tcp(TcpConfig),
+}
+
+impl ProbeConfig {
+    pub fn kind(&self) -> ProbeKind {
+        match self {
+            ProbeConfig::Icmp(_) => ProbeKind::Icmp,
+            ProbeConfig::Tcp(_) => ProbeKind::Tcp,
+        }
+    }
+}
+
+/// The closed set of probe kinds: the `probe` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeKind {
+    Icmp,
+    Tcp,
+}
+
+impl ProbeKind {
+    pub const ALL: [ProbeKind; 2] = [ProbeKind::Icmp, ProbeKind::Tcp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Icmp => "icmp",
+            ProbeKind::Tcp => "tcp",
+        }
+    }
+}
+
+/// `probe = "icmp"`: echo request / reply round trip.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IcmpConfig {
+    /// IP address or host name.
+    pub host: String,
+    /// Bytes of ICMP data after the 8-byte header (as `ping -s`).
+    pub payload_size: u16,
+    pub ip_version: IpVersion,
+}
+
+/// `probe = "tcp"`: time to complete the TCP handshake.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpConfig {
+    /// IP address or host name.
+    pub host: String,
+    pub port: u16,
+    pub ip_version: IpVersion,
+}
+
+/// Which address family a host name resolves to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IpVersion {
+    /// Whatever the resolver returns first (IPv4 first, then IPv6).
+    #[default]
+    Any,
+    V4,
+    V6,
+}

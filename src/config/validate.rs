@@ -1,0 +1,413 @@
+//! Raw structs to a typed [`Config`]: defaults applied, every value checked, every error keyed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::raw::{RawFile, RawTarget};
+use super::{
+    Config, DEFAULT_BUCKETS, Exporter, IcmpConfig, IpVersion, ProbeConfig, ProbeKind, Ranking,
+    Target, TcpConfig,
+};
+
+/// `(key path, problem)`; the caller adds the file name.
+type Invalid = (String, String);
+
+const DEFAULT_REGION: &str = "local";
+const DEFAULT_LISTEN: &str = "127.0.0.1:9537";
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_PAYLOAD_SIZE: u16 = 56;
+/// Below this the token that ties a reply to its request does not fit.
+const MIN_PAYLOAD_SIZE: u16 = 16;
+/// Largest echo payload that fits an IPv4 datagram.
+const MAX_PAYLOAD_SIZE: u16 = 65_507 - 8;
+/// A faster schedule is a load test, not monitoring.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
+    let region = label_value("exporter.region", raw.exporter.region, DEFAULT_REGION)?;
+    let listen = listen_address(raw.exporter.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+
+    let interval = match raw.defaults.interval {
+        Some(text) => interval("defaults.interval", &text)?,
+        None => DEFAULT_INTERVAL,
+    };
+    let timeout = match raw.defaults.timeout {
+        Some(text) => positive_duration("defaults.timeout", &text)?,
+        None => DEFAULT_TIMEOUT,
+    };
+    if timeout > interval {
+        return Err(too_long("defaults.timeout", timeout, interval));
+    }
+    let buckets = match raw.defaults.buckets {
+        Some(buckets) => check_buckets("defaults.buckets", buckets)?,
+        None => DEFAULT_BUCKETS.to_vec(),
+    };
+    let defaults = Defaults {
+        interval,
+        timeout,
+        buckets,
+    };
+
+    let ranking = Ranking {
+        window: match raw.ranking.window {
+            Some(text) => positive_duration("ranking.window", &text)?,
+            None => Duration::from_secs(300),
+        },
+        quantile: match raw.ranking.quantile {
+            Some(q) if q > 0.0 && q < 1.0 => q,
+            Some(q) => {
+                return Err((
+                    "ranking.quantile".into(),
+                    format!(
+                        "{q} is not a quantile; expected a number between 0 and 1 such as 0.95"
+                    ),
+                ));
+            }
+            None => 0.95,
+        },
+        loss_penalty: match raw.ranking.loss_penalty {
+            Some(text) => duration("ranking.loss_penalty", &text)?,
+            None => Duration::from_secs(1),
+        },
+    };
+
+    let mut targets = Vec::with_capacity(raw.targets.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (index, raw_target) in raw.targets.into_iter().enumerate() {
+        let target = target(index, raw_target, &defaults)?;
+        if let Some(first) = seen.insert(target.name.clone(), index) {
+            return Err((
+                format!("target[{index}].name"),
+                format!(
+                    "duplicate target name \"{}\"; it is already used by target[{first}]",
+                    target.name
+                ),
+            ));
+        }
+        targets.push(target);
+    }
+
+    Ok(Config {
+        exporter: Exporter { region, listen },
+        ranking,
+        targets,
+    })
+}
+
+struct Defaults {
+    interval: Duration,
+    timeout: Duration,
+    buckets: Vec<f64>,
+}
+
+fn target(index: usize, raw: RawTarget, defaults: &Defaults) -> Result<Target, Invalid> {
+    let key = |field: &str| format!("target[{index}].{field}");
+
+    let name = match raw.name {
+        Some(name) => label_value(&key("name"), Some(name), "")?,
+        None => {
+            return Err((
+                key("name"),
+                "missing; every target needs a unique name".into(),
+            ));
+        }
+    };
+    let region = match raw.region {
+        Some(region) => label_value(&key("region"), Some(region), "")?,
+        None => {
+            return Err((
+                key("region"),
+                "missing; name the region this target lives in".into(),
+            ));
+        }
+    };
+    let kind = match raw.probe.as_deref() {
+        Some("icmp") => ProbeKind::Icmp,
+        Some("tcp") => ProbeKind::Tcp,
+        Some(other) => {
+            return Err((
+                key("probe"),
+                format!("unknown probe kind \"{other}\"; expected one of: icmp, tcp"),
+            ));
+        }
+        None => return Err((key("probe"), "missing; expected one of: icmp, tcp".into())),
+    };
+
+    let interval = match raw.interval {
+        Some(text) => interval(&key("interval"), &text)?,
+        None => defaults.interval,
+    };
+    let timeout = match raw.timeout {
+        Some(text) => {
+            let timeout = positive_duration(&key("timeout"), &text)?;
+            if timeout > interval {
+                return Err(too_long(&key("timeout"), timeout, interval));
+            }
+            timeout
+        }
+        // An inherited timeout shrinks to a shorter interval rather than failing the target.
+        None => defaults.timeout.min(interval),
+    };
+    let buckets = match raw.buckets {
+        Some(buckets) => check_buckets(&key("buckets"), buckets)?,
+        None => defaults.buckets.clone(),
+    };
+    let ip_version = match raw.ip_version {
+        None => IpVersion::Any,
+        Some(4) => IpVersion::V4,
+        Some(6) => IpVersion::V6,
+        Some(other) => {
+            return Err((
+                key("ip_version"),
+                format!("{other} is not an IP version; expected 4 or 6"),
+            ));
+        }
+    };
+
+    let probe = match kind {
+        ProbeKind::Icmp => {
+            reject_foreign(index, kind, "address", raw.address.is_some())?;
+            let host = required_host(&key("host"), raw.host, "an icmp target needs a host")?;
+            let payload_size = raw.payload_size.unwrap_or(DEFAULT_PAYLOAD_SIZE);
+            if !(MIN_PAYLOAD_SIZE..=MAX_PAYLOAD_SIZE).contains(&payload_size) {
+                return Err((
+                    key("payload_size"),
+                    format!(
+                        "{payload_size} bytes is out of range; expected {MIN_PAYLOAD_SIZE} to {MAX_PAYLOAD_SIZE}"
+                    ),
+                ));
+            }
+            ProbeConfig::Icmp(IcmpConfig {
+                host,
+                payload_size,
+                ip_version,
+            })
+        }
+        ProbeKind::Tcp => {
+            reject_foreign(index, kind, "host", raw.host.is_some())?;
+            reject_foreign(index, kind, "payload_size", raw.payload_size.is_some())?;
+            let address = required_host(
+                &key("address"),
+                raw.address,
+                "a tcp target needs an address such as \"db.example.com:5432\"",
+            )?;
+            let (host, port) = host_port(&key("address"), &address)?;
+            ProbeConfig::Tcp(TcpConfig {
+                host,
+                port,
+                ip_version,
+            })
+        }
+    };
+
+    Ok(Target {
+        name,
+        region,
+        interval,
+        timeout,
+        buckets,
+        probe,
+    })
+}
+
+/// A key that exists for another probe kind is a mistake worth reporting, not ignoring.
+fn reject_foreign(
+    index: usize,
+    kind: ProbeKind,
+    field: &str,
+    present: bool,
+) -> Result<(), Invalid> {
+    if present {
+        return Err((
+            format!("target[{index}].{field}"),
+            format!("not valid for probe \"{}\"", kind.as_str()),
+        ));
+    }
+    Ok(())
+}
+
+fn required_host(key: &str, value: Option<String>, missing: &str) -> Result<String, Invalid> {
+    match value {
+        Some(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+        Some(_) => Err((key.into(), "must not be empty".into())),
+        None => Err((key.into(), format!("missing; {missing}"))),
+    }
+}
+
+/// Splits `host:port` and `[v6]:port`.
+fn host_port(key: &str, text: &str) -> Result<(String, u16), Invalid> {
+    let bad = || {
+        (
+            key.to_owned(),
+            format!("\"{text}\" is not host:port; expected e.g. \"10.0.0.1:443\" or \"[::1]:443\""),
+        )
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').ok_or_else(bad)?,
+        None if host.contains(':') => return Err(bad()),
+        None => host,
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
+}
+
+fn listen_address(text: &str) -> Result<SocketAddr, Invalid> {
+    // ":9537" means every interface, as in the Go exporters.
+    let full;
+    let text_to_parse = if text.starts_with(':') {
+        full = format!("0.0.0.0{text}");
+        &full
+    } else {
+        text
+    };
+    text_to_parse.parse().map_err(|_| {
+        (
+            "exporter.listen".to_owned(),
+            format!(
+                "\"{text}\" is not a listen address; expected ip:port such as \"127.0.0.1:9537\", \"[::]:9537\" or \":9537\""
+            ),
+        )
+    })
+}
+
+/// Label values must be bounded and readable: names, not free text.
+fn label_value(key: &str, value: Option<String>, default: &str) -> Result<String, Invalid> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
+    if !ok {
+        return Err((
+            key.into(),
+            format!(
+                "\"{value}\" is not a valid name; expected 1 to 128 characters of letters, digits and - _ . : /"
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, Invalid> {
+    humantime::parse_duration(text.trim()).map_err(|err| {
+        (
+            key.into(),
+            format!(
+                "\"{text}\" is not a duration ({err}); expected e.g. \"250ms\", \"1s\" or \"1m\""
+            ),
+        )
+    })
+}
+
+fn positive_duration(key: &str, text: &str) -> Result<Duration, Invalid> {
+    let value = duration(key, text)?;
+    if value.is_zero() {
+        return Err((key.into(), "must be longer than zero".into()));
+    }
+    Ok(value)
+}
+
+fn interval(key: &str, text: &str) -> Result<Duration, Invalid> {
+    let value = duration(key, text)?;
+    if value < MIN_INTERVAL {
+        return Err((
+            key.into(),
+            format!(
+                "{} is too short; expected at least {}",
+                humantime::format_duration(value),
+                humantime::format_duration(MIN_INTERVAL)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn too_long(key: &str, timeout: Duration, interval: Duration) -> Invalid {
+    (
+        key.into(),
+        format!(
+            "timeout {} is longer than the interval {}; a probe must finish before the next one starts",
+            humantime::format_duration(timeout),
+            humantime::format_duration(interval)
+        ),
+    )
+}
+
+fn check_buckets(key: &str, buckets: Vec<f64>) -> Result<Vec<f64>, Invalid> {
+    if buckets.is_empty() {
+        return Err((key.into(), "must list at least one bucket bound".into()));
+    }
+    if let Some(bad) = buckets.iter().find(|b| !b.is_finite() || **b <= 0.0) {
+        return Err((
+            key.into(),
+            format!("{bad} is not a bucket bound; expected positive seconds (+Inf is implicit)"),
+        ));
+    }
+    if buckets.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err((key.into(), "bounds must be strictly increasing".into()));
+    }
+    Ok(buckets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_accepts_names_v4_and_bracketed_v6() {
+        assert_eq!(
+            host_port("k", "db.example:5432").unwrap(),
+            ("db.example".into(), 5432)
+        );
+        assert_eq!(
+            host_port("k", "10.0.0.1:80").unwrap(),
+            ("10.0.0.1".into(), 80)
+        );
+        assert_eq!(host_port("k", "[::1]:443").unwrap(), ("::1".into(), 443));
+        for bad in ["::1:443", "host", "host:0", "host:70000", ":80", "[::1:80"] {
+            assert!(host_port("k", bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn listen_accepts_port_only_form() {
+        assert_eq!(
+            listen_address(":9537").unwrap(),
+            "0.0.0.0:9537".parse().unwrap()
+        );
+        assert_eq!(listen_address("[::]:1").unwrap(), "[::]:1".parse().unwrap());
+        assert!(listen_address("localhost:9537").is_err());
+    }
+
+    #[test]
+    fn inherited_timeout_shrinks_to_a_short_interval() {
+        let raw = RawTarget {
+            name: Some("t".into()),
+            region: Some("r".into()),
+            probe: Some("tcp".into()),
+            interval: Some("200ms".into()),
+            address: Some("127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        let defaults = Defaults {
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            buckets: DEFAULT_BUCKETS.to_vec(),
+        };
+        let target = target(0, raw, &defaults).unwrap();
+        assert_eq!(target.timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn default_buckets_are_valid() {
+        check_buckets("b", DEFAULT_BUCKETS.to_vec()).unwrap();
+        assert!(DEFAULT_BUCKETS[0] <= 0.0001 && *DEFAULT_BUCKETS.last().unwrap() >= 10.0);
+    }
+}

@@ -1,0 +1,394 @@
+//! Every metric family regionprobe exports, in one place (the metric reference in README.md
+//! mirrors this file).
+//!
+//! Per-target series live in one [`TargetMetrics`] per target, held by the target's task, so
+//! the hot path touches its own atomics and never a label-map lookup. Removing a target drops
+//! its entry and every one of its series with it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::config::{ProbeKind, Target};
+use crate::probe::{Failure, IcmpSockets, Outcome, Reason};
+
+/// Buckets of `regionprobe_scheduler_lag_seconds`: 100 us to ~1.6 s by powers of four. A
+/// healthy scheduler stays in the first buckets; anything past 10 ms means starved threads.
+const LAG_BUCKETS: [f64; 8] = [
+    0.0001, 0.0004, 0.0016, 0.0064, 0.0256, 0.1024, 0.4096, 1.6384,
+];
+
+/// The labels every per-target series carries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub source_region: String,
+    pub target_region: String,
+    pub target: String,
+    pub probe: &'static str,
+}
+
+/// A target's labels plus `reason`, borrowed so a scrape clones no strings.
+struct WithReason<'a>(&'a TargetLabels, &'static str);
+
+impl EncodeLabelSet for WithReason<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)?;
+        [("reason", self.1)].encode(encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabel {
+    pub probe: &'static str,
+}
+
+/// One target's series.
+#[derive(Debug)]
+pub struct TargetMetrics {
+    labels: TargetLabels,
+    duration: Histogram,
+    probes: Counter,
+    failures: Vec<(Reason, Counter)>,
+    up: Gauge,
+}
+
+impl TargetMetrics {
+    pub fn new(source_region: &str, target: &Target) -> Self {
+        let kind = target.probe.kind();
+        TargetMetrics {
+            labels: TargetLabels {
+                source_region: source_region.to_owned(),
+                target_region: target.region.clone(),
+                target: target.name.clone(),
+                probe: kind.as_str(),
+            },
+            duration: Histogram::new(target.buckets.iter().copied()),
+            probes: Counter::default(),
+            failures: Reason::possible(kind)
+                .iter()
+                .map(|reason| (*reason, Counter::default()))
+                .collect(),
+            up: Gauge::default(),
+        }
+    }
+
+    /// The state after the last probe; `None` before the first one.
+    pub fn last_up(&self) -> Option<bool> {
+        (self.probes.get() > 0).then(|| self.up.get() == 1)
+    }
+
+    /// Records one probe: a success observes its latency, a failure only counts its reason.
+    pub fn record(&self, result: &Result<Outcome, Failure>) {
+        self.probes.inc();
+        match result {
+            Ok(outcome) => {
+                self.duration.observe(outcome.latency.as_secs_f64());
+                self.up.set(1);
+            }
+            Err(failure) => {
+                match self
+                    .failures
+                    .iter()
+                    .find(|(reason, _)| *reason == failure.reason)
+                {
+                    Some((_, counter)) => {
+                        counter.inc();
+                    }
+                    // A prober returned a reason its kind does not declare: a bug, but the
+                    // probe still counts, as `error`.
+                    None => {
+                        debug_assert!(false, "undeclared reason {:?}", failure.reason);
+                        if let Some((_, counter)) = self
+                            .failures
+                            .iter()
+                            .find(|(reason, _)| *reason == Reason::Error)
+                        {
+                            counter.inc();
+                        }
+                    }
+                }
+                self.up.set(0);
+            }
+        }
+    }
+}
+
+/// The live targets' series, keyed by target name.
+pub type TargetSeries = Arc<RwLock<BTreeMap<String, Arc<TargetMetrics>>>>;
+
+/// The registry and the handles the rest of the exporter records into.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `register` appends a period to help texts; collectors write theirs in full.
+    registry: Registry,
+    pub targets: TargetSeries,
+    pub scheduler_lag: Family<ProbeLabel, Histogram>,
+    pub scheduler_skipped: Family<ProbeLabel, Counter>,
+    pub reload_successful: Gauge,
+    pub reload_timestamp: Gauge<f64, AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new(icmp: IcmpSockets) -> Self {
+        let mut registry = Registry::default();
+        let targets = TargetSeries::default();
+        registry.register_collector(Box::new(TargetCollector {
+            targets: targets.clone(),
+        }));
+        let scheduler_lag =
+            Family::<ProbeLabel, Histogram>::new_with_constructor(|| Histogram::new(LAG_BUCKETS));
+        registry.register(
+            "regionprobe_scheduler_lag_seconds",
+            "How late each probe started against its schedule",
+            scheduler_lag.clone(),
+        );
+        let scheduler_skipped = Family::<ProbeLabel, Counter>::default();
+        registry.register(
+            "regionprobe_scheduler_skipped_ticks",
+            "Probe ticks skipped because the previous probe or the runtime ran late",
+            scheduler_skipped.clone(),
+        );
+        for kind in ProbeKind::ALL {
+            let label = ProbeLabel {
+                probe: kind.as_str(),
+            };
+            let _ = scheduler_lag.get_or_create(&label);
+            let _ = scheduler_skipped.get_or_create(&label);
+        }
+        let reload_successful = Gauge::default();
+        registry.register(
+            "regionprobe_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded, 0 if it failed and the previous configuration is still running",
+            reload_successful.clone(),
+        );
+        let reload_timestamp = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "regionprobe_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration (re)load",
+            reload_timestamp.clone(),
+        );
+        registry.register_collector(Box::new(ExporterCollector { icmp }));
+        registry.register_collector(Box::new(ProcessCollector));
+        Metrics {
+            registry,
+            targets,
+            scheduler_lag,
+            scheduler_skipped,
+            reload_successful,
+            reload_timestamp,
+        }
+    }
+
+    /// Renders the registry in the Prometheus text format (0.0.4), or in OpenMetrics when
+    /// `openmetrics` is set (the scraper asked for it).
+    pub fn render(&self, openmetrics: bool) -> String {
+        let mut out = String::with_capacity(64 * 1024);
+        let result = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        // Writing into a String cannot fail; an encoder error would be a bug in our names.
+        result.expect("encoding metrics");
+        out
+    }
+}
+
+/// Encodes the per-target families from the live target map.
+#[derive(Debug)]
+struct TargetCollector {
+    targets: TargetSeries,
+}
+
+impl Collector for TargetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let targets = self.targets.read().expect("targets lock");
+        let all = || targets.values();
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_probe_duration_seconds",
+            "Latency of each successful probe: ICMP round trip, TCP connect.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for t in all() {
+            t.duration.encode(family.encode_family(&t.labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_probes",
+            "Probes attempted.",
+            None,
+            MetricType::Counter,
+        )?;
+        for t in all() {
+            t.probes.encode(family.encode_family(&t.labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_probe_failures",
+            "Failed probes by reason: timeout, refused, unreachable, resolve, tls, http_status, validation, error.",
+            None,
+            MetricType::Counter,
+        )?;
+        for t in all() {
+            for (reason, counter) in &t.failures {
+                let labels = WithReason(&t.labels, reason.as_str());
+                counter.encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_target_up",
+            "1 if the target's last probe succeeded, else 0.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in all() {
+            t.up.encode(family.encode_family(&t.labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_targets",
+            "Configured targets by probe kind.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for kind in ProbeKind::ALL {
+            let count = all().filter(|t| t.labels.probe == kind.as_str()).count();
+            let labels = ProbeLabel {
+                probe: kind.as_str(),
+            };
+            ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Build info and the state of the shared ICMP sockets.
+#[derive(Debug)]
+struct ExporterCollector {
+    icmp: IcmpSockets,
+}
+
+impl Collector for ExporterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_build_info",
+            "Always 1; the labels carry the version of the running binary.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = [("version", env!("CARGO_PKG_VERSION"))];
+        ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
+
+        let states = self.icmp.states();
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_icmp_socket_info",
+            "1 for each open ICMP socket; kind is datagram (unprivileged) or raw (CAP_NET_RAW).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for state in states.iter() {
+            if let Some(kind) = state.kind {
+                let labels = [("ip_version", state.family.label()), ("kind", kind.label())];
+                ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_icmp_unmatched_replies",
+            "ICMP replies and errors that matched no waiting probe (late, duplicate or forged).",
+            None,
+            MetricType::Counter,
+        )?;
+        for state in states.iter().filter(|s| s.kind.is_some()) {
+            let labels = [("ip_version", state.family.label())];
+            ConstCounter::new(state.unmatched).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The standard `process_*` metrics, read from /proc at scrape time.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            let family = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cpu).encode(family)?;
+            let page = procfs::page_size();
+            gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                (stat.rss * page) as f64,
+            )?;
+            gauge(
+                &mut encoder,
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                stat.vsize as f64,
+            )?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                gauge(
+                    &mut encoder,
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds.",
+                    boot as f64 + stat.starttime as f64 / ticks,
+                )?;
+            }
+        }
+        if let Ok(count) = me.fd_count() {
+            gauge(
+                &mut encoder,
+                "process_open_fds",
+                "Number of open file descriptors.",
+                count as f64,
+            )?;
+        }
+        if let Ok(limits) = me.limits() {
+            if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
+                gauge(
+                    &mut encoder,
+                    "process_max_fds",
+                    "Maximum number of open file descriptors.",
+                    max as f64,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(family)
+}

@@ -1,0 +1,687 @@
+//! The ICMP engine: one socket per address family, shared by every ICMP target, and one receive
+//! task that hands each reply to the probe waiting for it.
+//!
+//! We use surge-ping's packet codec but not its `Client`, which (0.9.1) starts the RTT clock
+//! after the send (#63: 0 s on loopback), lets two pingers of one host collide on the sequence
+//! (#73), falls back from datagram to raw sockets silently, drops unmatched replies without a
+//! trace and never reads ICMP errors of datagram sockets. Here:
+//! - the socket kind is chosen explicitly (datagram first, raw second) and reported;
+//! - the clock starts just before `send_to`, the reply time is read right after `recv_from`;
+//! - sequence numbers come from one counter per socket, and a `(peer, sequence)` pair in flight
+//!   is never handed out twice, so any number of targets may ping one host;
+//! - a reply counts only if it echoes the random token its request carried;
+//! - ICMP errors (unreachable, time exceeded) reach the waiting probe: raw sockets receive them
+//!   as packets, datagram sockets through the `IP_RECVERR` error queue.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::socket::{self as nix_socket, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use socket2::{Domain, Protocol, Socket, Type};
+use surge_ping::{Icmpv4Packet, Icmpv6Packet, SurgeError};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Bytes of random token at the start of every echo payload.
+const TOKEN_LEN: usize = 8;
+
+/// IPv4 or IPv6: one [`Pinger`] each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(addr: &IpAddr) -> Self {
+        if addr.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+
+    /// The `ip_version` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "4",
+            IpFamily::V6 => "6",
+        }
+    }
+}
+
+/// Which kind of ICMP socket the kernel gave us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    /// `SOCK_DGRAM` "ping socket": unprivileged where `net.ipv4.ping_group_range` allows.
+    Datagram,
+    /// `SOCK_RAW`: needs CAP_NET_RAW.
+    Raw,
+}
+
+impl SocketKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            SocketKind::Datagram => "datagram",
+            SocketKind::Raw => "raw",
+        }
+    }
+}
+
+/// What came back for one echo request.
+#[derive(Debug, PartialEq)]
+pub enum PingError {
+    /// An ICMP error (destination unreachable, time exceeded) or a local "no route".
+    Unreachable(String),
+    /// Anything else that prevented the probe: socket errors, too many probes in flight.
+    Other(String),
+}
+
+/// Counters the receive task keeps; read by the metrics collector at scrape time.
+#[derive(Debug, Default)]
+pub struct PingerStats {
+    /// Echo replies (or errors) addressed to our socket that no waiting probe claims: late,
+    /// duplicate, or forged.
+    pub unmatched: AtomicU64,
+}
+
+/// A shared ICMP socket for one address family. Cheap to clone; the receive task stops when
+/// the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Pinger {
+    inner: Arc<Inner>,
+    _recv: Arc<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    family: IpFamily,
+    kind: SocketKind,
+    socket: UdpSocket,
+    /// Our identifier on raw sockets; datagram sockets have theirs rewritten by the kernel.
+    ident: u16,
+    next_seq: AtomicU16,
+    waiters: Mutex<HashMap<(IpAddr, u16), Waiter>>,
+    stats: PingerStats,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    token: [u8; TOKEN_LEN],
+    tx: oneshot::Sender<Result<Instant, PingError>>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Pinger {
+    /// Opens the family's ICMP socket (datagram if permitted, raw otherwise) and starts the
+    /// receive task. The error names both attempts so the fix is obvious.
+    pub fn open(family: IpFamily) -> io::Result<Self> {
+        let (domain, protocol) = match family {
+            IpFamily::V4 => (Domain::IPV4, Protocol::ICMPV4),
+            IpFamily::V6 => (Domain::IPV6, Protocol::ICMPV6),
+        };
+        let (socket, kind) = match Socket::new(domain, Type::DGRAM, Some(protocol)) {
+            Ok(socket) => (socket, SocketKind::Datagram),
+            Err(dgram_err) => match Socket::new(domain, Type::RAW, Some(protocol)) {
+                Ok(socket) => (socket, SocketKind::Raw),
+                Err(raw_err) => {
+                    return Err(io::Error::new(
+                        raw_err.kind(),
+                        format!(
+                            "cannot open an ICMPv{} socket: datagram: {dgram_err} (allow this group in \
+                             net.ipv4.ping_group_range); raw: {raw_err} (needs CAP_NET_RAW)",
+                            family.label()
+                        ),
+                    ));
+                }
+            },
+        };
+        socket.set_nonblocking(true)?;
+        if kind == SocketKind::Datagram {
+            // ICMP errors for ping sockets are only reported through the error queue.
+            match family {
+                IpFamily::V4 => {
+                    nix_socket::setsockopt(&socket, nix_socket::sockopt::Ipv4RecvErr, &true)
+                }
+                IpFamily::V6 => {
+                    nix_socket::setsockopt(&socket, nix_socket::sockopt::Ipv6RecvErr, &true)
+                }
+            }
+            .map_err(io::Error::from)?;
+        }
+        let socket = UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
+        let inner = Arc::new(Inner {
+            family,
+            kind,
+            socket,
+            ident: rand::random(),
+            next_seq: AtomicU16::new(rand::random()),
+            waiters: Mutex::new(HashMap::new()),
+            stats: PingerStats::default(),
+        });
+        // The task holds only a weak reference so dropping the last Pinger ends it.
+        let recv = tokio::spawn(receive_loop(Arc::downgrade(&inner)));
+        Ok(Pinger {
+            inner,
+            _recv: Arc::new(AbortOnDrop(recv)),
+        })
+    }
+
+    pub fn family(&self) -> IpFamily {
+        self.inner.family
+    }
+
+    pub fn kind(&self) -> SocketKind {
+        self.inner.kind
+    }
+
+    pub fn stats(&self) -> &PingerStats {
+        &self.inner.stats
+    }
+
+    /// Sends one echo request with `payload_size` bytes of data and waits for its reply.
+    /// Not bounded in time: the caller (the scheduler) owns the timeout, and dropping the
+    /// future withdraws the request.
+    pub async fn ping(&self, peer: IpAddr, payload_size: u16) -> Result<Duration, PingError> {
+        let token: [u8; TOKEN_LEN] = rand::random();
+        let (tx, rx) = oneshot::channel();
+        let registration = self.register(peer, token, tx)?;
+        let packet = echo_request(
+            self.inner.family,
+            self.inner.ident,
+            registration.seq,
+            &token,
+            payload_size,
+        );
+        let sent_at = Instant::now();
+        if let Err(err) = self
+            .inner
+            .socket
+            .send_to(&packet, SocketAddr::new(peer, 0))
+            .await
+        {
+            return Err(send_error(err));
+        }
+        let answer = rx
+            .await
+            .map_err(|_| PingError::Other("ICMP receive task stopped".into()))?;
+        drop(registration);
+        answer.map(|received_at| received_at.saturating_duration_since(sent_at))
+    }
+
+    fn register(
+        &self,
+        peer: IpAddr,
+        token: [u8; TOKEN_LEN],
+        tx: oneshot::Sender<Result<Instant, PingError>>,
+    ) -> Result<Registration<'_>, PingError> {
+        let mut waiters = self.inner.waiters.lock().expect("waiters lock");
+        // A wrapping counter shared by all targets: only 65,536 requests to the *same* peer in
+        // flight at once could exhaust it, and then we say so instead of colliding.
+        for _ in 0..=u16::MAX {
+            let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+            if let Entry::Vacant(slot) = waiters.entry((peer, seq)) {
+                slot.insert(Waiter { token, tx });
+                return Ok(Registration {
+                    inner: &self.inner,
+                    key: (peer, seq),
+                    seq,
+                });
+            }
+        }
+        Err(PingError::Other(format!(
+            "65536 ICMP requests to {peer} already in flight"
+        )))
+    }
+}
+
+/// Removes the waiter when the probe finishes or is cancelled (timeout).
+struct Registration<'a> {
+    inner: &'a Inner,
+    key: (IpAddr, u16),
+    seq: u16,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut waiters) = self.inner.waiters.lock() {
+            waiters.remove(&self.key);
+        }
+    }
+}
+
+fn send_error(err: io::Error) -> PingError {
+    match err.raw_os_error() {
+        Some(code)
+            if code == nix::libc::EHOSTUNREACH
+                || code == nix::libc::ENETUNREACH
+                || code == nix::libc::EADDRNOTAVAIL =>
+        {
+            PingError::Unreachable(format!("send: {err}"))
+        }
+        _ => PingError::Other(format!("send: {err}")),
+    }
+}
+
+/// Builds an echo request: type, code, checksum, identifier, sequence, then the token and a
+/// fill pattern up to `payload_size`.
+fn echo_request(
+    family: IpFamily,
+    ident: u16,
+    seq: u16,
+    token: &[u8; TOKEN_LEN],
+    payload_size: u16,
+) -> Vec<u8> {
+    let echo_type = match family {
+        IpFamily::V4 => 8,
+        IpFamily::V6 => 128,
+    };
+    let mut packet = Vec::with_capacity(8 + payload_size as usize);
+    packet.extend_from_slice(&[echo_type, 0, 0, 0]);
+    packet.extend_from_slice(&ident.to_be_bytes());
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(token);
+    packet.extend((TOKEN_LEN..payload_size as usize).map(|i| i as u8));
+    // The kernel fills the checksum for datagram and ICMPv6 sockets; raw ICMPv4 needs ours.
+    if family == IpFamily::V4 {
+        let sum = checksum(&packet);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    packet
+}
+
+/// RFC 1071 internet checksum.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// What one received datagram means for us.
+#[derive(Debug, PartialEq)]
+enum Received<'a> {
+    /// An echo reply from `peer` carrying `seq` and its payload.
+    Reply {
+        peer: IpAddr,
+        ident: u16,
+        seq: u16,
+        payload: &'a [u8],
+    },
+    /// An ICMP error quoting one of our echo requests to `peer`.
+    Error {
+        peer: IpAddr,
+        ident: u16,
+        seq: u16,
+        what: String,
+    },
+    /// Our own outgoing requests (raw sockets see them on loopback), neighbour discovery,
+    /// and anything else that is not about an echo request.
+    Irrelevant,
+}
+
+/// Classifies a datagram read from the socket, using surge-ping's decoder.
+fn classify<'a>(family: IpFamily, kind: SocketKind, buf: &'a [u8], from: IpAddr) -> Received<'a> {
+    let (decoded, header_len) = match (family, from) {
+        (IpFamily::V4, IpAddr::V4(src)) => {
+            let sock_type = match kind {
+                SocketKind::Datagram => Type::DGRAM,
+                SocketKind::Raw => Type::RAW,
+            };
+            // Raw IPv4 sockets deliver the IP header too.
+            let ip_header = match kind {
+                SocketKind::Raw => buf.first().map(|b| usize::from(b & 0x0f) * 4).unwrap_or(0),
+                SocketKind::Datagram => 0,
+            };
+            let decoded =
+                Icmpv4Packet::decode(buf, sock_type, src, Ipv4Addr::UNSPECIFIED).map(|p| {
+                    (
+                        p.get_icmp_type().0,
+                        p.get_icmp_code().0,
+                        IpAddr::V4(p.get_real_dest()),
+                        p.get_identifier().0,
+                        p.get_sequence().0,
+                    )
+                });
+            (decoded, ip_header)
+        }
+        (IpFamily::V6, IpAddr::V6(src)) => {
+            let decoded = Icmpv6Packet::decode(buf, src).map(|p| {
+                (
+                    p.get_icmpv6_type().0,
+                    p.get_icmpv6_code().0,
+                    IpAddr::V6(p.get_real_dest()),
+                    p.get_identifier().0,
+                    p.get_sequence().0,
+                )
+            });
+            (decoded, 0)
+        }
+        _ => return Received::Irrelevant,
+    };
+    let (icmp_type, code, peer, ident, seq) = match decoded {
+        Ok(fields) => fields,
+        Err(SurgeError::EchoRequestPacket) | Err(_) => return Received::Irrelevant,
+    };
+    match (family, icmp_type) {
+        (IpFamily::V4, 0) | (IpFamily::V6, 129) => Received::Reply {
+            peer,
+            ident,
+            seq,
+            payload: buf.get(header_len + 8..).unwrap_or(&[]),
+        },
+        (IpFamily::V4, 3) | (IpFamily::V6, 1) => Received::Error {
+            peer,
+            ident,
+            seq,
+            what: format!("destination unreachable (code {code}) from {from}"),
+        },
+        (IpFamily::V4, 11) | (IpFamily::V6, 3) => Received::Error {
+            peer,
+            ident,
+            seq,
+            what: format!("time exceeded (code {code}) from {from}"),
+        },
+        _ => Received::Irrelevant,
+    }
+}
+
+async fn receive_loop(inner: std::sync::Weak<Inner>) {
+    // Large enough for the largest echo reply plus an IPv4 header.
+    let mut buf = vec![0u8; 65_536 + 60];
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let received = strong.socket.recv_from(&mut buf).await;
+        let received_at = Instant::now();
+        match received {
+            Ok((len, from)) => strong.dispatch(
+                classify(strong.family, strong.kind, &buf[..len], from.ip()),
+                received_at,
+            ),
+            Err(err) if strong.kind == SocketKind::Datagram => {
+                // A pending ICMP error surfaces as a failed read; the details wait in the
+                // error queue.
+                tracing::trace!(error = %err, "ICMP socket error; draining the error queue");
+                strong.drain_error_queue(received_at);
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "ICMP receive failed");
+                // Do not spin on a persistent error.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn dispatch(&self, received: Received<'_>, at: Instant) {
+        let (peer, ident, seq, outcome) = match received {
+            Received::Irrelevant => return,
+            Received::Reply {
+                peer,
+                ident,
+                seq,
+                payload,
+            } => (peer, ident, seq, Ok(payload)),
+            Received::Error {
+                peer,
+                ident,
+                seq,
+                what,
+            } => (peer, ident, seq, Err(what)),
+        };
+        // Raw sockets see every process's ICMP; only our identifier is ours to judge.
+        if self.kind == SocketKind::Raw && ident != self.ident {
+            return;
+        }
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        let matched = match waiters.entry((peer, seq)) {
+            Entry::Occupied(entry) => {
+                let genuine = match &outcome {
+                    Ok(payload) => payload.get(..TOKEN_LEN) == Some(&entry.get().token[..]),
+                    // Errors may quote too little of the request to carry the token.
+                    Err(_) => true,
+                };
+                genuine.then(|| entry.remove())
+            }
+            Entry::Vacant(_) => None,
+        };
+        drop(waiters);
+        match matched {
+            Some(waiter) => {
+                let answer = outcome.map(|_| at).map_err(PingError::Unreachable);
+                // The probe may have timed out in the meantime; nothing to do then.
+                let _ = waiter.tx.send(answer);
+            }
+            None => {
+                self.stats.unmatched.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, seq, "ICMP packet matches no waiting probe");
+            }
+        }
+    }
+
+    /// Reads every queued `IP_RECVERR` report: the request we sent comes back with the
+    /// original destination as the address and the ICMP type and code in a control message.
+    fn drain_error_queue(&self, at: Instant) {
+        let fd = self.socket.as_raw_fd();
+        let mut data = [0u8; 64];
+        let mut control = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+        loop {
+            let mut iov = [IoSliceMut::new(&mut data)];
+            let message = match nix_socket::recvmsg::<SockaddrStorage>(
+                fd,
+                &mut iov,
+                Some(&mut control),
+                MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(message) => message,
+                Err(_) => return,
+            };
+            let peer = message.address.as_ref().and_then(|addr| {
+                addr.as_sockaddr_in()
+                    .map(|a| IpAddr::V4(a.ip()))
+                    .or_else(|| addr.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+            });
+            let what = message.cmsgs().ok().and_then(|mut cmsgs| {
+                cmsgs.find_map(|cmsg| match cmsg {
+                    ControlMessageOwned::Ipv4RecvErr(err, _)
+                    | ControlMessageOwned::Ipv6RecvErr(err, _) => Some(describe_queued_error(&err)),
+                    _ => None,
+                })
+            });
+            let bytes = message.bytes;
+            if let (Some(peer), Some(what), true) = (peer, what, bytes >= 8) {
+                let seq = u16::from_be_bytes([data[6], data[7]]);
+                let ident = u16::from_be_bytes([data[4], data[5]]);
+                self.dispatch(
+                    Received::Error {
+                        peer,
+                        ident,
+                        seq,
+                        what,
+                    },
+                    at,
+                );
+            }
+        }
+    }
+}
+
+fn describe_queued_error(err: &nix::libc::sock_extended_err) -> String {
+    const ORIGIN_ICMP: u8 = 2;
+    const ORIGIN_ICMP6: u8 = 3;
+    let errno = nix::errno::Errno::from_raw(err.ee_errno as i32);
+    match err.ee_origin {
+        ORIGIN_ICMP | ORIGIN_ICMP6 => format!(
+            "{} (ICMP type {} code {})",
+            errno.desc(),
+            err.ee_type,
+            err.ee_code
+        ),
+        _ => format!("{} (local)", errno.desc()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_of_a_known_echo_request() {
+        // Words 0800 0000 1234 0001 6162 sum to 7b97; the complement is 8468.
+        let mut packet = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, b'a', b'b'];
+        let sum = checksum(&packet);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+        // A packet with its checksum in place sums to zero.
+        assert_eq!(checksum(&packet), 0);
+        assert_eq!(sum, 0x8468);
+    }
+
+    #[test]
+    fn echo_request_has_token_and_requested_size() {
+        let token = [1, 2, 3, 4, 5, 6, 7, 8];
+        let packet = echo_request(IpFamily::V4, 7, 9, &token, 56);
+        assert_eq!(packet.len(), 64);
+        assert_eq!(&packet[4..8], &[0, 7, 0, 9]);
+        assert_eq!(&packet[8..16], &token);
+        assert_eq!(checksum(&packet), 0);
+        assert_eq!(echo_request(IpFamily::V6, 7, 9, &token, 16)[0], 128);
+    }
+
+    fn reply_v4(seq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut packet = echo_request(IpFamily::V4, 0x4242, seq, &[0; 8], 0);
+        packet.truncate(8);
+        packet[0] = 0;
+        packet.extend_from_slice(payload);
+        packet
+    }
+
+    #[test]
+    fn classify_datagram_reply_exposes_payload() {
+        let packet = reply_v4(5, b"tokentok-rest");
+        let from: IpAddr = "192.0.2.7".parse().unwrap();
+        match classify(IpFamily::V4, SocketKind::Datagram, &packet, from) {
+            Received::Reply {
+                peer, seq, payload, ..
+            } => {
+                assert_eq!(peer, from);
+                assert_eq!(seq, 5);
+                assert_eq!(payload, b"tokentok-rest");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn classify_ignores_echo_requests() {
+        let packet = echo_request(IpFamily::V4, 1, 1, &[0; 8], 16);
+        let from: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            classify(IpFamily::V4, SocketKind::Datagram, &packet, from),
+            Received::Irrelevant
+        );
+    }
+
+    #[test]
+    fn classify_unreachable_routes_to_the_quoted_destination() {
+        // Type 3 code 1 from a router, quoting an IPv4 header to 198.51.100.9 and our request.
+        let mut packet = vec![3, 1, 0, 0, 0, 0, 0, 0];
+        let mut ip = vec![
+            0x45, 0, 0, 36, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 198, 51, 100, 9,
+        ];
+        ip.extend_from_slice(&[8, 0, 0, 0, 0x42, 0x42, 0x01, 0x02]);
+        packet.extend_from_slice(&ip);
+        let router: IpAddr = "10.0.0.254".parse().unwrap();
+        match classify(IpFamily::V4, SocketKind::Datagram, &packet, router) {
+            Received::Error {
+                peer,
+                ident,
+                seq,
+                what,
+            } => {
+                assert_eq!(peer, "198.51.100.9".parse::<IpAddr>().unwrap());
+                assert_eq!((ident, seq), (0x4242, 0x0102));
+                assert!(what.contains("unreachable"), "{what}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reply_without_the_token_does_not_satisfy_the_probe() {
+        let Ok(pinger) = Pinger::open(IpFamily::V4) else {
+            eprintln!("SKIP: no ICMP socket available to this user");
+            return;
+        };
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let (tx, mut rx) = oneshot::channel();
+        let registration = pinger.register(peer, [9; 8], tx).unwrap();
+        let seq = registration.seq;
+        let ident = pinger.inner.ident;
+        let forged = Received::Reply {
+            peer,
+            ident,
+            seq,
+            payload: &[0; 8],
+        };
+        pinger.inner.dispatch(forged, Instant::now());
+        assert!(
+            rx.try_recv().is_err(),
+            "a forged reply must not complete the probe"
+        );
+        assert_eq!(pinger.stats().unmatched.load(Ordering::Relaxed), 1);
+        let genuine = Received::Reply {
+            peer,
+            ident,
+            seq,
+            payload: &[9; 8],
+        };
+        pinger.inner.dispatch(genuine, Instant::now());
+        assert!(rx.try_recv().unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn concurrent_probes_of_one_host_get_distinct_sequences() {
+        let Ok(pinger) = Pinger::open(IpFamily::V4) else {
+            eprintln!("SKIP: no ICMP socket available to this user");
+            return;
+        };
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            let (tx, _rx) = oneshot::channel();
+            held.push(pinger.register(peer, [0; 8], tx).unwrap());
+        }
+        let mut seqs: Vec<u16> = held.iter().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 1000);
+        drop(held);
+        assert!(
+            pinger.inner.waiters.lock().unwrap().is_empty(),
+            "registrations clean up on drop"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! `probe = "tcp"`: latency is the time to complete the TCP handshake with `host:port`.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{Failure, Outcome, Reason, Shared};
+use crate::config::TcpConfig;
+use crate::resolve::{Host, Resolver};
+
+#[derive(Debug)]
+pub struct Tcp {
+    host: Host,
+    port: u16,
+    resolver: Resolver,
+}
+
+impl Tcp {
+    pub fn new(config: &TcpConfig, shared: &Shared) -> Self {
+        Tcp {
+            host: Host::new(&config.host, config.ip_version),
+            port: config.port,
+            resolver: shared.resolver.clone(),
+        }
+    }
+
+    pub async fn run(&mut self) -> Result<Outcome, Failure> {
+        let addr = self
+            .host
+            .address(&self.resolver)
+            .await
+            .map_err(|detail| Failure::new(Reason::Resolve, detail))?;
+        let addr = SocketAddr::new(addr, self.port);
+        let started = Instant::now();
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|err| connect_failure(addr, &err))?;
+        let latency = started.elapsed();
+        // Close without lingering: the peer sees a normal FIN.
+        drop(stream);
+        Ok(Outcome { latency })
+    }
+}
+
+fn connect_failure(addr: SocketAddr, err: &io::Error) -> Failure {
+    use nix::libc;
+    let reason = match err.kind() {
+        io::ErrorKind::ConnectionRefused => Reason::Refused,
+        io::ErrorKind::TimedOut => Reason::Timeout,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Reason::Unreachable,
+        _ => match err.raw_os_error() {
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EADDRNOTAVAIL) => {
+                Reason::Unreachable
+            }
+            _ => Reason::Error,
+        },
+    };
+    Failure::new(reason, format!("connect {addr}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IpVersion;
+
+    fn probe(addr: SocketAddr) -> Tcp {
+        let config = TcpConfig {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            ip_version: IpVersion::Any,
+        };
+        Tcp::new(&config, &Shared::default())
+    }
+
+    #[tokio::test]
+    async fn open_port_measures_the_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut tcp = probe(listener.local_addr().unwrap());
+        let outcome = tcp.run().await.unwrap();
+        assert!(outcome.latency > std::time::Duration::ZERO);
+        assert!(outcome.latency < std::time::Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_refused() {
+        // Bind then drop to get a port nobody listens on.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let failure = probe(addr).run().await.unwrap_err();
+        assert_eq!(failure.reason, Reason::Refused, "{failure}");
+        assert!(failure.detail.contains(&addr.to_string()));
+    }
+
+    #[tokio::test]
+    async fn ipv6_loopback_works() {
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            eprintln!("SKIP: no IPv6 loopback on this machine");
+            return;
+        };
+        let outcome = probe(listener.local_addr().unwrap()).run().await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+}

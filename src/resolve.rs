@@ -1,0 +1,163 @@
+//! Host names to addresses: hickory-resolver with the system configuration, cached per target
+//! until the record's TTL runs out, then resolved again.
+//!
+//! A literal IP address never touches the resolver. A failed lookup is not cached: the next
+//! probe tries again, so a target recovers as soon as DNS does.
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use tokio::time::Instant;
+
+use crate::config::IpVersion;
+
+/// Longest time a resolved address is reused, whatever the TTL says.
+const MAX_CACHE: Duration = Duration::from_secs(3600);
+
+/// The process-wide resolver, built on first use (a config with only IP literals never reads
+/// `/etc/resolv.conf`).
+#[derive(Clone, Debug, Default)]
+pub struct Resolver {
+    inner: Arc<OnceLock<Result<TokioResolver, String>>>,
+}
+
+impl Resolver {
+    fn get(&self) -> Result<&TokioResolver, String> {
+        self.inner
+            .get_or_init(|| {
+                TokioResolver::builder_tokio()
+                    .and_then(|builder| builder.build())
+                    .map_err(|err| format!("cannot set up the system resolver: {err}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Resolves `host`, returning the first address of the wanted family and its lifetime.
+    async fn lookup(&self, host: &str, version: IpVersion) -> Result<(IpAddr, Duration), String> {
+        let resolver = self.get()?;
+        let lookup = resolver
+            .lookup_ip(host)
+            .await
+            .map_err(|err| format!("resolving {host}: {err}"))?;
+        let ttl = lookup
+            .as_lookup()
+            .answers()
+            .iter()
+            .map(|record| Duration::from_secs(u64::from(record.ttl)))
+            .min()
+            .unwrap_or(Duration::ZERO);
+        lookup
+            .iter()
+            .find(|addr| version_matches(version, addr))
+            .map(|addr| (addr, ttl.min(MAX_CACHE)))
+            .ok_or_else(|| format!("resolving {host}: no {} address", version_name(version)))
+    }
+}
+
+fn version_matches(version: IpVersion, addr: &IpAddr) -> bool {
+    match version {
+        IpVersion::Any => true,
+        IpVersion::V4 => addr.is_ipv4(),
+        IpVersion::V6 => addr.is_ipv6(),
+    }
+}
+
+fn version_name(version: IpVersion) -> &'static str {
+    match version {
+        IpVersion::Any => "IP",
+        IpVersion::V4 => "IPv4",
+        IpVersion::V6 => "IPv6",
+    }
+}
+
+/// One target's host: a literal address, or a name with its cached resolution.
+#[derive(Debug)]
+pub struct Host {
+    name: String,
+    version: IpVersion,
+    literal: Option<IpAddr>,
+    cached: Option<(IpAddr, Instant)>,
+}
+
+impl Host {
+    pub fn new(name: &str, version: IpVersion) -> Self {
+        Host {
+            name: name.to_owned(),
+            version,
+            literal: name.parse().ok(),
+            cached: None,
+        }
+    }
+
+    /// The address to probe now: literal, cached, or freshly resolved.
+    pub async fn address(&mut self, resolver: &Resolver) -> Result<IpAddr, String> {
+        if let Some(addr) = self.literal {
+            if !version_matches(self.version, &addr) {
+                return Err(format!(
+                    "{addr} is not an {} address",
+                    version_name(self.version)
+                ));
+            }
+            return Ok(addr);
+        }
+        let now = Instant::now();
+        if let Some((addr, until)) = self.cached
+            && now < until
+        {
+            return Ok(addr);
+        }
+        let (addr, ttl) = resolver.lookup(&self.name, self.version).await?;
+        self.cached = Some((addr, now + ttl));
+        Ok(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn literals_skip_the_resolver_and_check_the_family() {
+        let resolver = Resolver::default();
+        let mut v4 = Host::new("127.0.0.1", IpVersion::Any);
+        assert_eq!(
+            v4.address(&resolver).await.unwrap(),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        let mut wrong = Host::new("127.0.0.1", IpVersion::V6);
+        assert!(
+            wrong
+                .address(&resolver)
+                .await
+                .unwrap_err()
+                .contains("not an IPv6")
+        );
+        assert!(
+            resolver.inner.get().is_none(),
+            "a literal must not build the resolver"
+        );
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_from_the_hosts_file() {
+        let resolver = Resolver::default();
+        let mut host = Host::new("localhost", IpVersion::V4);
+        let addr = host.address(&resolver).await.unwrap();
+        assert!(addr.is_loopback(), "{addr}");
+        assert!(host.cached.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_name_is_an_error_not_a_panic() {
+        let resolver = Resolver::default();
+        // .invalid is reserved (RFC 6761): hickory answers NXDOMAIN without sending a query,
+        // and the trailing dot keeps search domains out of it.
+        let mut host = Host::new("no-such-host.invalid.", IpVersion::Any);
+        let err = host.address(&resolver).await.unwrap_err();
+        assert!(err.contains("no-such-host.invalid"), "{err}");
+        assert!(host.cached.is_none(), "failures are not cached");
+    }
+}

@@ -1,0 +1,212 @@
+//! When probes run: one task per target on a fixed-rate schedule.
+//!
+//! Ticks are `anchor + offset + k * interval`, computed from the anchor rather than from the
+//! previous tick, so they never drift. A tick is late when the runtime wakes us after it; if
+//! whole intervals went by, the missed ticks are skipped and counted rather than run back to
+//! back (bunching would distort latency and load). Offsets spread targets over the interval.
+
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::time::{Instant, sleep_until};
+
+/// Where in its interval a target fires, relative to the shared anchor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub anchor: Instant,
+    pub offset: Duration,
+    pub interval: Duration,
+}
+
+impl Slot {
+    /// The slot of target `index` among `count` targets: evenly spread over the interval, plus
+    /// up to a quarter slot (at most 5 ms) of jitter so that sidecars started together do not
+    /// probe in lockstep.
+    pub fn spread(anchor: Instant, interval: Duration, index: usize, count: usize) -> Self {
+        let count = count.max(1) as u32;
+        let width = interval / count;
+        let jitter_max = (width / 4).min(Duration::from_millis(5));
+        let jitter = jitter_max.mul_f64(rand::random::<f64>());
+        Slot {
+            anchor,
+            offset: width * (index as u32 % count) + jitter,
+            interval,
+        }
+    }
+
+    /// The first tick at or after `now`.
+    pub fn first_tick_after(&self, now: Instant) -> Instant {
+        let start = self.anchor + self.offset;
+        if now <= start {
+            return start;
+        }
+        let elapsed = now - start;
+        let periods = elapsed.as_nanos().div_ceil(self.interval.as_nanos());
+        start + self.interval * periods as u32
+    }
+}
+
+/// Self-measurement handles for one target.
+#[derive(Clone, Debug)]
+pub struct Lateness {
+    pub lag: Histogram,
+    pub skipped: Counter,
+}
+
+/// Waits for a slot's ticks, measuring and reporting its own lateness.
+#[derive(Debug)]
+pub struct Ticker {
+    slot: Slot,
+    next: Instant,
+    lateness: Lateness,
+}
+
+impl Ticker {
+    pub fn new(slot: Slot, lateness: Lateness) -> Self {
+        Ticker {
+            next: slot.first_tick_after(Instant::now()),
+            slot,
+            lateness,
+        }
+    }
+
+    /// Waits for the next tick. The work done between two calls must fit in the interval (the
+    /// target's timeout guarantees it); ticks it overran are skipped and counted.
+    pub async fn tick(&mut self) {
+        sleep_until(self.next).await;
+        let now = Instant::now();
+        let mut late = now - self.next;
+        if late >= self.slot.interval {
+            let missed = (late.as_nanos() / self.slot.interval.as_nanos()) as u32;
+            self.lateness.skipped.inc_by(u64::from(missed));
+            self.next += self.slot.interval * missed;
+            late = now - self.next;
+        }
+        self.lateness.lag.observe(late.as_secs_f64());
+        self.next += self.slot.interval;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn lateness() -> Lateness {
+        Lateness {
+            lag: Histogram::new([0.001, 0.01, 0.1]),
+            skipped: Counter::default(),
+        }
+    }
+
+    #[test]
+    fn spread_places_targets_in_distinct_slots() {
+        let anchor = Instant::now();
+        let interval = Duration::from_secs(1);
+        let offsets: Vec<Duration> = (0..1000)
+            .map(|i| Slot::spread(anchor, interval, i, 1000).offset)
+            .collect();
+        for (i, offset) in offsets.iter().enumerate() {
+            let slot_start = Duration::from_millis(i as u64);
+            assert!(
+                *offset >= slot_start && *offset < slot_start + Duration::from_micros(250),
+                "{i}: {offset:?}"
+            );
+        }
+        // No 10 ms window holds more than its share: 1,000 targets never fire in one burst.
+        let mut per_window = [0u32; 100];
+        for offset in &offsets {
+            per_window[(offset.as_millis() / 10) as usize] += 1;
+        }
+        assert!(per_window.iter().all(|n| *n == 10), "{per_window:?}");
+    }
+
+    #[test]
+    fn first_tick_is_aligned_to_the_anchor() {
+        let anchor = Instant::now();
+        let slot = Slot {
+            anchor,
+            offset: Duration::from_millis(300),
+            interval: Duration::from_secs(1),
+        };
+        assert_eq!(
+            slot.first_tick_after(anchor),
+            anchor + Duration::from_millis(300)
+        );
+        assert_eq!(
+            slot.first_tick_after(anchor + Duration::from_millis(301)),
+            anchor + Duration::from_millis(1300)
+        );
+        assert_eq!(
+            slot.first_tick_after(anchor + Duration::from_millis(2300)),
+            anchor + Duration::from_millis(2300)
+        );
+    }
+
+    /// Records when each tick started, relative to the anchor.
+    async fn ticks_with(
+        probe_time: impl Fn(usize) -> Duration + Send + 'static,
+        run_for: Duration,
+    ) -> (Vec<Duration>, u64) {
+        let anchor = Instant::now();
+        let slot = Slot {
+            anchor,
+            offset: Duration::from_millis(100),
+            interval: Duration::from_secs(1),
+        };
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let lateness = lateness();
+        let task = {
+            let starts = starts.clone();
+            let lateness = lateness.clone();
+            tokio::spawn(async move {
+                let mut ticker = Ticker::new(slot, lateness);
+                for n in 0.. {
+                    ticker.tick().await;
+                    starts.lock().unwrap().push(Instant::now() - anchor);
+                    tokio::time::sleep(probe_time(n)).await;
+                }
+            })
+        };
+        tokio::time::sleep(run_for).await;
+        task.abort();
+        let starts = starts.lock().unwrap().clone();
+        (starts, lateness.skipped.get())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_are_fixed_rate_without_drift() {
+        // Each probe takes 300 ms: a naive "sleep(interval) after the probe" would drift.
+        let (starts, skipped) = ticks_with(
+            |_| Duration::from_millis(300),
+            Duration::from_millis(10_050),
+        )
+        .await;
+        let expected: Vec<Duration> = (0..10)
+            .map(|k| Duration::from_millis(100 + 1000 * k))
+            .collect();
+        assert_eq!(starts, expected);
+        assert_eq!(skipped, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overrun_skips_and_counts_instead_of_bunching() {
+        // The third probe (k = 2, at 2.1 s) hangs for 2.5 s, past the ticks at 3.1 s and 4.1 s.
+        let (starts, skipped) = ticks_with(
+            |n| {
+                if n == 2 {
+                    Duration::from_millis(2500)
+                } else {
+                    Duration::from_millis(10)
+                }
+            },
+            Duration::from_millis(7_050),
+        )
+        .await;
+        let ms: Vec<u128> = starts.iter().map(|d| d.as_millis()).collect();
+        // 3.1 s is missed, 4.1 s started late (at 4.6 s) exactly once, then back on schedule.
+        assert_eq!(ms, vec![100, 1100, 2100, 4600, 5100, 6100]);
+        assert_eq!(skipped, 1);
+    }
+}

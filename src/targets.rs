@@ -1,0 +1,178 @@
+//! The running targets: one task each, started, kept or stopped as configurations arrive.
+//!
+//! Applying a configuration diffs it against what runs: a target whose resolved config is
+//! unchanged keeps its task, schedule and series; a removed one stops and its series vanish;
+//! a new or changed one starts fresh.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+
+use crate::config::{Config, Target};
+use crate::metrics::{Metrics, ProbeLabel, TargetMetrics};
+use crate::probe::{Failure, Probe, Reason, Shared};
+use crate::scheduler::{Lateness, Slot, Ticker};
+
+/// What [`Supervisor::apply`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+    pub unchanged: usize,
+}
+
+impl std::fmt::Display for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} added, {} removed, {} changed, {} unchanged",
+            self.added, self.removed, self.changed, self.unchanged
+        )
+    }
+}
+
+/// Owns the target tasks.
+#[derive(Debug)]
+pub struct Supervisor {
+    /// All schedules are aligned to this instant, across reloads.
+    anchor: Instant,
+    region: String,
+    shared: Shared,
+    metrics: Arc<Metrics>,
+    running: HashMap<String, Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    target: Target,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Supervisor {
+    pub fn new(shared: Shared, metrics: Arc<Metrics>) -> Self {
+        Supervisor {
+            anchor: Instant::now(),
+            region: String::new(),
+            shared,
+            metrics,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Makes the running targets match `config`.
+    pub fn apply(&mut self, config: &Config) -> Diff {
+        let mut diff = Diff::default();
+        let region_changed = self.region != config.exporter.region;
+        self.region = config.exporter.region.clone();
+
+        let wanted: HashMap<&str, &Target> = config
+            .targets
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        let mut series = self.metrics.targets.write().expect("targets lock");
+        self.running.retain(|name, running| {
+            let keep = !region_changed && wanted.get(name.as_str()) == Some(&&running.target);
+            if !keep {
+                series.remove(name);
+                if wanted.contains_key(name.as_str()) {
+                    diff.changed += 1;
+                } else {
+                    diff.removed += 1;
+                }
+            }
+            keep
+        });
+
+        let count = config.targets.len();
+        for (index, target) in config.targets.iter().enumerate() {
+            if self.running.contains_key(&target.name) {
+                diff.unchanged += 1;
+                continue;
+            }
+            let target_metrics = Arc::new(TargetMetrics::new(&self.region, target));
+            series.insert(target.name.clone(), target_metrics.clone());
+            let slot = Slot::spread(self.anchor, target.interval, index, count);
+            let label = ProbeLabel {
+                probe: target.probe.kind().as_str(),
+            };
+            let lateness = Lateness {
+                lag: self.metrics.scheduler_lag.get_or_create(&label).clone(),
+                skipped: self.metrics.scheduler_skipped.get_or_create(&label).clone(),
+            };
+            let task = tokio::spawn(target_task(
+                target.clone(),
+                slot,
+                lateness,
+                target_metrics,
+                self.shared.clone(),
+            ));
+            self.running.insert(
+                target.name.clone(),
+                Running {
+                    target: target.clone(),
+                    task,
+                },
+            );
+        }
+        diff.added = count - diff.unchanged - diff.changed;
+        diff
+    }
+
+    /// Stops every target.
+    pub fn stop_all(&mut self) {
+        self.running.clear();
+        self.metrics.targets.write().expect("targets lock").clear();
+    }
+}
+
+/// One target, forever: probe on schedule, bounded by the timeout, record, log state changes.
+async fn target_task(
+    target: Target,
+    slot: Slot,
+    lateness: Lateness,
+    metrics: Arc<TargetMetrics>,
+    shared: Shared,
+) {
+    let mut probe = Probe::new(&target.probe, &shared);
+    let mut ticker = Ticker::new(slot, lateness);
+    let mut was_up: Option<bool> = None;
+    loop {
+        ticker.tick().await;
+        let result = match timeout(target.timeout, probe.run()).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::new(
+                Reason::Timeout,
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(target.timeout)
+                ),
+            )),
+        };
+        metrics.record(&result);
+        match &result {
+            Err(failure) if was_up != Some(false) => {
+                tracing::warn!(target = %target.name, region = %target.region, reason = failure.reason.as_str(), detail = %failure.detail, "target down");
+            }
+            Err(failure) => {
+                tracing::debug!(target = %target.name, reason = failure.reason.as_str(), detail = %failure.detail, "probe failed");
+            }
+            Ok(_) if was_up == Some(false) => {
+                tracing::info!(target = %target.name, region = %target.region, "target up again");
+            }
+            Ok(outcome) => {
+                tracing::trace!(target = %target.name, latency = ?outcome.latency, "probe ok");
+            }
+        }
+        was_up = Some(result.is_ok());
+    }
+}
