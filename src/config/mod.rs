@@ -90,7 +90,7 @@ pub fn parse(
         .build()
         .map_err(|err| ConfigError::Syntax {
             file: file.to_owned(),
-            message: err.to_string(),
+            message: err.to_string().trim_end().to_owned(),
         })?;
     let value: config::Value = layered
         .try_deserialize()

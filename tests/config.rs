@@ -1,0 +1,216 @@
+//! Configuration loading, black-box: every invalid fixture pins its exact message, the bundled
+//! file stays valid, and `check-config` reports through its exit status.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use regionprobe::config::{self, ConfigSource, IpVersion, ProbeConfig};
+
+fn fixtures() -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir("tests/fixtures/invalid")
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Each fixture starts with `# error: <message>` (the exact message after the file name) or
+/// `# error-starts: <prefix>` for multi-line parser output.
+#[test]
+fn every_invalid_fixture_fails_with_its_pinned_message() {
+    let paths = fixtures();
+    assert!(paths.len() >= 15, "fixtures missing: {paths:?}");
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap();
+        let error = ConfigSource::File(path.clone())
+            .load_with_env(Some(HashMap::new()))
+            .expect_err(&format!("{} should be rejected", path.display()))
+            .to_string();
+        let expected_prefix = format!("{}: ", path.display());
+        assert!(error.starts_with(&expected_prefix), "{error}");
+        let message = &error[expected_prefix.len()..];
+        if let Some(exact) = first.strip_prefix("# error: ") {
+            assert_eq!(message, exact, "{}", path.display());
+        } else if let Some(prefix) = first.strip_prefix("# error-starts: ") {
+            assert!(message.starts_with(prefix), "{}: {message}", path.display());
+        } else {
+            panic!("{} has no `# error:` line", path.display());
+        }
+    }
+}
+
+#[test]
+fn the_bundled_config_is_valid_and_probes_local_things() {
+    let config = ConfigSource::Bundled
+        .load_with_env(Some(HashMap::new()))
+        .unwrap();
+    assert_eq!(config.exporter.region, "local");
+    assert_eq!(config.exporter.listen, "127.0.0.1:9537".parse().unwrap());
+    let kinds: Vec<&str> = config
+        .targets
+        .iter()
+        .map(|t| t.probe.kind().as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"icmp") && kinds.contains(&"tcp"),
+        "{kinds:?}"
+    );
+    // The TCP target is the exporter's own listen port, so it succeeds wherever it runs.
+    let own_port = config.targets.iter().any(
+        |t| matches!(&t.probe, ProbeConfig::Tcp(tcp) if tcp.port == config.exporter.listen.port()),
+    );
+    assert!(own_port);
+    // The file in the repository is the one compiled in.
+    assert_eq!(
+        std::fs::read_to_string("exporter.toml").unwrap(),
+        config::BUNDLED
+    );
+}
+
+/// A misspelt key anywhere in the shipped file must fail, never be silently ignored.
+#[test]
+fn a_bogus_key_in_any_section_of_the_bundled_config_is_rejected() {
+    for section in ["[exporter]", "[defaults]", "[ranking]", "[[target]]"] {
+        let text = config::BUNDLED.replacen(section, &format!("{section}\nbogus_key = 1"), 1);
+        let error = config::parse("exporter.toml", &text, Some(HashMap::new()))
+            .expect_err(section)
+            .to_string();
+        assert!(error.contains("bogus_key"), "{section}: {error}");
+    }
+}
+
+#[test]
+fn environment_overrides_file_keys() {
+    let env = HashMap::from([
+        (
+            "REGIONPROBE_EXPORTER__REGION".to_owned(),
+            "eu-west-1".to_owned(),
+        ),
+        ("REGIONPROBE_DEFAULTS__INTERVAL".to_owned(), "5s".to_owned()),
+        (
+            "REGIONPROBE_RANKING__QUANTILE".to_owned(),
+            "0.99".to_owned(),
+        ),
+    ]);
+    let config = ConfigSource::Bundled.load_with_env(Some(env)).unwrap();
+    assert_eq!(config.exporter.region, "eu-west-1");
+    assert!(config.targets.iter().all(|t| t.interval.as_secs() == 5));
+    assert_eq!(config.ranking.quantile, 0.99);
+}
+
+#[test]
+fn a_bad_environment_override_names_the_key() {
+    let env = HashMap::from([(
+        "REGIONPROBE_DEFAULTS__TIMEOUT".to_owned(),
+        "soon".to_owned(),
+    )]);
+    let error = ConfigSource::Bundled
+        .load_with_env(Some(env))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("key `defaults.timeout`") && error.contains("\"soon\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn per_target_settings_override_defaults() {
+    let text = r#"
+        [defaults]
+        interval = "2s"
+        timeout = "1500ms"
+        buckets = [0.001, 0.01]
+        [[target]]
+        name = "a"
+        region = "eu"
+        probe = "tcp"
+        address = "[::1]:443"
+        interval = "500ms"
+        ip_version = 6
+        [[target]]
+        name = "b"
+        region = "us"
+        probe = "icmp"
+        host = "localhost"
+        timeout = "100ms"
+        buckets = [0.5]
+        payload_size = 1000
+    "#;
+    let config = config::parse("t.toml", text, Some(HashMap::new())).unwrap();
+    let (a, b) = (&config.targets[0], &config.targets[1]);
+    assert_eq!(a.interval.as_millis(), 500);
+    assert_eq!(
+        a.timeout.as_millis(),
+        500,
+        "inherited timeout shrinks to the interval"
+    );
+    assert_eq!(a.buckets, vec![0.001, 0.01]);
+    match &a.probe {
+        ProbeConfig::Tcp(tcp) => {
+            assert_eq!(
+                (tcp.host.as_str(), tcp.port, tcp.ip_version),
+                ("::1", 443, IpVersion::V6)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((b.interval.as_secs(), b.timeout.as_millis()), (2, 100));
+    assert_eq!(b.buckets, vec![0.5]);
+    assert!(matches!(&b.probe, ProbeConfig::Icmp(icmp) if icmp.payload_size == 1000));
+}
+
+#[test]
+fn check_config_exits_zero_on_valid_and_one_with_the_message_on_invalid() {
+    let ok = Command::new(common::BIN)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("OK (3 targets"),
+        "{ok:?}"
+    );
+
+    let fixture = "tests/fixtures/invalid/duplicate_name.toml";
+    let bad = Command::new(common::BIN)
+        .args(["check-config", "--config", fixture])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.starts_with(&format!("{fixture}: key `target[2].name`: duplicate")),
+        "{stderr}"
+    );
+
+    let missing = Command::new(common::BIN)
+        .args(["check-config", "--config", "/nonexistent/exporter.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("/nonexistent/exporter.toml: cannot read")
+    );
+}
+
+#[test]
+fn run_with_an_invalid_config_exits_non_zero_and_says_why() {
+    let output = Command::new(common::BIN)
+        .args(["--config", "tests/fixtures/invalid/unknown_probe.toml"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("unknown probe kind \"smtp\""),
+        "{output:?}"
+    );
+}
