@@ -175,8 +175,8 @@ impl Pinger {
             waiters: Mutex::new(HashMap::new()),
             stats: PingerStats::default(),
         });
-        // The task holds only a weak reference so dropping the last Pinger ends it.
-        let recv = tokio::spawn(receive_loop(Arc::downgrade(&inner)));
+        // Aborted when the last Pinger clone is dropped (AbortOnDrop).
+        let recv = tokio::spawn(receive_loop(inner.clone()));
         Ok(Pinger {
             inner,
             _recv: Arc::new(AbortOnDrop(recv)),
@@ -406,25 +406,22 @@ fn classify<'a>(family: IpFamily, kind: SocketKind, buf: &'a [u8], from: IpAddr)
     }
 }
 
-async fn receive_loop(inner: std::sync::Weak<Inner>) {
+async fn receive_loop(inner: Arc<Inner>) {
     // Large enough for the largest echo reply plus an IPv4 header.
     let mut buf = vec![0u8; 65_536 + 60];
     loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let received = strong.socket.recv_from(&mut buf).await;
+        let received = inner.socket.recv_from(&mut buf).await;
         let received_at = Instant::now();
         match received {
-            Ok((len, from)) => strong.dispatch(
-                classify(strong.family, strong.kind, &buf[..len], from.ip()),
+            Ok((len, from)) => inner.dispatch(
+                classify(inner.family, inner.kind, &buf[..len], from.ip()),
                 received_at,
             ),
-            Err(err) if strong.kind == SocketKind::Datagram => {
+            Err(err) if inner.kind == SocketKind::Datagram => {
                 // A pending ICMP error surfaces as a failed read; the details wait in the
                 // error queue.
                 tracing::trace!(error = %err, "ICMP socket error; draining the error queue");
-                strong.drain_error_queue(received_at);
+                inner.drain_error_queue(received_at);
             }
             Err(err) => {
                 tracing::debug!(error = %err, "ICMP receive failed");

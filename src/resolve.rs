@@ -24,6 +24,17 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    /// A resolver with an explicit configuration instead of the system's.
+    pub fn with_config(config: hickory_resolver::config::ResolverConfig) -> Self {
+        let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
+        let built = TokioResolver::builder_with_config(config, provider)
+            .build()
+            .map_err(|err| format!("cannot set up the resolver: {err}"));
+        Resolver {
+            inner: Arc::new(OnceLock::from(built)),
+        }
+    }
+
     fn get(&self) -> Result<&TokioResolver, String> {
         self.inner
             .get_or_init(|| {
@@ -148,6 +159,79 @@ mod tests {
         let addr = host.address(&resolver).await.unwrap();
         assert!(addr.is_loopback(), "{addr}");
         assert!(host.cached.is_some());
+    }
+
+    /// A DNS server on loopback that answers every A query with `answer` and a 1 s TTL,
+    /// counting the queries. Hand-written wire format: the query echoed back with QR set and
+    /// one answer appended, or no answer for any other type.
+    async fn dns_server(
+        answer: Arc<std::sync::Mutex<[u8; 4]>>,
+        queries: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> std::net::SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let (len, peer) = socket.recv_from(&mut buf).await.unwrap();
+                let query = &buf[..len];
+                // Header (12) + QNAME + QTYPE (2) + QCLASS (2).
+                let mut end = 12;
+                while query[end] != 0 {
+                    end += 1 + query[end] as usize;
+                }
+                let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
+                let mut response = query[..end + 5].to_vec();
+                response[2] |= 0x80; // QR: this is a response
+                response[3] = 0x80; // RA, NOERROR
+                response[8..12].fill(0); // no authority, no additional (drops the query's EDNS)
+                if qtype == 1 {
+                    queries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    response[7] = 1; // ANCOUNT
+                    response.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                    response.extend_from_slice(&*answer.lock().unwrap());
+                }
+                socket.send_to(&response, peer).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_name_is_resolved_again_when_its_ttl_expires() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let answer = Arc::new(std::sync::Mutex::new([127, 0, 0, 7]));
+        let queries = Arc::new(AtomicUsize::new(0));
+        let server = dns_server(answer.clone(), queries.clone()).await;
+        let mut name_server = hickory_resolver::config::NameServerConfig::udp(server.ip());
+        name_server.connections[0].port = server.port();
+        let resolver = Resolver::with_config(
+            hickory_resolver::config::ResolverConfig::from_name_servers(vec![name_server]),
+        );
+
+        let mut host = Host::new("target.regionprobe.test.", IpVersion::V4);
+        assert_eq!(
+            host.address(&resolver).await.unwrap(),
+            IpAddr::from([127, 0, 0, 7])
+        );
+        assert_eq!(
+            host.address(&resolver).await.unwrap(),
+            IpAddr::from([127, 0, 0, 7])
+        );
+        assert_eq!(
+            queries.load(Ordering::SeqCst),
+            1,
+            "within the TTL the cached address is used"
+        );
+
+        *answer.lock().unwrap() = [127, 0, 0, 8];
+        // tokio's clock is not paused here: the resolver's own cache runs on real time.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            host.address(&resolver).await.unwrap(),
+            IpAddr::from([127, 0, 0, 8])
+        );
+        assert_eq!(queries.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
