@@ -1,5 +1,6 @@
 //! Helpers for black-box tests: start the real binary, talk HTTP to it, parse `/metrics`.
-#![allow(dead_code)] // each test binary uses a different subset
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
 // Blocking helpers on real time: there is no tokio clock to pause here.
 #![allow(clippy::disallowed_types)]
 
