@@ -25,6 +25,7 @@ use std::time::Duration;
 use nix::sys::socket::{self as nix_socket, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
 use surge_ping::{Icmpv4Packet, Icmpv6Packet, SurgeError};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -209,14 +210,21 @@ impl Pinger {
             &token,
             payload_size,
         );
-        let sent_at = Instant::now();
-        if let Err(err) = self
-            .inner
-            .socket
-            .send_to(&packet, SocketAddr::new(peer, 0))
-            .await
-        {
-            return Err(send_error(err));
+        let to = SocketAddr::new(peer, 0);
+        let mut sent_at = Instant::now();
+        if let Err(err) = self.inner.socket.send_to(&packet, to).await {
+            // On a datagram socket a pending ICMP error of *another* probe surfaces on
+            // whichever call comes next, possibly this send. Hand the queued errors to their
+            // owners and try once more: only a second failure is ours.
+            if self.inner.kind != SocketKind::Datagram || self.inner.drain_error_queue() == 0 {
+                return Err(send_error(err));
+            }
+            sent_at = Instant::now();
+            self.inner
+                .socket
+                .send_to(&packet, to)
+                .await
+                .map_err(send_error)?;
         }
         let answer = rx
             .await
@@ -242,6 +250,7 @@ impl Pinger {
                     inner: &self.inner,
                     key: (peer, seq),
                     seq,
+                    token,
                 });
             }
         }
@@ -256,25 +265,31 @@ struct Registration<'a> {
     inner: &'a Inner,
     key: (IpAddr, u16),
     seq: u16,
+    token: [u8; TOKEN_LEN],
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if let Ok(mut waiters) = self.inner.waiters.lock() {
-            waiters.remove(&self.key);
+        if let Ok(mut waiters) = self.inner.waiters.lock()
+            && let Entry::Occupied(entry) = waiters.entry(self.key)
+            // Once answered, the key may already belong to a newer request.
+            && entry.get().token == self.token
+        {
+            entry.remove();
         }
     }
 }
 
 fn send_error(err: io::Error) -> PingError {
     match err.raw_os_error() {
-        Some(code)
-            if code == nix::libc::EHOSTUNREACH
-                || code == nix::libc::ENETUNREACH
-                || code == nix::libc::EADDRNOTAVAIL =>
-        {
-            PingError::Unreachable(format!("send: {err}"))
-        }
+        // No route, or a route or firewall that prohibits the destination.
+        Some(
+            nix::libc::EHOSTUNREACH
+            | nix::libc::ENETUNREACH
+            | nix::libc::EADDRNOTAVAIL
+            | nix::libc::EACCES
+            | nix::libc::EPERM,
+        ) => PingError::Unreachable(format!("send: {err}")),
         _ => PingError::Other(format!("send: {err}")),
     }
 }
@@ -409,24 +424,48 @@ fn classify<'a>(family: IpFamily, kind: SocketKind, buf: &'a [u8], from: IpAddr)
 async fn receive_loop(inner: Arc<Inner>) {
     // Large enough for the largest echo reply plus an IPv4 header.
     let mut buf = vec![0u8; 65_536 + 60];
+    // Datagram sockets report ICMP errors through the error queue, signalled as an error
+    // condition (EPOLLERR) that a plain read would not wait for.
+    let interest = match inner.kind {
+        SocketKind::Datagram => Interest::READABLE | Interest::ERROR,
+        SocketKind::Raw => Interest::READABLE,
+    };
     loop {
-        let received = inner.socket.recv_from(&mut buf).await;
-        let received_at = Instant::now();
-        match received {
-            Ok((len, from)) => inner.dispatch(
-                classify(inner.family, inner.kind, &buf[..len], from.ip()),
-                received_at,
-            ),
-            Err(err) if inner.kind == SocketKind::Datagram => {
-                // A pending ICMP error surfaces as a failed read; the details wait in the
-                // error queue.
-                tracing::trace!(error = %err, "ICMP socket error; draining the error queue");
-                inner.drain_error_queue(received_at);
-            }
+        let ready = match inner.socket.ready(interest).await {
+            Ok(ready) => ready,
             Err(err) => {
-                tracing::debug!(error = %err, "ICMP receive failed");
-                // Do not spin on a persistent error.
+                tracing::debug!(error = %err, "ICMP socket readiness failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if ready.is_error() {
+            // Draining inside try_io lets tokio clear the error readiness once it is empty.
+            let _ = inner.socket.try_io(Interest::ERROR, || {
+                inner.drain_error_queue();
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+        if !ready.is_readable() {
+            continue;
+        }
+        loop {
+            match inner.socket.try_recv_from(&mut buf) {
+                Ok((len, from)) => {
+                    let received_at = Instant::now();
+                    let received = classify(inner.family, inner.kind, &buf[..len], from.ip());
+                    inner.dispatch(received, received_at);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if inner.kind == SocketKind::Datagram => {
+                    // The read consumed a pending ICMP error; its details are queued.
+                    tracing::trace!(error = %err, "ICMP socket error; draining the error queue");
+                    inner.drain_error_queue();
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "ICMP receive failed");
+                    break;
+                }
             }
         }
     }
@@ -481,7 +520,8 @@ impl Inner {
 
     /// Reads every queued `IP_RECVERR` report: the request we sent comes back with the
     /// original destination as the address and the ICMP type and code in a control message.
-    fn drain_error_queue(&self, at: Instant) {
+    fn drain_error_queue(&self) -> usize {
+        let mut drained = 0;
         let fd = self.socket.as_raw_fd();
         let mut data = [0u8; 64];
         let mut control = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
@@ -494,8 +534,10 @@ impl Inner {
                 MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
             ) {
                 Ok(message) => message,
-                Err(_) => return,
+                Err(_) => return drained,
             };
+            let at = Instant::now();
+            drained += 1;
             let peer = message.address.as_ref().and_then(|addr| {
                 addr.as_sockaddr_in()
                     .map(|a| IpAddr::V4(a.ip()))

@@ -91,6 +91,8 @@ pub struct Host {
     version: IpVersion,
     literal: Option<IpAddr>,
     cached: Option<(IpAddr, Instant)>,
+    /// True while a lookup is in flight; stays true if the probe's timeout cancels it.
+    resolving: bool,
 }
 
 impl Host {
@@ -100,6 +102,7 @@ impl Host {
             version,
             literal: name.parse().ok(),
             cached: None,
+            resolving: false,
         }
     }
 
@@ -120,9 +123,17 @@ impl Host {
         {
             return Ok(addr);
         }
+        self.resolving = true;
         let (addr, ttl) = resolver.lookup(&self.name, self.version).await?;
+        self.resolving = false;
         self.cached = Some((addr, now + ttl));
         Ok(addr)
+    }
+
+    /// Whether the last lookup was cut short (by the probe's timeout): the probe then failed
+    /// to resolve, not to reach the target.
+    pub fn was_resolving(&self) -> bool {
+        self.resolving
     }
 }
 

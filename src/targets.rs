@@ -12,7 +12,7 @@ use tokio::time::{Instant, timeout};
 
 use crate::config::{Config, Target};
 use crate::metrics::{Metrics, ProbeLabel, TargetMetrics};
-use crate::probe::{Failure, Probe, Reason, Shared};
+use crate::probe::{Probe, Shared};
 use crate::scheduler::{Lateness, Slot, Ticker};
 
 /// What [`Supervisor::apply`] did.
@@ -150,13 +150,7 @@ async fn target_task(
         ticker.tick().await;
         let result = match timeout(target.timeout, probe.run()).await {
             Ok(result) => result,
-            Err(_) => Err(Failure::new(
-                Reason::Timeout,
-                format!(
-                    "no answer within {}",
-                    humantime::format_duration(target.timeout)
-                ),
-            )),
+            Err(_) => Err(probe.timed_out(target.timeout)),
         };
         metrics.record(&result);
         match &result {

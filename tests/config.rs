@@ -105,6 +105,24 @@ fn environment_overrides_file_keys() {
 }
 
 #[test]
+fn only_section_key_variables_are_overrides() {
+    let env = HashMap::from([
+        ("REGIONPROBE_REQUIRE_SOMETHING".to_owned(), "1".to_owned()),
+        ("REGIONPROBE_VERSION".to_owned(), "1.2.3".to_owned()),
+    ]);
+    ConfigSource::Bundled.load_with_env(Some(env)).unwrap();
+    let env = HashMap::from([("REGIONPROBE_EXPORTER__REGOIN".to_owned(), "eu".to_owned())]);
+    let error = ConfigSource::Bundled
+        .load_with_env(Some(env))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("key `exporter.regoin`: unknown field"),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_bad_environment_override_names_the_key() {
     let env = HashMap::from([(
         "REGIONPROBE_DEFAULTS__TIMEOUT".to_owned(),

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub const BUNDLED: &str = include_str!("../../exporter.toml");
 
 /// Environment variables with this prefix override file keys: `REGIONPROBE_EXPORTER__REGION=eu`
-/// sets `exporter.region` (`__` separates the path segments).
+/// sets `exporter.region` (`__` separates the path segments; variables without it are ignored).
 pub const ENV_PREFIX: &str = "REGIONPROBE";
 
 /// Default histogram buckets in seconds: 100 us doubling up to 13.1 s (18 buckets).
@@ -77,13 +77,23 @@ pub fn parse(
     text: &str,
     env: Option<HashMap<String, String>>,
 ) -> Result<Config, ConfigError> {
-    let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+    // Only `REGIONPROBE_<SECTION>__<KEY>` variables are overrides; other REGIONPROBE_*
+    // variables (a CI switch, an image's version tag) are not configuration.
+    let overrides: config::Map<String, String> = env
+        .map(|vars| vars.into_iter().collect::<Vec<_>>())
+        .unwrap_or_else(|| std::env::vars().collect())
+        .into_iter()
+        .filter(|(name, _)| {
+            name.strip_prefix(ENV_PREFIX)
+                .and_then(|rest| rest.strip_prefix('_'))
+                .is_some_and(|path| path.contains("__"))
+        })
+        .collect();
+    let environment = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("_")
         .separator("__")
-        .try_parsing(true);
-    if env.is_some() {
-        environment = environment.source(env);
-    }
+        .try_parsing(true)
+        .source(Some(overrides));
     let layered = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(environment)

@@ -32,6 +32,10 @@ impl Icmp {
         }
     }
 
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
     pub async fn run(&mut self) -> Result<Outcome, Failure> {
         let addr = self
             .host

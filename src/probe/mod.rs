@@ -119,4 +119,19 @@ impl Probe {
             Probe::Tcp(p) => p.run().await,
         }
     }
+
+    /// The failure to record when the timeout cancelled [`Probe::run`]: a DNS lookup that
+    /// was still running is `resolve`, anything else `timeout`.
+    pub fn timed_out(&self, timeout: Duration) -> Failure {
+        let host = match self {
+            Probe::Icmp(p) => p.host(),
+            Probe::Tcp(p) => p.host(),
+        };
+        let after = humantime::format_duration(timeout);
+        if host.was_resolving() {
+            Failure::new(Reason::Resolve, format!("no DNS answer within {after}"))
+        } else {
+            Failure::new(Reason::Timeout, format!("no answer within {after}"))
+        }
+    }
 }

@@ -26,6 +26,10 @@ impl Tcp {
         }
     }
 
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
     pub async fn run(&mut self) -> Result<Outcome, Failure> {
         let addr = self
             .host
@@ -93,6 +97,45 @@ mod tests {
         let failure = probe(addr).run().await.unwrap_err();
         assert_eq!(failure.reason, Reason::Refused, "{failure}");
         assert!(failure.detail.contains(&addr.to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_silent_dns_server_is_reason_resolve_not_timeout() {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        // A name server that receives queries and never answers.
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let mut name_server = NameServerConfig::udp(addr.ip());
+        name_server.connections[0].port = addr.port();
+        let shared = Shared {
+            resolver: crate::resolve::Resolver::with_config(ResolverConfig::from_name_servers(
+                vec![name_server],
+            )),
+            ..Shared::default()
+        };
+        let config = TcpConfig {
+            host: "db.regionprobe.test.".into(),
+            port: 5432,
+            ip_version: IpVersion::Any,
+        };
+        let mut probe = super::super::Probe::Tcp(Tcp::new(&config, &shared));
+        let timeout = std::time::Duration::from_millis(200);
+        assert!(tokio::time::timeout(timeout, probe.run()).await.is_err());
+        let failure = probe.timed_out(timeout);
+        assert_eq!(failure.reason, Reason::Resolve, "{failure}");
+
+        // Once the name resolves from cache or literal, a timeout is a timeout again.
+        let mut literal = super::super::Probe::Tcp(Tcp::new(
+            &TcpConfig {
+                host: "127.0.0.1".into(),
+                port: 1,
+                ip_version: IpVersion::Any,
+            },
+            &shared,
+        ));
+        let _ = literal.run().await;
+        assert_eq!(literal.timed_out(timeout).reason, Reason::Timeout);
+        drop(silent);
     }
 
     #[tokio::test]

@@ -101,6 +101,7 @@ impl Exporter {
             .args(["--log.level", "debug", "--log.format", "text"])
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
+            .env_remove("REGIONPROBE_REQUIRE_PRIVILEGED_TESTS")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start regionprobe");

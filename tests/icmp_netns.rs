@@ -1,0 +1,1119 @@
+//! ICMP probing end to end: the real binary, run inside network namespaces that each test
+//! builds for itself (`ip netns`, veth pairs), so that what real networks do can be produced
+//! on one machine: ping sockets allowed or not, ICMP errors from routers, a local "no route", a
+//! router that drops silently, a DNS server that says NXDOMAIN.
+//!
+//! Every test needs root (CI runs as root) and skips otherwise. Each one owns its namespaces,
+//! named after the process id and a tag, and a private /30 between the root namespace (where
+//! the test scrapes from) and the prober namespace (where the exporter runs), numbered from the
+//! process id and a per-test number: the tests run in parallel, and beside other test
+//! processes, without meeting. No packet leaves the namespaces: the probed addresses are
+//! loopback, the test's own veth address, or prefixes routed only between test namespaces.
+//! Guards delete everything when a test ends, also when it panics.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::{Exporter, Scrape, TempDir};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+const NEEDS_ROOT: &str = "needs root to create network namespaces";
+
+/// How long any expected state may take to show up: generous, as tests end once it does.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Where `ip netns exec` finds files to bind-mount over /etc.
+const ETC_NETNS: &str = "/etc/netns";
+
+/// The exporter runs as root (gid 0), so `ping_group_range` decides which ICMP socket it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Datagram,
+    Raw,
+}
+
+impl Kind {
+    /// The `kind` label of `regionprobe_icmp_socket_info`.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Datagram => "datagram",
+            Kind::Raw => "raw",
+        }
+    }
+
+    /// A range holding gid 0 permits ping sockets; "1 0" is the kernel's "nobody" (an empty
+    /// range), which leaves root only raw sockets.
+    fn ping_group_range(self) -> &'static str {
+        match self {
+            Kind::Datagram => "0 2147483647",
+            Kind::Raw => "1 0",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topology builder
+// ---------------------------------------------------------------------------------------------
+
+/// Runs a command that must succeed; on failure the panic carries its stderr.
+fn run(args: &[&str]) -> String {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {args:?}: {err}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs a cleanup command whose failure (the thing is already gone) does not matter. Never
+/// panics: it runs in `Drop`, possibly while a failed test unwinds.
+fn run_quietly(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `ip <command>`, the command written as on a shell (words without spaces).
+fn ip(command: &str) {
+    let mut args = vec!["ip"];
+    args.extend(command.split_whitespace());
+    run(&args);
+}
+
+/// Whether this kernel has IPv6 at all (`ipv6.disable=1` removes it): the IPv6 halves of the
+/// tests need it.
+fn ipv6_available() -> bool {
+    let available = Path::new("/proc/sys/net/ipv6").exists();
+    if !available {
+        eprintln!("NOTE: no IPv6 in this kernel; only the IPv4 half of the test runs");
+    }
+    available
+}
+
+/// A network namespace made for one test, with `lo` up.
+///
+/// Why a guard: namespaces, and the veth pairs and /etc/netns files that go with them, outlive
+/// the process that made them. Dropping this deletes the namespace, which destroys every
+/// interface in it (and with a veth end its peer), and removes the namespace's /etc/netns
+/// directory; `Drop` also runs when the test panics. Declare it before the exporter, which
+/// then (a process inside the namespace) is killed first.
+#[derive(Debug)]
+struct Netns {
+    name: String,
+    /// Interfaces named so far (see [`Netns::ifname`]).
+    interfaces: Cell<u8>,
+    /// Whether `resolv_conf` created /etc/netns, which the drop then removes if empty.
+    made_etc_netns: Cell<bool>,
+}
+
+impl Netns {
+    /// `rp<pid><tag>`: the pid keeps concurrent test processes apart, the tag the tests of this
+    /// one. Interfaces are named after their namespace plus one character, so the name is kept
+    /// to 14 bytes (interface names have at most 15).
+    fn new(tag: &str) -> Self {
+        let name = format!("rp{}{tag}", std::process::id());
+        assert!(name.len() <= 14, "namespace name {name:?} is too long");
+        // A leftover of a killed earlier process that had the same pid.
+        run_quietly(&["ip", "netns", "del", &name]);
+        run(&["ip", "netns", "add", &name]);
+        let netns = Netns {
+            name,
+            interfaces: Cell::new(0),
+            made_etc_netns: Cell::new(false),
+        };
+        netns.ip("link set lo up");
+        netns
+    }
+
+    /// `ip -n <ns> <command>`: iproute2 acting inside the namespace.
+    fn ip(&self, command: &str) {
+        ip(&format!("-n {} {command}", self.name));
+    }
+
+    /// The command prefix that runs a program in the namespace (for `Exporter::start_with`).
+    fn prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.name]
+    }
+
+    /// Sets a per-namespace sysctl (`net.ipv4.ping_group_range` ...) by writing /proc/sys from
+    /// inside the namespace: /proc/sys/net shows the namespace of the process that opens it.
+    fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let script = r#"printf '%s\n' "$1" > "$2""#;
+        let mut args = self.prefix().to_vec();
+        args.extend(["sh", "-c", script, "sh", value, &path]);
+        run(&args);
+    }
+
+    /// Lets root open ping sockets in this namespace (`Kind::Datagram`), or not (`Kind::Raw`).
+    fn ping_sockets(&self, kind: Kind) {
+        self.sysctl("net.ipv4.ping_group_range", kind.ping_group_range());
+    }
+
+    /// Makes sure `::1` works; false (and nothing to do) without IPv6 in the kernel.
+    fn loopback_ipv6(&self) -> bool {
+        if !ipv6_available() {
+            return false;
+        }
+        self.sysctl("net.ipv6.conf.lo.disable_ipv6", "0");
+        true
+    }
+
+    /// Makes this namespace a router: it forwards (IPv6 too with `ipv6`) and sends an ICMP
+    /// error for every packet it cannot deliver, not one a second per destination. Call it
+    /// before the namespace gets its interfaces, which take the `default` settings.
+    ///
+    /// No ICMP redirects: the kernel keeps their rate limit in the same per-source record as
+    /// that of "unreachable" errors about forwarded packets, so redirects (for the packets
+    /// that bounce between two routers) would suppress the errors a test waits for.
+    fn forward(&self, ipv6: bool) {
+        self.sysctl("net.ipv4.ip_forward", "1");
+        self.sysctl("net.ipv4.icmp_ratelimit", "0");
+        self.sysctl("net.ipv4.conf.all.send_redirects", "0");
+        self.sysctl("net.ipv4.conf.default.send_redirects", "0");
+        if ipv6 {
+            self.sysctl("net.ipv6.conf.all.forwarding", "1");
+            self.sysctl("net.ipv6.icmp.ratelimit", "0");
+        }
+    }
+
+    /// Connects the root namespace to this one (see [`Uplink`]): the exporter listens on this
+    /// namespace's end, the test scrapes from the root namespace.
+    fn uplink(&self, block: u32) -> Uplink {
+        assert!(block < 16, "at most 16 blocks per process");
+        let pid_blocks = (std::process::id() % 8192) * 16;
+        let first = u32::from(Ipv4Addr::new(10, 200, 0, 0)) + (pid_blocks + block) * 4;
+        let uplink = Uplink {
+            root_end: format!("{}h", self.name),
+            host: Ipv4Addr::from(first + 1),
+            inside: Ipv4Addr::from(first + 2),
+        };
+        let (root_end, ns_end) = (&uplink.root_end, format!("{}u", self.name));
+        run_quietly(&["ip", "link", "del", root_end]);
+        ip(&format!("link add {root_end} type veth peer name {ns_end}"));
+        ip(&format!("link set {ns_end} netns {}", self.name));
+        ip(&format!("addr add {}/30 dev {root_end}", uplink.host));
+        ip(&format!("link set {root_end} up"));
+        self.ip(&format!("addr add {}/30 dev {ns_end}", uplink.inside));
+        self.ip(&format!("link set {ns_end} up"));
+        uplink
+    }
+
+    /// A new interface name in this namespace: the namespace's name and a digit.
+    fn ifname(&self) -> String {
+        let n = self.interfaces.get();
+        assert!(n < 10, "too many interfaces in {}", self.name);
+        self.interfaces.set(n + 1);
+        format!("{}{n}", self.name)
+    }
+
+    /// `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: the
+    /// exporter in this namespace uses `contents` as its resolver configuration.
+    fn resolv_conf(&self, contents: &str) {
+        if !Path::new(ETC_NETNS).exists() {
+            self.made_etc_netns.set(true);
+        }
+        let dir = self.etc_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), contents).unwrap();
+    }
+
+    fn etc_dir(&self) -> PathBuf {
+        Path::new(ETC_NETNS).join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        run_quietly(&["ip", "netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(self.etc_dir());
+        if self.made_etc_netns.get() {
+            // Only if empty: the directory is shared.
+            let _ = std::fs::remove_dir(ETC_NETNS);
+        }
+    }
+}
+
+/// A veth pair between the root namespace and a test namespace with a private /30: the
+/// `block`th of this process in 10.200.0.0/13 (16 blocks for each pid modulo 8192). `host` is
+/// the root end's address, `inside` the namespace's.
+///
+/// Why a guard of its own: the root end lives in the root namespace, where it would outlive
+/// the test namespace if something (a stray process) kept that namespace alive.
+#[derive(Debug)]
+struct Uplink {
+    root_end: String,
+    host: Ipv4Addr,
+    inside: Ipv4Addr,
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        run_quietly(&["ip", "link", "del", &self.root_end]);
+    }
+}
+
+/// Connects two namespaces with a veth pair, gives each end its addresses (`"10.99.0.1/30"`,
+/// `"fd72:7070:99::1/64"`) and brings both up. Both ends live and die with their namespaces,
+/// so these addresses never meet the root namespace's.
+fn veth(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) {
+    let (a_end, b_end) = (a.ifname(), b.ifname());
+    ip(&format!("link add {a_end} type veth peer name {b_end}"));
+    for (netns, end, addrs) in [(a, &a_end, a_addrs), (b, &b_end, b_addrs)] {
+        ip(&format!("link set {end} netns {}", netns.name));
+        for addr in addrs {
+            if addr.contains(':') {
+                netns.sysctl(&format!("net.ipv6.conf.{end}.disable_ipv6"), "0");
+                // No duplicate address detection, for the link-local address either: until
+                // it is over (a second) the link does not carry IPv6 reliably.
+                netns.sysctl(&format!("net.ipv6.conf.{end}.accept_dad"), "0");
+                netns.ip(&format!("-6 addr add {addr} dev {end} nodad"));
+            } else {
+                netns.ip(&format!("addr add {addr} dev {end}"));
+            }
+        }
+        netns.ip(&format!("link set {end} up"));
+    }
+}
+
+/// A prober namespace (where the exporter runs, `ping_group_range` set for `kind`) whose
+/// default gateway is a router namespace over 10.99.0.0/30 (and fd72:7070:99::/64), plus an
+/// uplink for scraping.
+#[derive(Debug)]
+struct Routed {
+    // Fields drop in order: the uplink, the prober (the exporter's namespace), the router.
+    uplink: Uplink,
+    prober: Netns,
+    router: Netns,
+    ipv6: bool,
+}
+
+fn routed(kind: Kind, tag: &str, block: u32) -> Routed {
+    let prober = Netns::new(tag);
+    let router = Netns::new(&format!("{tag}r"));
+    prober.ping_sockets(kind);
+    let ipv6 = prober.loopback_ipv6();
+    router.forward(ipv6);
+    if ipv6 {
+        veth(
+            &prober,
+            &["10.99.0.2/30", "fd72:7070:99::2/64"],
+            &router,
+            &["10.99.0.1/30", "fd72:7070:99::1/64"],
+        );
+        prober.ip("-6 route add default via fd72:7070:99::1");
+    } else {
+        veth(&prober, &["10.99.0.2/30"], &router, &["10.99.0.1/30"]);
+    }
+    prober.ip("route add default via 10.99.0.1");
+    let uplink = prober.uplink(block);
+    Routed {
+        uplink,
+        prober,
+        router,
+        ipv6,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The exporter and its metrics
+// ---------------------------------------------------------------------------------------------
+
+/// An `exporter.toml` listening on `listen` (port 0) with ICMP targets `(name, host)`.
+///
+/// The buckets start at 1 ns: no real round trip fits, so a sample there is a latency of zero,
+/// a clock started after the send or read before the reply.
+fn config(listen: Ipv4Addr, interval: &str, timeout: &str, targets: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        "[exporter]\nregion = \"ns\"\nlisten = \"{listen}:0\"\n\n\
+         [defaults]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n\
+         buckets = [0.000000001, 0.001, 0.01, 0.1, 1.0]\n"
+    );
+    for (name, host) in targets {
+        text.push_str(&format!(
+            "\n[[target]]\nname = \"{name}\"\nregion = \"ns\"\nprobe = \"icmp\"\nhost = \"{host}\"\n"
+        ));
+    }
+    text
+}
+
+/// The exporter under test, running in a namespace.
+///
+/// Why a wrapper: when a test fails (an assertion, or `wait_for` timing out) the panic alone
+/// does not say what the exporter saw; on panic this prints the last scrape's `regionprobe_`
+/// series and the exporter's log.
+#[derive(Debug)]
+struct Probed {
+    exporter: Exporter,
+    last: RefCell<String>,
+    _dir: TempDir,
+}
+
+impl Probed {
+    /// Starts the exporter in `netns` on `config`.
+    fn start(netns: &Netns, config: &str) -> Self {
+        let dir = TempDir::new("netns");
+        let path = dir.write("exporter.toml", config);
+        Probed {
+            exporter: Exporter::start_with(&netns.prefix(), &path),
+            last: RefCell::new(String::new()),
+            _dir: dir,
+        }
+    }
+
+    fn scrape(&self) -> Scrape {
+        let (status, body) = self.exporter.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        let scrape = Scrape::parse(&body);
+        *self.last.borrow_mut() = body;
+        scrape
+    }
+
+    /// Scrapes until `ready` holds (for up to [`WAIT`]) and returns that scrape.
+    fn until(&self, what: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+        common::wait_for(WAIT, what, || Some(self.scrape()).filter(|s| ready(s)))
+    }
+}
+
+impl Drop for Probed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let last = self.last.borrow();
+            let series: Vec<&str> = last
+                .lines()
+                .filter(|l| l.starts_with("regionprobe_"))
+                .collect();
+            eprintln!(
+                "--- last scrape ---\n{}\n--- exporter log ---\n{}",
+                series.join("\n"),
+                self.exporter.log_text()
+            );
+        }
+    }
+}
+
+/// The value of the one sample of `name` for `target` (plus `labels`), which must exist.
+fn sample(s: &Scrape, name: &str, target: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut all = vec![("target", target)];
+    all.extend_from_slice(labels);
+    s.value(name, &all)
+        .unwrap_or_else(|| panic!("no {name} {all:?}"))
+}
+
+/// Successful probes of `target` (only successes observe a latency).
+fn successes(s: &Scrape, target: &str) -> f64 {
+    sample(s, "regionprobe_probe_duration_seconds_count", target, &[])
+}
+
+fn probes(s: &Scrape, target: &str) -> f64 {
+    sample(s, "regionprobe_probes_total", target, &[])
+}
+
+/// Failures of `target` with `reason`; each ICMP reason is exported from the start, at 0.
+fn failures(s: &Scrape, target: &str, reason: &str) -> f64 {
+    sample(
+        s,
+        "regionprobe_probe_failures_total",
+        target,
+        &[("reason", reason)],
+    )
+}
+
+/// Failures of `target`, all reasons together.
+fn all_failures(s: &Scrape, target: &str) -> f64 {
+    s.find("regionprobe_probe_failures_total", &[("target", target)])
+        .iter()
+        .map(|f| f.value)
+        .sum()
+}
+
+/// Samples of `target` in the 1 ns bucket: round trips measured as zero.
+fn zero_latencies(s: &Scrape, target: &str) -> f64 {
+    s.find(
+        "regionprobe_probe_duration_seconds_bucket",
+        &[("target", target)],
+    )
+    .into_iter()
+    .find(|b| b.labels["le"].parse::<f64>().is_ok_and(|le| le <= 1e-9))
+    .unwrap_or_else(|| panic!("no 1 ns bucket for {target}"))
+    .value
+}
+
+/// The kind of the open ICMP socket of `ip_version`, if one is open.
+fn socket_kind(s: &Scrape, ip_version: &str) -> Option<String> {
+    let open = s.find(
+        "regionprobe_icmp_socket_info",
+        &[("ip_version", ip_version)],
+    );
+    assert!(open.len() <= 1, "two ICMPv{ip_version} sockets: {open:?}");
+    open.first().map(|info| {
+        assert_eq!(info.value, 1.0, "{info:?}");
+        info.labels["kind"].clone()
+    })
+}
+
+fn unmatched(s: &Scrape, ip_version: &str) -> f64 {
+    s.value(
+        "regionprobe_icmp_unmatched_replies_total",
+        &[("ip_version", ip_version)],
+    )
+    .unwrap_or_else(|| panic!("no unmatched counter for ICMPv{ip_version}"))
+}
+
+/// A healthy target: samples, each with a real (non-zero) latency, no failure, up.
+fn assert_healthy(s: &Scrape, target: &str, min_samples: f64) {
+    assert!(
+        successes(s, target) >= min_samples,
+        "{target}: fewer than {min_samples} samples"
+    );
+    assert_eq!(all_failures(s, target), 0.0, "{target} failed");
+    let latency_sum = sample(s, "regionprobe_probe_duration_seconds_sum", target, &[]);
+    assert!(latency_sum > 0.0, "{target}: latencies sum to zero");
+    assert_eq!(
+        zero_latencies(s, target),
+        0.0,
+        "{target}: round trips of 0 s"
+    );
+    assert_eq!(sample(s, "regionprobe_target_up", target, &[]), 1.0);
+}
+
+/// A target that only ever fails, with `reason`: no latency sample (a failure is not a
+/// latency), no other reason, down. One probe may be counted before its outcome is.
+fn assert_fails_only_with(s: &Scrape, target: &str, reason: &str) {
+    assert_eq!(
+        successes(s, target),
+        0.0,
+        "{target}: a failure recorded a latency"
+    );
+    let counted = failures(s, target, reason);
+    assert_eq!(
+        all_failures(s, target),
+        counted,
+        "{target}: other failures than {reason}"
+    );
+    assert!(
+        probes(s, target) - counted <= 1.0,
+        "{target}: probes without an outcome"
+    );
+    assert_eq!(
+        sample(s, "regionprobe_target_up", target, &[]),
+        0.0,
+        "{target} is up"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket kinds
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn datagram_socket_in_a_namespace_that_allows_it() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let netns = Netns::new("dg");
+    netns.ping_sockets(Kind::Datagram);
+    let ipv6 = netns.loopback_ipv6();
+    let uplink = netns.uplink(0);
+    let host = uplink.host.to_string();
+    let mut targets = vec![("lo4", "127.0.0.1"), ("host", host.as_str())];
+    if ipv6 {
+        targets.push(("lo6", "::1"));
+    }
+    let probed = Probed::start(&netns, &config(uplink.inside, "200ms", "200ms", &targets));
+
+    let s = probed.until("5 samples of every target", |s| {
+        targets.iter().all(|(name, _)| successes(s, name) >= 5.0)
+    });
+    assert_eq!(socket_kind(&s, "4").as_deref(), Some("datagram"));
+    assert_eq!(unmatched(&s, "4"), 0.0);
+    if ipv6 {
+        assert_eq!(socket_kind(&s, "6").as_deref(), Some("datagram"));
+        assert_eq!(unmatched(&s, "6"), 0.0);
+    }
+    for (name, _) in &targets {
+        assert_healthy(&s, name, 5.0);
+    }
+    let log = probed.exporter.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ICMP socket open") && l.contains("datagram")),
+        "the socket kind is not logged"
+    );
+}
+
+#[test]
+fn raw_socket_when_ping_group_range_is_closed() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let netns = Netns::new("raw");
+    netns.ping_sockets(Kind::Raw);
+    let ipv6 = netns.loopback_ipv6();
+    let uplink = netns.uplink(1);
+    let mut targets = vec![("lo4", "127.0.0.1")];
+    if ipv6 {
+        targets.push(("lo6", "::1"));
+    }
+    let probed = Probed::start(&netns, &config(uplink.inside, "200ms", "200ms", &targets));
+
+    let s = probed.until("5 samples of every target", |s| {
+        targets.iter().all(|(name, _)| successes(s, name) >= 5.0)
+    });
+    // A raw socket sees every ICMP packet of the namespace, on loopback our own requests too:
+    // none of them may count as a stray reply.
+    assert_eq!(socket_kind(&s, "4").as_deref(), Some("raw"));
+    assert_eq!(unmatched(&s, "4"), 0.0);
+    if ipv6 {
+        assert_eq!(socket_kind(&s, "6").as_deref(), Some("raw"));
+        assert_eq!(unmatched(&s, "6"), 0.0);
+    }
+    for (name, _) in &targets {
+        assert_healthy(&s, name, 5.0);
+    }
+    let log = probed.exporter.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ICMP socket open") && l.contains("raw")),
+        "the socket kind is not logged"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures: ICMP errors, local no-route, silence, DNS
+// ---------------------------------------------------------------------------------------------
+
+/// ICMP errors from routers on the way are `unreachable`, long before the probe's timeout:
+/// - the router answers each echo request for 10.250.0.0/24 (and fd72:7070:250::/64) with
+///   destination unreachable (an `unreachable` route);
+/// - 10.254.0.0/24 (and fd72:7070:254::/64) bounce between the router and a second router
+///   behind it until the TTL (hop limit) runs out: time exceeded.
+///
+/// Loopback targets on the same socket must not notice.
+fn router_error_is_unreachable(kind: Kind, tag: &str, block: u32) {
+    let net = routed(kind, tag, block);
+    let far = Netns::new(&format!("{tag}f"));
+    far.forward(net.ipv6);
+    let mut targets = vec![
+        ("unr4", "10.250.0.9"),
+        ("ttl4", "10.254.0.9"),
+        ("lo4", "127.0.0.1"),
+    ];
+    if net.ipv6 {
+        veth(
+            &net.router,
+            &["10.98.0.1/30", "fd72:7070:98::1/64"],
+            &far,
+            &["10.98.0.2/30", "fd72:7070:98::2/64"],
+        );
+        net.router.ip("-6 route add unreachable fd72:7070:250::/64");
+        net.router
+            .ip("-6 route add fd72:7070:254::/64 via fd72:7070:98::2");
+        far.ip("-6 route add default via fd72:7070:98::1");
+        targets.extend([
+            ("unr6", "fd72:7070:250::9"),
+            ("ttl6", "fd72:7070:254::9"),
+            ("lo6", "::1"),
+        ]);
+    } else {
+        veth(&net.router, &["10.98.0.1/30"], &far, &["10.98.0.2/30"]);
+    }
+    net.router.ip("route add unreachable 10.250.0.0/24");
+    net.router.ip("route add 10.254.0.0/24 via 10.98.0.2");
+    far.ip("route add default via 10.98.0.1");
+    // One probe a second fits the kernel's rate limit for "unreachable" errors about forwarded
+    // packets (one a second, burst 5: net.ipv4.route.error_cost and error_burst, which are
+    // global, not per namespace).
+    let text = config(net.uplink.inside, "1s", "1s", &targets);
+    let probed = Probed::start(&net.prober, &text);
+
+    let behind_router: Vec<&str> = targets
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !name.starts_with("lo"))
+        .collect();
+    let s = probed.until(
+        "3 unreachable failures of each target behind the router",
+        |s| {
+            behind_router
+                .iter()
+                .all(|name| failures(s, name, "unreachable") >= 3.0)
+        },
+    );
+    for name in &behind_router {
+        assert_fails_only_with(&s, name, "unreachable");
+    }
+    assert_eq!(socket_kind(&s, "4").as_deref(), Some(kind.label()));
+    assert_healthy(&s, "lo4", 1.0);
+    assert_eq!(unmatched(&s, "4"), 0.0);
+    if net.ipv6 {
+        assert_eq!(socket_kind(&s, "6").as_deref(), Some(kind.label()));
+        assert_healthy(&s, "lo6", 1.0);
+        assert_eq!(unmatched(&s, "6"), 0.0);
+    }
+}
+
+/// Datagram sockets receive ICMP errors only through the `IP_RECVERR` error queue, which
+/// the exporter reads when the socket reports an error: this fails if nothing wakes its
+/// receive task on error readiness (`UdpSocket::recv_from` of tokio before 1.51.1 did not).
+#[test]
+fn icmp_error_from_a_router_counts_as_unreachable_datagram() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    router_error_is_unreachable(Kind::Datagram, "red", 2);
+}
+
+/// Raw sockets receive the ICMP error as a packet quoting the request.
+#[test]
+fn icmp_error_from_a_router_counts_as_unreachable_raw() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    router_error_is_unreachable(Kind::Raw, "rer", 3);
+}
+
+/// One datagram socket serves every target, and the kernel flags an ICMP error on it (the
+/// socket error, `sk_err`) until some call on the socket picks the error up. Whichever call
+/// comes first takes it: if it is another target's `sendto`, that send fails with
+/// EHOSTUNREACH and its target counts as `unreachable`, while the probe the error belongs to
+/// waits out its timeout, and the error, drained later, counts as unmatched. A busy socket
+/// makes the race likely: 20 loopback targets send 2,000 requests a second beside one target
+/// behind an unreachable route.
+#[test]
+fn an_icmp_error_never_fails_another_target_on_the_shared_socket() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let net = routed(Kind::Datagram, "xt", 11);
+    net.router.ip("route add unreachable 10.250.0.0/24");
+    let names: Vec<String> = (0..20).map(|i| format!("lo{i:02}")).collect();
+    let targets: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "127.0.0.1")).collect();
+    let mut text = config(net.uplink.inside, "10ms", "10ms", &targets);
+    // One probe a second: within the router's rate limit, every request gets its error.
+    text.push_str(
+        "\n[[target]]\nname = \"unr4\"\nregion = \"ns\"\nprobe = \"icmp\"\n\
+         host = \"10.250.0.9\"\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+    );
+    let probed = Probed::start(&net.prober, &text);
+
+    let s = probed.until("6 probes of the unreachable target", |s| {
+        probes(s, "unr4") >= 6.0
+    });
+    assert_eq!(socket_kind(&s, "4").as_deref(), Some("datagram"));
+    let hit: Vec<&String> = names
+        .iter()
+        .filter(|name| failures(&s, name, "unreachable") > 0.0)
+        .collect();
+    assert!(
+        hit.is_empty(),
+        "healthy targets failed as unreachable: {hit:?}"
+    );
+    assert_eq!(failures(&s, "unr4", "timeout"), 0.0, "unr4 lost its errors");
+    assert_eq!(unmatched(&s, "4"), 0.0);
+}
+
+/// No packet leaves: `sendto` itself fails, with EHOSTUNREACH for an `unreachable` route and
+/// ENETUNREACH where no route matches at all. Both are `unreachable`, at once.
+fn local_no_route_is_unreachable(kind: Kind, tag: &str, block: u32) {
+    let netns = Netns::new(tag);
+    netns.ping_sockets(kind);
+    let ipv6 = netns.loopback_ipv6();
+    let uplink = netns.uplink(block);
+    // The namespace has no default route: 10.253.0.9 (and fd72:7070:253::9) match nothing.
+    netns.ip("route add unreachable 10.251.0.0/24");
+    let mut targets = vec![
+        ("unr4", "10.251.0.9"),
+        ("none4", "10.253.0.9"),
+        ("lo4", "127.0.0.1"),
+    ];
+    if ipv6 {
+        netns.ip("-6 route add unreachable fd72:7070:251::/64");
+        targets.extend([("unr6", "fd72:7070:251::9"), ("none6", "fd72:7070:253::9")]);
+    }
+    let probed = Probed::start(&netns, &config(uplink.inside, "300ms", "300ms", &targets));
+
+    let unroutable: Vec<&str> = targets
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| *name != "lo4")
+        .collect();
+    let s = probed.until("3 unreachable failures of each unroutable target", |s| {
+        unroutable
+            .iter()
+            .all(|name| failures(s, name, "unreachable") >= 3.0)
+    });
+    assert_eq!(socket_kind(&s, "4").as_deref(), Some(kind.label()));
+    for name in &unroutable {
+        assert_fails_only_with(&s, name, "unreachable");
+    }
+    assert_healthy(&s, "lo4", 1.0);
+}
+
+#[test]
+fn locally_unreachable_route_datagram() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    local_no_route_is_unreachable(Kind::Datagram, "lud", 4);
+}
+
+#[test]
+fn locally_unreachable_route_raw() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    local_no_route_is_unreachable(Kind::Raw, "lur", 5);
+}
+
+/// The router drops everything for 10.252.0.0/24 (and fd72:7070:252::/64) without a word
+/// (`blackhole`): each probe ends at its timeout, as `timeout`, without a latency sample.
+fn silence_is_timeout(kind: Kind, tag: &str, block: u32) {
+    let net = routed(kind, tag, block);
+    net.router.ip("route add blackhole 10.252.0.0/24");
+    let mut targets = vec![("quiet4", "10.252.0.9"), ("lo4", "127.0.0.1")];
+    if net.ipv6 {
+        net.router.ip("-6 route add blackhole fd72:7070:252::/64");
+        targets.push(("quiet6", "fd72:7070:252::9"));
+    }
+    let text = config(net.uplink.inside, "500ms", "300ms", &targets);
+    let probed = Probed::start(&net.prober, &text);
+
+    let s = probed.until("3 timeouts of each silent target", |s| {
+        failures(s, "quiet4", "timeout") >= 3.0
+            && (!net.ipv6 || failures(s, "quiet6", "timeout") >= 3.0)
+    });
+    assert_eq!(socket_kind(&s, "4").as_deref(), Some(kind.label()));
+    assert_fails_only_with(&s, "quiet4", "timeout");
+    if net.ipv6 {
+        assert_fails_only_with(&s, "quiet6", "timeout");
+    }
+    assert_healthy(&s, "lo4", 1.0);
+    // Nothing came back, so nothing can be unmatched.
+    assert_eq!(unmatched(&s, "4"), 0.0);
+}
+
+#[test]
+fn silent_host_times_out_datagram() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    silence_is_timeout(Kind::Datagram, "sid", 6);
+}
+
+#[test]
+fn silent_host_times_out_raw() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    silence_is_timeout(Kind::Raw, "sir", 7);
+}
+
+/// A DNS server on `addr`:53 that answers every query at once with NXDOMAIN, and counts them.
+///
+/// Why not simply `nameserver 127.0.0.1` with nothing listening there: hickory sends queries
+/// from unconnected UDP sockets, which never see the ICMP port unreachable, so each lookup
+/// waits for hickory's own timeout (seconds) and the probe ends as `timeout`, not `resolve`.
+#[derive(Debug)]
+struct NxDomainServer {
+    queries: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NxDomainServer {
+    fn start(addr: Ipv4Addr) -> Self {
+        let socket = UdpSocket::bind((addr, 53)).expect("bind the test DNS server");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (queries, stop) = (queries.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    if let Some(answer) = nxdomain(&buf[..len]) {
+                        queries.fetch_add(1, Ordering::Relaxed);
+                        let _ = socket.send_to(&answer, from);
+                    }
+                }
+            })
+        };
+        NxDomainServer {
+            queries,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for NxDomainServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The NXDOMAIN response to a one-question query: its header with QR, RA and rcode 3, no
+/// records, and its question (anything after it, such as an EDNS record, is dropped).
+fn nxdomain(query: &[u8]) -> Option<Vec<u8>> {
+    let mut end = 12;
+    loop {
+        let label = usize::from(*query.get(end)?);
+        end += 1 + label;
+        if label == 0 {
+            break;
+        }
+    }
+    end += 4; // type, class
+    let mut answer = query.get(..end)?.to_vec();
+    answer[2] = 0x80 | (query[2] & 0x01); // QR, the query's RD
+    answer[3] = 0x80 | 3; // RA, NXDOMAIN
+    answer[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    Some(answer)
+}
+
+#[test]
+fn unresolvable_host_is_reason_resolve_and_keeps_trying() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let netns = Netns::new("dns");
+    netns.ping_sockets(Kind::Datagram);
+    let uplink = netns.uplink(8);
+    let dns = NxDomainServer::start(uplink.host);
+    netns.resolv_conf(&format!("nameserver {}\n", uplink.host));
+    // The trailing dot keeps search domains out of it.
+    let targets = [("nx", "doesnotexist.example."), ("lo4", "127.0.0.1")];
+    let probed = Probed::start(&netns, &config(uplink.inside, "300ms", "300ms", &targets));
+
+    let first = probed.until("3 resolve failures", |s| {
+        failures(s, "nx", "resolve") >= 3.0
+    });
+    let (failed_so_far, queries_so_far) = (failures(&first, "nx", "resolve"), dns.queries());
+    assert!(
+        queries_so_far > 0,
+        "the exporter did not ask the configured DNS server"
+    );
+    // Neither the failure is cached nor the target dropped: later probes fail as `resolve`
+    // again, each after a fresh query.
+    let s = probed.until("3 more resolve failures", |s| {
+        failures(s, "nx", "resolve") >= failed_so_far + 3.0
+    });
+    assert!(
+        dns.queries() > queries_so_far,
+        "no new DNS query after a failed lookup"
+    );
+    assert_fails_only_with(&s, "nx", "resolve");
+    assert_healthy(&s, "lo4", 1.0);
+    assert_eq!(probed.exporter.get("/metrics").0, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many targets, one host
+// ---------------------------------------------------------------------------------------------
+
+/// Turns this test binary into the echo responder of [`SlowHost`]: the delay in milliseconds.
+const SLOW_ECHO_ENV: &str = "ICMP_NETNS_SLOW_ECHO_MS";
+const SLOW_ECHO_READY: &str = "slow echo responder ready";
+
+/// A host that answers echo requests only after `delay`, so that many requests are in flight
+/// at once (netem, the usual way to add delay, is not in every kernel).
+///
+/// The kernel's own echo replies are switched off in `netns`, and this test binary, run again
+/// there (`ip netns exec`, as nothing else is sure to be installed), answers from a raw
+/// socket instead: see [`slow_echo_responder`]. Dropping this kills it.
+#[derive(Debug)]
+struct SlowHost {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl SlowHost {
+    fn start(netns: &Netns, delay: Duration) -> Self {
+        netns.sysctl("net.ipv4.icmp_echo_ignore_all", "1");
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &netns.name])
+            .arg(exe)
+            .args(["--exact", "slow_echo_responder", "--ignored", "--nocapture"])
+            .env(SLOW_ECHO_ENV, delay.as_millis().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the slow echo responder");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while line.trim() != SLOW_ECHO_READY {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                panic!("the slow echo responder did not start");
+            }
+        }
+        SlowHost {
+            child,
+            _stdout: stdout,
+        }
+    }
+}
+
+impl Drop for SlowHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a test: the process [`SlowHost`] starts (and a no-op anywhere else). Answers every
+/// IPv4 echo request it sees with an echo reply, `SLOW_ECHO_ENV` milliseconds later.
+#[test]
+#[ignore = "not a test: the echo responder that SlowHost runs in a namespace"]
+fn slow_echo_responder() {
+    let Ok(delay) = std::env::var(SLOW_ECHO_ENV) else {
+        return;
+    };
+    let delay = Duration::from_millis(delay.parse().expect("milliseconds"));
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw socket");
+    let socket = Arc::new(socket);
+    println!("{SLOW_ECHO_READY}");
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let len = (&*socket).read(&mut buf).expect("read an ICMP packet");
+        let Some((sender, reply)) = echo_reply(&buf[..len]) else {
+            continue;
+        };
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = socket.send_to(&reply, &SockAddr::from(SocketAddrV4::new(sender, 0)));
+        });
+    }
+}
+
+/// For an IPv4 packet holding an echo request: its sender and the ICMP echo reply to it.
+fn echo_reply(packet: &[u8]) -> Option<(Ipv4Addr, Vec<u8>)> {
+    let header = usize::from(packet.first()? & 0x0f) * 4;
+    let sender: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+    let mut icmp = packet.get(header..)?.to_vec();
+    if icmp.len() < 8 || icmp[0] != 8 {
+        return None;
+    }
+    icmp[0] = 0; // echo reply
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    Some((Ipv4Addr::from(sender), icmp))
+}
+
+/// RFC 1071 internet checksum.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Samples of `target` at most `le` seconds.
+fn samples_at_most(s: &Scrape, target: &str, le: f64) -> f64 {
+    s.find(
+        "regionprobe_probe_duration_seconds_bucket",
+        &[("target", target)],
+    )
+    .into_iter()
+    .find(|b| b.labels["le"].parse::<f64>() == Ok(le))
+    .unwrap_or_else(|| panic!("no bucket le={le} for {target}"))
+    .value
+}
+
+/// Many targets ping one host through the one shared socket: each reply must reach the probe
+/// whose request it answers (sequence and token), and none may be unmatched.
+/// - 20 targets ping 127.0.0.1 ten times a second;
+/// - 20 targets ping a host that answers after 30 ms, so that about six requests to it are
+///   in flight at any time: they would collide on a sequence number handed out twice;
+/// - and all that twice over: a second exporter shares the namespace, as sidecars of one pod
+///   do, and a raw socket sees the other process's traffic too, which it must leave alone.
+fn one_host_many_targets(kind: Kind, tag: &str, block: u32) {
+    let netns = Netns::new(tag);
+    netns.ping_sockets(kind);
+    let far = Netns::new(&format!("{tag}s"));
+    veth(&netns, &["10.97.0.2/30"], &far, &["10.97.0.1/30"]);
+    let _slow = SlowHost::start(&far, Duration::from_millis(30));
+    let uplink = netns.uplink(block);
+    let local: Vec<String> = (0..20).map(|i| format!("lo{i:02}")).collect();
+    let slow: Vec<String> = (0..20).map(|i| format!("slow{i:02}")).collect();
+    let targets: Vec<(&str, &str)> = local
+        .iter()
+        .map(|name| (name.as_str(), "127.0.0.1"))
+        .chain(slow.iter().map(|name| (name.as_str(), "10.97.0.1")))
+        .collect();
+    let text = config(uplink.inside, "100ms", "100ms", &targets);
+    let exporters = [Probed::start(&netns, &text), Probed::start(&netns, &text)];
+
+    for probed in &exporters {
+        let s = probed.until("25 samples of every target", |s| {
+            targets.iter().all(|(name, _)| successes(s, name) >= 25.0)
+        });
+        assert_eq!(socket_kind(&s, "4").as_deref(), Some(kind.label()));
+        for (name, _) in &targets {
+            assert_healthy(&s, name, 25.0);
+        }
+        assert_eq!(unmatched(&s, "4"), 0.0);
+        // Each of those samples is the host's 30 ms and the way there and back.
+        for name in &slow {
+            assert_eq!(samples_at_most(&s, name, 0.01), 0.0, "{name}: under 10 ms");
+            assert_eq!(
+                samples_at_most(&s, name, 0.1),
+                successes(&s, name),
+                "{name}: over 100 ms"
+            );
+        }
+    }
+}
+
+#[test]
+fn two_targets_pinging_one_host_never_collide_datagram() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    one_host_many_targets(Kind::Datagram, "cod", 9);
+}
+
+#[test]
+fn two_targets_pinging_one_host_never_collide_raw() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    one_host_many_targets(Kind::Raw, "cor", 10);
+}
