@@ -3,20 +3,29 @@
 //! Layout, in data-flow order:
 //! - [`config`]: `exporter.toml` + `REGIONPROBE_*` env, validated into a [`config::Config`];
 //! - [`targets`]: one task per target, diffed on reload; [`scheduler`]: when each probe runs;
-//! - [`probe`]: the probers (`icmp`, `tcp`), on top of [`pinger`] (shared ICMP sockets) and
-//!   [`resolve`] (host names, TTL-cached);
+//! - [`probe`]: the probers (`icmp`, `tcp`, `http`, `dns`), on top of [`pinger`] (shared ICMP
+//!   sockets), [`resolve`] (host names, TTL-cached) and [`tls`] (rustls, certificate expiry);
+//! - [`ranking`]: per-target sliding windows, region scores and ranks, the failover choice;
 //! - [`metrics`]: every metric family; [`server`]: `/metrics`, health, reload.
+//!
+//! - [`healthcheck`]: `regionprobe healthcheck`, for containers without curl.
 //!
 //! The binary is thin: it parses flags, loads the config, binds, and calls [`run`].
 
 pub mod config;
+pub mod healthcheck;
 pub mod metrics;
 pub mod pinger;
 pub mod probe;
+pub mod ranking;
 pub mod resolve;
 pub mod scheduler;
 pub mod server;
 pub mod targets;
+pub mod tls;
+
+#[cfg(test)]
+mod testing;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,6 +47,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // Installed before anything else so an early SIGHUP cannot kill the process.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let shared = Shared::default();
     let metrics = Arc::new(Metrics::new(shared.icmp.clone()));
     let mut supervisor = Supervisor::new(shared, metrics.clone());
@@ -52,11 +63,10 @@ pub async fn run(
         config: current.clone(),
         reload: reload_tx,
     });
-    let control = control_loop(source, supervisor, metrics, current, reload_rx);
+    let control = control_loop(source, supervisor, metrics, current, reload_rx, hangup);
     tokio::select! {
         served = server::serve(listener, state, shutdown) => served,
-        // The control loop only ends if the signal handler cannot be installed.
-        () = control => Err(std::io::Error::other("cannot install the SIGHUP handler")),
+        never = control => match never {},
     }
     // Dropping the control loop drops the supervisor, which stops every target.
 }
@@ -68,15 +78,14 @@ async fn control_loop(
     metrics: Arc<Metrics>,
     current: Arc<RwLock<Arc<Config>>>,
     mut requests: mpsc::Receiver<ReloadRequest>,
-) {
-    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        return;
-    };
+    mut hangup: tokio::signal::unix::Signal,
+) -> std::convert::Infallible {
     loop {
         let reply = tokio::select! {
             Some(reply) = requests.recv() => Some(reply),
             Some(()) = hangup.recv() => None,
+            // Both closed: the server is going away; wait to be dropped.
+            else => std::future::pending().await,
         };
         let result = reload(&source, &mut supervisor, &metrics, &current);
         if let Some(reply) = reply {

@@ -34,6 +34,13 @@ enum Command {
     Run,
     /// Validate the configuration and exit: 0 if valid, 1 with the error otherwise.
     CheckConfig,
+    /// Check a running exporter (GET /-/healthy, 2 s timeout): exit 0 if it answers 200, 1 otherwise.
+    /// Without --url, asks the configuration's exporter.listen (0.0.0.0 and :: as loopback).
+    Healthcheck {
+        /// URL to ask instead, e.g. http://127.0.0.1:9537/-/healthy.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -64,6 +71,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Healthcheck { url } => {
+            match regionprobe::healthcheck::check(&source, url.as_deref()) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("unhealthy: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run => {
             if let Err(err) = init_logging(cli.log_format, cli.log_level.as_deref()) {
                 eprintln!("{err:#}");
@@ -100,6 +119,8 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn run(source: ConfigSource) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives while starting up still shuts down cleanly.
+    let shutdown = shutdown_signal()?;
     let config = source.load()?;
     let listen = config.exporter.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -115,24 +136,21 @@ async fn run(source: ConfigSource) -> anyhow::Result<()> {
         "regionprobe {} listening on http://{bound}",
         env!("CARGO_PKG_VERSION")
     );
-    regionprobe::run(source, config, listener, shutdown_signal()).await?;
+    regionprobe::run(source, config, listener, shutdown).await?;
     tracing::info!("regionprobe stopped");
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers; the future completes on either.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default action (exit) still applies.
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!("{name} received; shutting down");
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received; shutting down");
+    })
 }

@@ -21,7 +21,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::config::{ProbeKind, Target};
-use crate::probe::{Failure, IcmpSockets, Outcome, Reason};
+use crate::probe::{Failure, IcmpSockets, Outcome, Phase, Reason};
 
 /// Buckets of `regionprobe_scheduler_lag_seconds`: 100 us to ~1.6 s by powers of four. A
 /// healthy scheduler stays in the first buckets; anything past 10 ms means starved threads.
@@ -38,13 +38,13 @@ pub struct TargetLabels {
     pub probe: &'static str,
 }
 
-/// A target's labels plus `reason`, borrowed so a scrape clones no strings.
-struct WithReason<'a>(&'a TargetLabels, &'static str);
+/// A target's labels plus one more (`reason`, `phase`), borrowed so a scrape clones no strings.
+struct WithExtra<'a>(&'a TargetLabels, &'static str, &'static str);
 
-impl EncodeLabelSet for WithReason<'_> {
+impl EncodeLabelSet for WithExtra<'_> {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         self.0.encode(encoder)?;
-        [("reason", self.1)].encode(encoder)
+        [(self.1, self.2)].encode(encoder)
     }
 }
 
@@ -61,6 +61,13 @@ pub struct TargetMetrics {
     probes: Counter,
     failures: Vec<(Reason, Counter)>,
     up: Gauge,
+    /// HTTP targets: one histogram per phase, in [`Phase::ALL`] order.
+    phases: Option<Vec<Histogram>>,
+    /// HTTP targets: redirects followed by the last successful probe.
+    redirects: Option<Gauge>,
+    /// TLS targets: earliest certificate expiry seen, Unix seconds (NaN, not exported, until
+    /// a handshake succeeded).
+    cert_expiry: Option<Gauge<f64, AtomicU64>>,
 }
 
 impl TargetMetrics {
@@ -80,6 +87,18 @@ impl TargetMetrics {
                 .map(|reason| (*reason, Counter::default()))
                 .collect(),
             up: Gauge::default(),
+            phases: (kind == ProbeKind::Http).then(|| {
+                Phase::ALL
+                    .iter()
+                    .map(|_| Histogram::new(target.buckets.iter().copied()))
+                    .collect()
+            }),
+            redirects: (kind == ProbeKind::Http).then(Gauge::default),
+            cert_expiry: target.probe.uses_tls().then(|| {
+                let gauge = Gauge::<f64, AtomicU64>::default();
+                gauge.set(f64::NAN);
+                gauge
+            }),
         }
     }
 
@@ -94,6 +113,20 @@ impl TargetMetrics {
         match result {
             Ok(outcome) => {
                 self.duration.observe(outcome.latency.as_secs_f64());
+                if let (Some(histograms), Some(phases)) = (&self.phases, &outcome.phases) {
+                    for (histogram, phase) in histograms.iter().zip(Phase::ALL) {
+                        histogram.observe(phases.get(phase).as_secs_f64());
+                    }
+                }
+                if let Some(redirects) = &self.redirects {
+                    redirects.set(i64::from(outcome.redirects));
+                }
+                if let (Some(gauge), Some(expiry)) = (&self.cert_expiry, outcome.cert_expiry) {
+                    let secs = expiry
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    gauge.set(secs);
+                }
                 self.up.set(1);
             }
             Err(failure) => {
@@ -218,7 +251,7 @@ impl Collector for TargetCollector {
 
         let mut family = encoder.encode_descriptor(
             "regionprobe_probe_duration_seconds",
-            "Latency of each successful probe: ICMP round trip, TCP connect.",
+            "Latency of each successful probe: ICMP round trip, TCP connect (and TLS handshake), DNS round trip, HTTP total.",
             None,
             MetricType::Histogram,
         )?;
@@ -244,7 +277,7 @@ impl Collector for TargetCollector {
         )?;
         for t in all() {
             for (reason, counter) in &t.failures {
-                let labels = WithReason(&t.labels, reason.as_str());
+                let labels = WithExtra(&t.labels, "reason", reason.as_str());
                 counter.encode(family.encode_family(&labels)?)?;
             }
         }
@@ -257,6 +290,48 @@ impl Collector for TargetCollector {
         )?;
         for t in all() {
             t.up.encode(family.encode_family(&t.labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_http_phase_duration_seconds",
+            "Time per phase of each successful HTTP probe (summed over redirects): resolve, connect, tls, processing (request sent to response head), transfer (body).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for t in all() {
+            if let Some(histograms) = &t.phases {
+                for (histogram, phase) in histograms.iter().zip(Phase::ALL) {
+                    let labels = WithExtra(&t.labels, "phase", phase.as_str());
+                    histogram.encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_http_redirects",
+            "Redirects followed by the target's last successful HTTP probe.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in all() {
+            if let Some(gauge) = &t.redirects {
+                gauge.encode(family.encode_family(&t.labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_tls_cert_expiry_timestamp_seconds",
+            "Earliest notAfter in the certificate chain the TLS target served, Unix seconds.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in all() {
+            // Unknown until a handshake succeeded: no series rather than a fake value.
+            if let Some(gauge) = &t.cert_expiry
+                && !gauge.get().is_nan()
+            {
+                gauge.encode(family.encode_family(&t.labels)?)?;
+            }
         }
 
         let mut family = encoder.encode_descriptor(
@@ -369,15 +444,15 @@ impl Collector for ProcessCollector {
                 count as f64,
             )?;
         }
-        if let Ok(limits) = me.limits() {
-            if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
-                gauge(
-                    &mut encoder,
-                    "process_max_fds",
-                    "Maximum number of open file descriptors.",
-                    max as f64,
-                )?;
-            }
+        if let Ok(limits) = me.limits()
+            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
+        {
+            gauge(
+                &mut encoder,
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                max as f64,
+            )?;
         }
         Ok(())
     }

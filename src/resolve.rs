@@ -106,6 +106,11 @@ impl Host {
         }
     }
 
+    /// The name (or literal address) as configured.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The address to probe now: literal, cached, or freshly resolved.
     pub async fn address(&mut self, resolver: &Resolver) -> Result<IpAddr, String> {
         if let Some(addr) = self.literal {

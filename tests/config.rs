@@ -57,10 +57,9 @@ fn the_bundled_config_is_valid_and_probes_local_things() {
         .iter()
         .map(|t| t.probe.kind().as_str())
         .collect();
-    assert!(
-        kinds.contains(&"icmp") && kinds.contains(&"tcp"),
-        "{kinds:?}"
-    );
+    for kind in ["icmp", "tcp", "http"] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
     // The TCP target is the exporter's own listen port, so it succeeds wherever it runs.
     let own_port = config.targets.iter().any(
         |t| matches!(&t.probe, ProbeConfig::Tcp(tcp) if tcp.port == config.exporter.listen.port()),
@@ -117,7 +116,7 @@ fn only_section_key_variables_are_overrides() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("key `exporter.regoin`: unknown field"),
+        error.contains("key `exporter.regoin`: unknown key; did you mean `region`?"),
         "{error}"
     );
 }
@@ -192,7 +191,7 @@ fn check_config_exits_zero_on_valid_and_one_with_the_message_on_invalid() {
         .unwrap();
     assert!(ok.status.success(), "{ok:?}");
     assert!(
-        String::from_utf8_lossy(&ok.stdout).contains("OK (3 targets"),
+        String::from_utf8_lossy(&ok.stdout).contains("OK (4 targets"),
         "{ok:?}"
     );
 

@@ -287,6 +287,119 @@ fn icmp_to_the_v4_and_v6_loopback_records_samples() {
     );
 }
 
+/// A minimal HTTP/1.1 server on a thread: every request gets 200 and a short body.
+fn http_ok_server() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    addr
+}
+
+#[test]
+fn http_targets_export_phases_redirects_and_their_failure_reasons() {
+    let server = http_ok_server();
+    let (_open, closed) = open_and_closed_ports();
+    let http = |name: &str, url: String| {
+        format!(
+            "[[target]]\nname = \"{name}\"\nregion = \"us\"\nprobe = \"http\"\nurl = \"{url}\"\n"
+        )
+    };
+    let exporter = Exporter::start(&config(&[
+        http("web", format!("http://{server}/healthz")),
+        http("web-down", format!("http://127.0.0.1:{closed}/")),
+        tcp_target("db", "us", closed),
+    ]));
+    let scrape = wait_for(WAIT, "successful HTTP probes", || {
+        let scrape = exporter.metrics();
+        let ok = scrape
+            .value(
+                "regionprobe_probe_duration_seconds_count",
+                &[("target", "web")],
+            )
+            .unwrap_or(0.0);
+        (ok >= 2.0).then_some(scrape)
+    });
+    assert_eq!(
+        scrape.label_values("regionprobe_http_phase_duration_seconds_count", "phase"),
+        vec!["connect", "processing", "resolve", "tls", "transfer"]
+    );
+    assert_eq!(
+        scrape.label_values("regionprobe_http_phase_duration_seconds_count", "target"),
+        vec!["web", "web-down"],
+        "phases exist for HTTP targets only"
+    );
+    let phase = |p: &str| {
+        scrape
+            .value(
+                "regionprobe_http_phase_duration_seconds_sum",
+                &[("target", "web"), ("phase", p)],
+            )
+            .unwrap()
+    };
+    assert!(phase("connect") > 0.0 && phase("processing") > 0.0);
+    assert_eq!(phase("tls"), 0.0, "plain http has no TLS phase");
+    assert_eq!(
+        scrape.value("regionprobe_http_redirects", &[("target", "web")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "regionprobe_probe_duration_seconds_count",
+            &[("target", "web-down")]
+        ),
+        Some(0.0),
+        "a failed HTTP probe observes no latency"
+    );
+    assert_eq!(
+        scrape.value(
+            "regionprobe_http_phase_duration_seconds_count",
+            &[("target", "web-down"), ("phase", "connect")]
+        ),
+        Some(0.0),
+        "nor any phase"
+    );
+    assert!(
+        scrape
+            .value(
+                "regionprobe_probe_failures_total",
+                &[("target", "web-down"), ("reason", "refused")]
+            )
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        scrape.label_values("regionprobe_probe_failures_total", "reason"),
+        vec![
+            "error",
+            "http_status",
+            "refused",
+            "resolve",
+            "timeout",
+            "tls",
+            "unreachable",
+            "validation"
+        ]
+    );
+    assert!(
+        scrape
+            .find("regionprobe_tls_cert_expiry_timestamp_seconds", &[])
+            .is_empty(),
+        "no TLS target, no expiry series"
+    );
+}
+
 fn reload(exporter: &Exporter) -> (u16, String) {
     http(exporter.addr, "POST", "/-/reload")
 }
@@ -370,9 +483,7 @@ fn a_bad_reload_keeps_the_running_config_and_sighup_recovers() {
     assert_eq!(status, 500, "{body}");
     let path = exporter.config_path.display().to_string();
     assert!(
-        body.contains(&format!(
-            "{path}: key `target[0].port`: unknown field `port`"
-        )),
+        body.contains(&format!("{path}: key `target[0].port`: unknown key")),
         "{body}"
     );
     assert!(
@@ -469,8 +580,10 @@ fn promtool_check_metrics_reports_nothing() {
     }
     let (open, closed) = open_and_closed_ports();
     let port = open.local_addr().unwrap().port();
+    let server = http_ok_server();
     let exporter = Exporter::start(&format!(
-        "{}\n[[target]]\nname = \"ping\"\nregion = \"eu\"\nprobe = \"icmp\"\nhost = \"127.0.0.1\"\n",
+        "{}\n[[target]]\nname = \"ping\"\nregion = \"eu\"\nprobe = \"icmp\"\nhost = \"127.0.0.1\"\n\
+         [[target]]\nname = \"web\"\nregion = \"eu\"\nprobe = \"http\"\nurl = \"http://{server}/\"\n",
         config(&[
             tcp_target("up", "us", port),
             tcp_target("down", "ap", closed)

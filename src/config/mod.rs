@@ -4,6 +4,7 @@
 //! Every error names the file, the key path and what was expected, e.g.
 //! `exporter.toml: key `target[2].timeout`: timeout 2s is longer than the interval 1s`.
 
+mod probes;
 mod raw;
 mod validate;
 
@@ -110,7 +111,7 @@ pub fn parse(
         })?;
     let raw: raw::RawFile = serde_path_to_error::deserialize(value).map_err(|err| {
         let key = err.path().to_string();
-        let problem = strip_key_suffix(&err.inner().to_string());
+        let problem = explain_unknown_key(&strip_key_suffix(&err.inner().to_string()));
         ConfigError::Invalid {
             file: file.to_owned(),
             key,
@@ -131,6 +132,45 @@ fn strip_key_suffix(message: &str) -> String {
         Some(at) => message[..at].to_owned(),
         None => message.to_owned(),
     }
+}
+
+/// Turns serde's "unknown field `hots`, expected one of `name`, ... (34 names)" into
+/// "unknown key; did you mean `host`?" when one name is close, or a short list otherwise.
+fn explain_unknown_key(problem: &str) -> String {
+    let Some((field, expected)) = problem
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    else {
+        return problem.to_owned();
+    };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let closest = known
+        .iter()
+        .map(|name| (edit_distance(field, name), *name))
+        .min();
+    match closest {
+        Some((distance, name)) if distance <= (field.len() / 3).max(2) => {
+            format!("unknown key; did you mean `{name}`?")
+        }
+        _ if known.len() <= 8 => format!("unknown key; expected one of: {}", known.join(", ")),
+        _ => "unknown key; see the configuration reference in README.md".to_owned(),
+    }
+}
+
+/// Levenshtein distance, for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// A configuration that could not be used. The running configuration stays in place.
@@ -195,6 +235,8 @@ pub struct Target {
 pub enum ProbeConfig {
     Icmp(IcmpConfig),
     Tcp(TcpConfig),
+    Http(HttpConfig),
+    Dns(DnsConfig),
 }
 
 impl ProbeConfig {
@@ -202,6 +244,17 @@ impl ProbeConfig {
         match self {
             ProbeConfig::Icmp(_) => ProbeKind::Icmp,
             ProbeConfig::Tcp(_) => ProbeKind::Tcp,
+            ProbeConfig::Http(_) => ProbeKind::Http,
+            ProbeConfig::Dns(_) => ProbeKind::Dns,
+        }
+    }
+
+    /// Whether the probe talks TLS (and so reports a certificate expiry).
+    pub fn uses_tls(&self) -> bool {
+        match self {
+            ProbeConfig::Tcp(tcp) => tcp.tls.is_some(),
+            ProbeConfig::Http(http) => http.url.scheme_str() == Some("https"),
+            _ => false,
         }
     }
 }
@@ -211,15 +264,24 @@ impl ProbeConfig {
 pub enum ProbeKind {
     Icmp,
     Tcp,
+    Http,
+    Dns,
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 2] = [ProbeKind::Icmp, ProbeKind::Tcp];
+    pub const ALL: [ProbeKind; 4] = [
+        ProbeKind::Icmp,
+        ProbeKind::Tcp,
+        ProbeKind::Http,
+        ProbeKind::Dns,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ProbeKind::Icmp => "icmp",
             ProbeKind::Tcp => "tcp",
+            ProbeKind::Http => "http",
+            ProbeKind::Dns => "dns",
         }
     }
 }
@@ -234,13 +296,92 @@ pub struct IcmpConfig {
     pub ip_version: IpVersion,
 }
 
-/// `probe = "tcp"`: time to complete the TCP handshake.
+/// `probe = "tcp"`: time to complete the TCP handshake (and the TLS handshake with `tls`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TcpConfig {
     /// IP address or host name.
     pub host: String,
     pub port: u16,
     pub ip_version: IpVersion,
+    /// `tls = true`: the latency includes the TLS handshake, which must validate.
+    pub tls: Option<TlsConfig>,
+}
+
+/// How a TLS peer is verified.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct TlsConfig {
+    /// Name to send (SNI) and to verify; default: the target's host.
+    pub server_name: Option<String>,
+    /// Accept any certificate (the handshake and expiry are still measured).
+    pub skip_verify: bool,
+    /// Trust these CAs instead of the bundled web PKI roots.
+    pub ca: Option<CaFile>,
+}
+
+/// `tls_ca_file`: read when the configuration loads, so a bad file fails the load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+/// `probe = "http"`: one request, timed phase by phase.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpConfig {
+    pub url: hyper::Uri,
+    pub method: hyper::Method,
+    pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    pub body: String,
+    /// Accepted status codes as inclusive ranges (`"2xx"` is 200..=299).
+    pub valid_status: Vec<(u16, u16)>,
+    pub body_regex: Option<Pattern>,
+    /// Fail when `body_regex` matches instead of when it does not.
+    pub body_regex_invert: bool,
+    /// Redirects followed; 0 when `follow_redirects = false`.
+    pub max_redirects: u8,
+    /// The body is read up to this many bytes; a longer one fails as `validation`.
+    pub max_body_bytes: u64,
+    pub http_version: HttpVersion,
+    /// Reuse one connection: then only the request is measured.
+    pub keepalive: bool,
+    pub tls: TlsConfig,
+    pub ip_version: IpVersion,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http1,
+    /// HTTP/2, negotiated with ALPN over TLS (prior knowledge over plain http).
+    Http2,
+}
+
+/// `probe = "dns"`: one query to one server, no cache, no retries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsConfig {
+    pub server: SocketAddr,
+    pub query: hickory_resolver::proto::rr::Name,
+    pub record_type: hickory_resolver::proto::rr::RecordType,
+    pub transport: DnsTransport,
+    pub recursion_desired: bool,
+    pub valid_rcodes: Vec<hickory_resolver::proto::op::ResponseCode>,
+    pub min_answers: u32,
+    pub answer_regex: Option<Pattern>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsTransport {
+    Udp,
+    Tcp,
+}
+
+/// A compiled regular expression, compared by its source text.
+#[derive(Clone, Debug)]
+pub struct Pattern(pub regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
 }
 
 /// Which address family a host name resolves to.
@@ -251,4 +392,29 @@ pub enum IpVersion {
     Any,
     V4,
     V6,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_get_a_suggestion_or_a_short_list() {
+        let many = "unknown field `hots`, expected one of `name`, `region`, `probe`, `interval`, `timeout`, `buckets`, `ip_version`, `host`, `payload_size`";
+        assert_eq!(
+            explain_unknown_key(many),
+            "unknown key; did you mean `host`?"
+        );
+        let far = "unknown field `colour`, expected `region` or `listen`";
+        assert_eq!(
+            explain_unknown_key(far),
+            "unknown key; expected one of: region, listen"
+        );
+        assert_eq!(
+            explain_unknown_key("invalid type: string"),
+            "invalid type: string"
+        );
+        assert_eq!(edit_distance("regoin", "region"), 2);
+        assert_eq!(edit_distance("", "ab"), 2);
+    }
 }

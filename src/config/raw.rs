@@ -3,6 +3,8 @@
 //! Everything is optional here so that a missing key is reported by validation with its full
 //! path, and `deny_unknown_fields` makes a misspelt key an error instead of a silent default.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,4 +60,77 @@ pub(super) struct RawTarget {
     pub payload_size: Option<u16>,
     // tcp
     pub address: Option<String>,
+    pub tls: Option<bool>,
+    // http
+    pub url: Option<String>,
+    pub method: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub body: Option<String>,
+    pub valid_status: Option<Vec<RawStatus>>,
+    pub body_regex: Option<String>,
+    pub body_regex_invert: Option<bool>,
+    pub follow_redirects: Option<bool>,
+    pub max_redirects: Option<u8>,
+    pub max_body_bytes: Option<u64>,
+    pub http_version: Option<String>,
+    pub keepalive: Option<bool>,
+    // tls, for http and for tcp with tls = true
+    pub tls_ca_file: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub tls_skip_verify: Option<bool>,
+    // dns
+    pub server: Option<String>,
+    pub query: Option<String>,
+    pub record_type: Option<String>,
+    pub transport: Option<String>,
+    pub recursion_desired: Option<bool>,
+    pub valid_rcodes: Option<Vec<String>>,
+    pub min_answers: Option<u32>,
+    pub answer_regex: Option<String>,
+}
+
+impl RawTarget {
+    /// The probe-specific keys this target sets, for checking them against its probe kind.
+    pub fn probe_keys(&self) -> Vec<&'static str> {
+        let keys = [
+            ("host", self.host.is_some()),
+            ("payload_size", self.payload_size.is_some()),
+            ("address", self.address.is_some()),
+            ("tls", self.tls.is_some()),
+            ("url", self.url.is_some()),
+            ("method", self.method.is_some()),
+            ("headers", self.headers.is_some()),
+            ("body", self.body.is_some()),
+            ("valid_status", self.valid_status.is_some()),
+            ("body_regex", self.body_regex.is_some()),
+            ("body_regex_invert", self.body_regex_invert.is_some()),
+            ("follow_redirects", self.follow_redirects.is_some()),
+            ("max_redirects", self.max_redirects.is_some()),
+            ("max_body_bytes", self.max_body_bytes.is_some()),
+            ("http_version", self.http_version.is_some()),
+            ("keepalive", self.keepalive.is_some()),
+            ("tls_ca_file", self.tls_ca_file.is_some()),
+            ("tls_server_name", self.tls_server_name.is_some()),
+            ("tls_skip_verify", self.tls_skip_verify.is_some()),
+            ("server", self.server.is_some()),
+            ("query", self.query.is_some()),
+            ("record_type", self.record_type.is_some()),
+            ("transport", self.transport.is_some()),
+            ("recursion_desired", self.recursion_desired.is_some()),
+            ("valid_rcodes", self.valid_rcodes.is_some()),
+            ("min_answers", self.min_answers.is_some()),
+            ("answer_regex", self.answer_regex.is_some()),
+        ];
+        keys.into_iter()
+            .filter_map(|(key, set)| set.then_some(key))
+            .collect()
+    }
+}
+
+/// An entry of `valid_status`: a code (`200`) or a class (`"2xx"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawStatus {
+    Code(u16),
+    Text(String),
 }

@@ -4,24 +4,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::probes;
 use super::raw::{RawFile, RawTarget};
-use super::{
-    Config, DEFAULT_BUCKETS, Exporter, IcmpConfig, IpVersion, ProbeConfig, ProbeKind, Ranking,
-    Target, TcpConfig,
-};
+use super::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind, Ranking, Target};
 
 /// `(key path, problem)`; the caller adds the file name.
-type Invalid = (String, String);
+pub(super) type Invalid = (String, String);
 
 const DEFAULT_REGION: &str = "local";
 const DEFAULT_LISTEN: &str = "127.0.0.1:9537";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
-const DEFAULT_PAYLOAD_SIZE: u16 = 56;
-/// Below this the token that ties a reply to its request does not fit.
-const MIN_PAYLOAD_SIZE: u16 = 16;
-/// Largest echo payload that fits an IPv4 datagram.
-const MAX_PAYLOAD_SIZE: u16 = 65_507 - 8;
 /// A faster schedule is a load test, not monitoring.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -102,10 +95,10 @@ struct Defaults {
     buckets: Vec<f64>,
 }
 
-fn target(index: usize, raw: RawTarget, defaults: &Defaults) -> Result<Target, Invalid> {
+fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Target, Invalid> {
     let key = |field: &str| format!("target[{index}].{field}");
 
-    let name = match raw.name {
+    let name = match raw.name.take() {
         Some(name) => label_value(&key("name"), Some(name), "")?,
         None => {
             return Err((
@@ -114,7 +107,7 @@ fn target(index: usize, raw: RawTarget, defaults: &Defaults) -> Result<Target, I
             ));
         }
     };
-    let region = match raw.region {
+    let region = match raw.region.take() {
         Some(region) => label_value(&key("region"), Some(region), "")?,
         None => {
             return Err((
@@ -123,23 +116,29 @@ fn target(index: usize, raw: RawTarget, defaults: &Defaults) -> Result<Target, I
             ));
         }
     };
-    let kind = match raw.probe.as_deref() {
-        Some("icmp") => ProbeKind::Icmp,
-        Some("tcp") => ProbeKind::Tcp,
-        Some(other) => {
+    let kind = match raw.probe.take().as_deref() {
+        Some(name) => ProbeKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| {
+                (
+                    key("probe"),
+                    format!("unknown probe kind \"{name}\"; expected one of: icmp, tcp, http, dns"),
+                )
+            })?,
+        None => {
             return Err((
                 key("probe"),
-                format!("unknown probe kind \"{other}\"; expected one of: icmp, tcp"),
+                "missing; expected one of: icmp, tcp, http, dns".into(),
             ));
         }
-        None => return Err((key("probe"), "missing; expected one of: icmp, tcp".into())),
     };
 
-    let interval = match raw.interval {
+    let interval = match raw.interval.take() {
         Some(text) => interval(&key("interval"), &text)?,
         None => defaults.interval,
     };
-    let timeout = match raw.timeout {
+    let timeout = match raw.timeout.take() {
         Some(text) => {
             let timeout = positive_duration(&key("timeout"), &text)?;
             if timeout > interval {
@@ -150,7 +149,7 @@ fn target(index: usize, raw: RawTarget, defaults: &Defaults) -> Result<Target, I
         // An inherited timeout shrinks to a shorter interval rather than failing the target.
         None => defaults.timeout.min(interval),
     };
-    let buckets = match raw.buckets {
+    let buckets = match raw.buckets.take() {
         Some(buckets) => check_buckets(&key("buckets"), buckets)?,
         None => defaults.buckets.clone(),
     };
@@ -166,41 +165,7 @@ fn target(index: usize, raw: RawTarget, defaults: &Defaults) -> Result<Target, I
         }
     };
 
-    let probe = match kind {
-        ProbeKind::Icmp => {
-            reject_foreign(index, kind, "address", raw.address.is_some())?;
-            let host = required_host(&key("host"), raw.host, "an icmp target needs a host")?;
-            let payload_size = raw.payload_size.unwrap_or(DEFAULT_PAYLOAD_SIZE);
-            if !(MIN_PAYLOAD_SIZE..=MAX_PAYLOAD_SIZE).contains(&payload_size) {
-                return Err((
-                    key("payload_size"),
-                    format!(
-                        "{payload_size} bytes is out of range; expected {MIN_PAYLOAD_SIZE} to {MAX_PAYLOAD_SIZE}"
-                    ),
-                ));
-            }
-            ProbeConfig::Icmp(IcmpConfig {
-                host,
-                payload_size,
-                ip_version,
-            })
-        }
-        ProbeKind::Tcp => {
-            reject_foreign(index, kind, "host", raw.host.is_some())?;
-            reject_foreign(index, kind, "payload_size", raw.payload_size.is_some())?;
-            let address = required_host(
-                &key("address"),
-                raw.address,
-                "a tcp target needs an address such as \"db.example.com:5432\"",
-            )?;
-            let (host, port) = host_port(&key("address"), &address)?;
-            ProbeConfig::Tcp(TcpConfig {
-                host,
-                port,
-                ip_version,
-            })
-        }
-    };
+    let probe = probes::probe(index, kind, raw, ip_version)?;
 
     Ok(Target {
         name,
@@ -212,23 +177,11 @@ fn target(index: usize, raw: RawTarget, defaults: &Defaults) -> Result<Target, I
     })
 }
 
-/// A key that exists for another probe kind is a mistake worth reporting, not ignoring.
-fn reject_foreign(
-    index: usize,
-    kind: ProbeKind,
-    field: &str,
-    present: bool,
-) -> Result<(), Invalid> {
-    if present {
-        return Err((
-            format!("target[{index}].{field}"),
-            format!("not valid for probe \"{}\"", kind.as_str()),
-        ));
-    }
-    Ok(())
-}
-
-fn required_host(key: &str, value: Option<String>, missing: &str) -> Result<String, Invalid> {
+pub(super) fn required_host(
+    key: &str,
+    value: Option<String>,
+    missing: &str,
+) -> Result<String, Invalid> {
     match value {
         Some(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
         Some(_) => Err((key.into(), "must not be empty".into())),
@@ -237,7 +190,7 @@ fn required_host(key: &str, value: Option<String>, missing: &str) -> Result<Stri
 }
 
 /// Splits `host:port` and `[v6]:port`.
-fn host_port(key: &str, text: &str) -> Result<(String, u16), Invalid> {
+pub(super) fn host_port(key: &str, text: &str) -> Result<(String, u16), Invalid> {
     let bad = || {
         (
             key.to_owned(),

@@ -47,7 +47,7 @@ impl Icmp {
             .get(IpFamily::of(&addr))
             .map_err(|detail| Failure::new(Reason::Error, detail))?;
         match pinger.ping(addr, self.payload_size).await {
-            Ok(latency) => Ok(Outcome { latency }),
+            Ok(latency) => Ok(Outcome::latency(latency)),
             Err(PingError::Unreachable(detail)) => Err(Failure::new(Reason::Unreachable, detail)),
             Err(PingError::Other(detail)) => Err(Failure::new(Reason::Error, detail)),
         }

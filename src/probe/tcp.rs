@@ -1,20 +1,21 @@
 //! `probe = "tcp"`: latency is the time to complete the TCP handshake with `host:port`.
 
-use std::io;
 use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Failure, Outcome, Reason, Shared};
+use super::{Failure, Outcome, Reason, Shared, connect_failure};
 use crate::config::TcpConfig;
 use crate::resolve::{Host, Resolver};
+use crate::tls::TlsClient;
 
 #[derive(Debug)]
 pub struct Tcp {
     host: Host,
     port: u16,
     resolver: Resolver,
+    tls: Option<TlsClient>,
 }
 
 impl Tcp {
@@ -23,6 +24,7 @@ impl Tcp {
             host: Host::new(&config.host, config.ip_version),
             port: config.port,
             resolver: shared.resolver.clone(),
+            tls: config.tls.as_ref().map(|tls| TlsClient::new(tls, &[])),
         }
     }
 
@@ -41,27 +43,17 @@ impl Tcp {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|err| connect_failure(addr, &err))?;
-        let latency = started.elapsed();
-        // Close without lingering: the peer sees a normal FIN.
-        drop(stream);
-        Ok(Outcome { latency })
+        let Some(tls) = &self.tls else {
+            // Close at once: the peer sees a normal FIN.
+            return Ok(Outcome::latency(started.elapsed()));
+        };
+        let handshake = tls.handshake(stream, self.host.name()).await?;
+        Ok(Outcome {
+            latency: started.elapsed(),
+            cert_expiry: handshake.cert_expiry,
+            ..Outcome::default()
+        })
     }
-}
-
-fn connect_failure(addr: SocketAddr, err: &io::Error) -> Failure {
-    use nix::libc;
-    let reason = match err.kind() {
-        io::ErrorKind::ConnectionRefused => Reason::Refused,
-        io::ErrorKind::TimedOut => Reason::Timeout,
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Reason::Unreachable,
-        _ => match err.raw_os_error() {
-            Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EADDRNOTAVAIL) => {
-                Reason::Unreachable
-            }
-            _ => Reason::Error,
-        },
-    };
-    Failure::new(reason, format!("connect {addr}: {err}"))
 }
 
 #[cfg(test)]
@@ -74,6 +66,7 @@ mod tests {
             host: addr.ip().to_string(),
             port: addr.port(),
             ip_version: IpVersion::Any,
+            tls: None,
         };
         Tcp::new(&config, &Shared::default())
     }
@@ -117,6 +110,7 @@ mod tests {
             host: "db.regionprobe.test.".into(),
             port: 5432,
             ip_version: IpVersion::Any,
+            tls: None,
         };
         let mut probe = super::super::Probe::Tcp(Tcp::new(&config, &shared));
         let timeout = std::time::Duration::from_millis(200);
@@ -130,12 +124,54 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 1,
                 ip_version: IpVersion::Any,
+                tls: None,
             },
             &shared,
         ));
         let _ = literal.run().await;
         assert_eq!(literal.timed_out(timeout).reason, Reason::Timeout);
         drop(silent);
+    }
+
+    #[tokio::test]
+    async fn tls_on_tcp_times_and_verifies_the_handshake() {
+        use crate::config::{CaFile, TlsConfig};
+        use crate::testing::{Pki, http_server, tls_server};
+        let pki = Pki::new();
+        let addr = http_server(Some(tls_server(pki.leaf(&["db.internal"], (2031, 1, 1))))).await;
+        let tls = |ca: Option<CaFile>, server_name: Option<&str>| TcpConfig {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            ip_version: IpVersion::Any,
+            tls: Some(TlsConfig {
+                server_name: server_name.map(str::to_owned),
+                skip_verify: false,
+                ca,
+            }),
+        };
+        let ca = CaFile {
+            path: "ca.pem".into(),
+            certs: vec![
+                rustls_pki_types::pem::PemObject::from_pem_slice(pki.ca_pem.as_bytes()).unwrap(),
+            ],
+        };
+        let shared = Shared::default();
+
+        let ok = Tcp::new(&tls(Some(ca.clone()), Some("db.internal")), &shared)
+            .run()
+            .await
+            .unwrap();
+        assert!(ok.cert_expiry.is_some());
+        let untrusted = Tcp::new(&tls(None, Some("db.internal")), &shared)
+            .run()
+            .await
+            .unwrap_err();
+        assert_eq!(untrusted.reason, Reason::Tls, "{untrusted}");
+        let wrong_name = Tcp::new(&tls(Some(ca), Some("other.internal")), &shared)
+            .run()
+            .await
+            .unwrap_err();
+        assert_eq!(wrong_name.reason, Reason::Tls, "{wrong_name}");
     }
 
     #[tokio::test]

@@ -1,0 +1,700 @@
+//! Validation of the probe-specific keys of a `[[target]]`: which keys belong to which probe
+//! kind, their defaults, and what each value must look like.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RecordType};
+use hyper::header::{HeaderName, HeaderValue};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+
+use super::raw::{RawStatus, RawTarget};
+use super::validate::{Invalid, host_port, required_host};
+use super::{
+    CaFile, DnsConfig, DnsTransport, HttpConfig, HttpVersion, IcmpConfig, IpVersion, Pattern,
+    ProbeConfig, ProbeKind, TcpConfig, TlsConfig,
+};
+
+const DEFAULT_PAYLOAD_SIZE: u16 = 56;
+/// Below this the token that ties a reply to its request does not fit.
+const MIN_PAYLOAD_SIZE: u16 = 16;
+/// Largest echo payload that fits an IPv4 datagram.
+const MAX_PAYLOAD_SIZE: u16 = 65_507 - 8;
+const DEFAULT_MAX_REDIRECTS: u8 = 10;
+const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+
+const TLS_KEYS: [&str; 3] = ["tls_ca_file", "tls_server_name", "tls_skip_verify"];
+
+fn allowed(kind: ProbeKind) -> &'static [&'static str] {
+    match kind {
+        ProbeKind::Icmp => &["host", "payload_size"],
+        ProbeKind::Tcp => &[
+            "address",
+            "tls",
+            "tls_ca_file",
+            "tls_server_name",
+            "tls_skip_verify",
+        ],
+        ProbeKind::Http => &[
+            "url",
+            "method",
+            "headers",
+            "body",
+            "valid_status",
+            "body_regex",
+            "body_regex_invert",
+            "follow_redirects",
+            "max_redirects",
+            "max_body_bytes",
+            "http_version",
+            "keepalive",
+            "tls_ca_file",
+            "tls_server_name",
+            "tls_skip_verify",
+        ],
+        ProbeKind::Dns => &[
+            "server",
+            "query",
+            "record_type",
+            "transport",
+            "recursion_desired",
+            "valid_rcodes",
+            "min_answers",
+            "answer_regex",
+        ],
+    }
+}
+
+/// The probe configuration of target `index`, whose kind and IP version are already known.
+pub(super) fn probe(
+    index: usize,
+    kind: ProbeKind,
+    raw: RawTarget,
+    ip_version: IpVersion,
+) -> Result<ProbeConfig, Invalid> {
+    let key = |field: &str| format!("target[{index}].{field}");
+    // A key of another probe kind is a mistake worth reporting, not ignoring.
+    if let Some(foreign) = raw
+        .probe_keys()
+        .into_iter()
+        .find(|field| !allowed(kind).contains(field))
+    {
+        return Err((
+            key(foreign),
+            format!("not valid for probe \"{}\"", kind.as_str()),
+        ));
+    }
+    match kind {
+        ProbeKind::Icmp => icmp(&key, raw, ip_version),
+        ProbeKind::Tcp => tcp(&key, raw, ip_version),
+        ProbeKind::Http => http(&key, raw, ip_version),
+        ProbeKind::Dns => dns(&key, raw),
+    }
+}
+
+fn icmp(
+    key: &dyn Fn(&str) -> String,
+    raw: RawTarget,
+    ip_version: IpVersion,
+) -> Result<ProbeConfig, Invalid> {
+    let host = required_host(&key("host"), raw.host, "an icmp target needs a host")?;
+    let payload_size = raw.payload_size.unwrap_or(DEFAULT_PAYLOAD_SIZE);
+    if !(MIN_PAYLOAD_SIZE..=MAX_PAYLOAD_SIZE).contains(&payload_size) {
+        return Err((
+            key("payload_size"),
+            format!(
+                "{payload_size} bytes is out of range; expected {MIN_PAYLOAD_SIZE} to {MAX_PAYLOAD_SIZE}"
+            ),
+        ));
+    }
+    Ok(ProbeConfig::Icmp(IcmpConfig {
+        host,
+        payload_size,
+        ip_version,
+    }))
+}
+
+fn tcp(
+    key: &dyn Fn(&str) -> String,
+    raw: RawTarget,
+    ip_version: IpVersion,
+) -> Result<ProbeConfig, Invalid> {
+    let address = required_host(
+        &key("address"),
+        raw.address.clone(),
+        "a tcp target needs an address such as \"db.example.com:5432\"",
+    )?;
+    let (host, port) = host_port(&key("address"), &address)?;
+    let tls = if raw.tls.unwrap_or(false) {
+        Some(tls(key, &raw)?)
+    } else {
+        without_tls(key, &raw, "needs tls = true")?;
+        None
+    };
+    Ok(ProbeConfig::Tcp(TcpConfig {
+        host,
+        port,
+        ip_version,
+        tls,
+    }))
+}
+
+fn http(
+    key: &dyn Fn(&str) -> String,
+    raw: RawTarget,
+    ip_version: IpVersion,
+) -> Result<ProbeConfig, Invalid> {
+    let text = required_host(
+        &key("url"),
+        raw.url.clone(),
+        "an http target needs a url such as \"https://api.example.com/healthz\"",
+    )?;
+    let url: hyper::Uri = text
+        .parse()
+        .ok()
+        .filter(|url: &hyper::Uri| {
+            matches!(url.scheme_str(), Some("http" | "https"))
+                && url.host().is_some_and(|h| !h.is_empty())
+        })
+        .ok_or_else(|| {
+            (
+                key("url"),
+                format!(
+                    "\"{text}\" is not an http(s) URL; expected e.g. \"https://api.example.com/healthz\""
+                ),
+            )
+        })?;
+    let tls = if url.scheme_str() == Some("https") {
+        tls(key, &raw)?
+    } else {
+        without_tls(key, &raw, "needs an https url")?;
+        TlsConfig::default()
+    };
+
+    let method = match raw.method.as_deref() {
+        None => hyper::Method::GET,
+        Some(text) => hyper::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+            .map_err(|_| (key("method"), format!("\"{text}\" is not an HTTP method")))?,
+    };
+    let mut headers = Vec::new();
+    for (name, value) in raw.headers.unwrap_or_default() {
+        let field = key(&format!("headers.{name}"));
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| (field.clone(), format!("\"{name}\" is not a header name")))?;
+        let value = HeaderValue::from_str(&value).map_err(|_| {
+            (
+                field,
+                "the value has characters a header cannot carry".into(),
+            )
+        })?;
+        headers.push((header, value));
+    }
+    let valid_status = match raw.valid_status {
+        None => vec![(200, 299)],
+        Some(list) if list.is_empty() => {
+            return Err((
+                key("valid_status"),
+                "must list at least one code or class".into(),
+            ));
+        }
+        Some(list) => {
+            list.iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    status_range(entry).ok_or_else(|| {
+                let shown = match entry {
+                    RawStatus::Code(code) => code.to_string(),
+                    RawStatus::Text(text) => format!("\"{text}\""),
+                };
+                (
+                    key(&format!("valid_status[{i}]")),
+                    format!("{shown} is not a status code or class; expected e.g. 200 or \"2xx\""),
+                )
+            })
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let body_regex = pattern(&key("body_regex"), raw.body_regex)?;
+    let body_regex_invert = raw.body_regex_invert.unwrap_or(false);
+    if body_regex_invert && body_regex.is_none() {
+        return Err((key("body_regex_invert"), "needs a body_regex".into()));
+    }
+    let max_redirects = match (raw.follow_redirects.unwrap_or(true), raw.max_redirects) {
+        (true, max) => max.unwrap_or(DEFAULT_MAX_REDIRECTS),
+        (false, None) => 0,
+        (false, Some(_)) => {
+            return Err((
+                key("max_redirects"),
+                "redirects are not followed (follow_redirects = false)".into(),
+            ));
+        }
+    };
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if max_body_bytes == 0 {
+        return Err((key("max_body_bytes"), "must be at least 1".into()));
+    }
+    let http_version = match raw.http_version.as_deref() {
+        None | Some("1.1") => HttpVersion::Http1,
+        Some("2") => HttpVersion::Http2,
+        Some(other) => {
+            return Err((
+                key("http_version"),
+                format!("\"{other}\" is not supported; expected \"1.1\" or \"2\""),
+            ));
+        }
+    };
+    Ok(ProbeConfig::Http(HttpConfig {
+        url,
+        method,
+        headers,
+        body: raw.body.unwrap_or_default(),
+        valid_status,
+        body_regex,
+        body_regex_invert,
+        max_redirects,
+        max_body_bytes,
+        http_version,
+        keepalive: raw.keepalive.unwrap_or(false),
+        tls,
+        ip_version,
+    }))
+}
+
+fn status_range(entry: &RawStatus) -> Option<(u16, u16)> {
+    let code_range = |code: u16| (100..=599).contains(&code).then_some((code, code));
+    match entry {
+        RawStatus::Code(code) => code_range(*code),
+        RawStatus::Text(text) => match text.to_ascii_lowercase().as_bytes() {
+            [class @ b'1'..=b'5', b'x', b'x'] => {
+                let base = u16::from(class - b'0') * 100;
+                Some((base, base + 99))
+            }
+            _ => text.parse().ok().and_then(code_range),
+        },
+    }
+}
+
+fn dns(key: &dyn Fn(&str) -> String, raw: RawTarget) -> Result<ProbeConfig, Invalid> {
+    let text = required_host(
+        &key("query"),
+        raw.query,
+        "a dns target needs a query (the name to look up)",
+    )?;
+    // from_utf8 turns internationalised names into their xn-- form.
+    let mut query = Name::from_utf8(&text)
+        .ok()
+        .filter(|name| !name.is_root() || text == ".")
+        .ok_or_else(|| {
+            (
+                key("query"),
+                format!(
+                    "\"{text}\" is not a domain name; expected e.g. \"www.example.com\" (labels of 1 to 63 letters, digits, hyphens or underscores)"
+                ),
+            )
+        })?;
+    // The probe asks exactly this name: no search domains.
+    query.set_fqdn(true);
+    let record_type = match raw.record_type.as_deref() {
+        None => RecordType::A,
+        Some(text) => match text.to_ascii_uppercase().parse() {
+            // Zone transfers and EDNS pseudo-records are not something one query can ask.
+            Ok(kind @ (RecordType::AXFR | RecordType::IXFR | RecordType::OPT)) => {
+                return Err((
+                    key("record_type"),
+                    format!(
+                        "{kind} cannot be asked in a single query; expected e.g. A, AAAA, CNAME, MX, TXT, SRV, NS, SOA, PTR"
+                    ),
+                ));
+            }
+            Ok(kind) if !matches!(kind, RecordType::Unknown(_)) => kind,
+            _ => {
+                return Err((
+                    key("record_type"),
+                    format!(
+                        "\"{text}\" is not a record type; expected e.g. A, AAAA, CNAME, MX, TXT, SRV, NS, SOA, PTR"
+                    ),
+                ));
+            }
+        },
+    };
+    let server = match raw.server.as_deref() {
+        Some(text) => dns_server(text).ok_or_else(|| {
+            (
+                key("server"),
+                format!(
+                    "\"{text}\" is not a name server address; expected an IP with an optional port, e.g. \"10.0.0.2\", \"10.0.0.2:5353\" or \"[2001:db8::53]:53\""
+                ),
+            )
+        })?,
+        None => system_name_server().map_err(|problem| (key("server"), problem))?,
+    };
+    let transport = match raw.transport.as_deref() {
+        None | Some("udp") => DnsTransport::Udp,
+        Some("tcp") => DnsTransport::Tcp,
+        Some(other) => {
+            return Err((
+                key("transport"),
+                format!("\"{other}\" is not a DNS transport; expected \"udp\" or \"tcp\""),
+            ));
+        }
+    };
+    let valid_rcodes = match raw.valid_rcodes {
+        None => vec![ResponseCode::NoError],
+        Some(list) if list.is_empty() => {
+            return Err((key("valid_rcodes"), "must list at least one rcode".into()));
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                rcode(name).ok_or_else(|| {
+                    (
+                        key(&format!("valid_rcodes[{i}]")),
+                        format!("\"{name}\" is not a response code; expected e.g. NOERROR, NXDOMAIN, SERVFAIL, REFUSED"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(ProbeConfig::Dns(DnsConfig {
+        server,
+        query,
+        record_type,
+        transport,
+        recursion_desired: raw.recursion_desired.unwrap_or(true),
+        valid_rcodes,
+        min_answers: raw.min_answers.unwrap_or(0),
+        answer_regex: pattern(&key("answer_regex"), raw.answer_regex)?,
+    }))
+}
+
+/// `ip`, `ip:port`, `[v6]:port`; port 53 by default. A name is refused: a DNS probe that needs
+/// DNS to find its server would measure the wrong thing.
+fn dns_server(text: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    text.parse()
+        .ok()
+        .filter(|addr: &SocketAddr| addr.port() != 0)
+}
+
+/// The first `nameserver` of /etc/resolv.conf.
+fn system_name_server() -> Result<SocketAddr, String> {
+    let (config, _) = hickory_resolver::system_conf::read_system_conf()
+        .map_err(|err| format!("missing, and /etc/resolv.conf gives no default: {err}"))?;
+    config
+        .name_servers()
+        .first()
+        .map(|ns| SocketAddr::new(ns.ip, 53))
+        .ok_or_else(|| "missing, and /etc/resolv.conf lists no nameserver".into())
+}
+
+fn rcode(name: &str) -> Option<ResponseCode> {
+    const NAMES: [&str; 11] = [
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+        "NXRRSET", "NOTAUTH", "NOTZONE",
+    ];
+    let upper = name.to_ascii_uppercase();
+    NAMES
+        .iter()
+        .position(|known| *known == upper)
+        .map(|code| ResponseCode::from_low(code as u8))
+}
+
+fn pattern(key: &str, text: Option<String>) -> Result<Option<Pattern>, Invalid> {
+    text.map(|text| {
+        regex::Regex::new(&text).map(Pattern).map_err(|err| {
+            // The regex crate's message spans lines with a caret; one line reads better here.
+            let message = err
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .trim_start_matches("error: ")
+                .to_owned();
+            (
+                key.to_owned(),
+                format!("\"{text}\" is not a valid regular expression: {message}"),
+            )
+        })
+    })
+    .transpose()
+}
+
+fn tls(key: &dyn Fn(&str) -> String, raw: &RawTarget) -> Result<TlsConfig, Invalid> {
+    let server_name = match raw.tls_server_name.as_deref() {
+        None => None,
+        Some(name) => {
+            ServerName::try_from(name.to_owned()).map_err(|_| {
+                (
+                    key("tls_server_name"),
+                    format!("\"{name}\" is not a DNS name or IP address"),
+                )
+            })?;
+            Some(name.to_owned())
+        }
+    };
+    let ca = match raw.tls_ca_file.as_deref() {
+        None => None,
+        Some(path) => Some(ca_file(&key("tls_ca_file"), path)?),
+    };
+    Ok(TlsConfig {
+        server_name,
+        skip_verify: raw.tls_skip_verify.unwrap_or(false),
+        ca,
+    })
+}
+
+fn without_tls(
+    key: &dyn Fn(&str) -> String,
+    raw: &RawTarget,
+    problem: &str,
+) -> Result<(), Invalid> {
+    match raw.probe_keys().into_iter().find(|k| TLS_KEYS.contains(k)) {
+        Some(field) => Err((key(field), problem.into())),
+        None => Ok(()),
+    }
+}
+
+fn ca_file(key: &str, path: &str) -> Result<CaFile, Invalid> {
+    let bytes = std::fs::read(path)
+        .map_err(|err| (key.to_owned(), format!("cannot read \"{path}\": {err}")))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| {
+            (
+                key.to_owned(),
+                format!("\"{path}\" is not valid PEM: {err}"),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err((
+            key.to_owned(),
+            format!("\"{path}\" holds no PEM certificate"),
+        ));
+    }
+    Ok(CaFile {
+        path: PathBuf::from(path),
+        certs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_and_classes() {
+        assert_eq!(status_range(&RawStatus::Code(204)), Some((204, 204)));
+        assert_eq!(
+            status_range(&RawStatus::Text("2xx".into())),
+            Some((200, 299))
+        );
+        assert_eq!(
+            status_range(&RawStatus::Text("5XX".into())),
+            Some((500, 599))
+        );
+        assert_eq!(
+            status_range(&RawStatus::Text("301".into())),
+            Some((301, 301))
+        );
+        for bad in ["6xx", "2x", "abc", "99", "2xxx"] {
+            assert_eq!(status_range(&RawStatus::Text(bad.into())), None, "{bad}");
+        }
+        assert_eq!(status_range(&RawStatus::Code(600)), None);
+    }
+
+    #[test]
+    fn rcodes_by_name() {
+        assert_eq!(rcode("noerror"), Some(ResponseCode::NoError));
+        assert_eq!(rcode("NXDOMAIN"), Some(ResponseCode::NXDomain));
+        assert_eq!(rcode("REFUSED"), Some(ResponseCode::Refused));
+        assert_eq!(rcode("OK"), None);
+    }
+
+    #[test]
+    fn dns_servers_are_ip_addresses_with_an_optional_port() {
+        assert_eq!(dns_server("10.0.0.2"), Some("10.0.0.2:53".parse().unwrap()));
+        assert_eq!(
+            dns_server("127.0.0.1:5353"),
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(dns_server("::1"), Some("[::1]:53".parse().unwrap()));
+        assert_eq!(dns_server("127.0.0.1:0"), None, "port 0 is no port");
+        assert_eq!(
+            dns_server("[::1]:5353"),
+            Some("[::1]:5353".parse().unwrap())
+        );
+        assert_eq!(dns_server("ns1.example.com"), None);
+    }
+
+    fn dns_target(raw: RawTarget) -> Result<DnsConfig, Invalid> {
+        match probe(0, ProbeKind::Dns, raw, IpVersion::Any)? {
+            ProbeConfig::Dns(config) => Ok(config),
+            other => panic!("not a dns config: {other:?}"),
+        }
+    }
+
+    fn dns_raw(query: &str) -> RawTarget {
+        RawTarget {
+            server: Some("10.0.0.2".into()),
+            query: Some(query.into()),
+            ..RawTarget::default()
+        }
+    }
+
+    #[test]
+    fn dns_defaults_ask_one_a_query_over_udp_and_accept_noerror() {
+        let config = dns_target(dns_raw("www.example.com")).unwrap();
+        assert_eq!(
+            config,
+            DnsConfig {
+                server: "10.0.0.2:53".parse().unwrap(),
+                query: Name::from_ascii("www.example.com.").unwrap(),
+                record_type: RecordType::A,
+                transport: DnsTransport::Udp,
+                recursion_desired: true,
+                valid_rcodes: vec![ResponseCode::NoError],
+                min_answers: 0,
+                answer_regex: None,
+            }
+        );
+        // Exactly this name is asked: never a search domain appended.
+        assert!(config.query.is_fqdn());
+        assert_eq!(config.query.to_ascii(), "www.example.com.");
+        let dotted = dns_target(dns_raw("www.example.com.")).unwrap();
+        assert_eq!(dotted.query, config.query);
+    }
+
+    #[test]
+    fn dns_keys_are_parsed_case_insensitively_where_dns_is() {
+        let config = dns_target(RawTarget {
+            record_type: Some("aaaa".into()),
+            transport: Some("tcp".into()),
+            recursion_desired: Some(false),
+            valid_rcodes: Some(vec!["nxdomain".into(), "NoError".into()]),
+            min_answers: Some(2),
+            answer_regex: Some("^www".into()),
+            ..dns_raw("www.example.com")
+        })
+        .unwrap();
+        assert_eq!(config.record_type, RecordType::AAAA);
+        assert_eq!(config.transport, DnsTransport::Tcp);
+        assert!(!config.recursion_desired);
+        assert_eq!(
+            config.valid_rcodes,
+            [ResponseCode::NXDomain, ResponseCode::NoError]
+        );
+        assert_eq!(config.min_answers, 2);
+        assert_eq!(config.answer_regex.unwrap().0.as_str(), "^www");
+        for (text, expected) in [
+            ("mx", RecordType::MX),
+            ("TXT", RecordType::TXT),
+            ("Srv", RecordType::SRV),
+            ("ns", RecordType::NS),
+            ("SOA", RecordType::SOA),
+            ("ptr", RecordType::PTR),
+            ("CNAME", RecordType::CNAME),
+            ("caa", RecordType::CAA),
+        ] {
+            let config = dns_target(RawTarget {
+                record_type: Some(text.into()),
+                ..dns_raw("example.com")
+            })
+            .unwrap();
+            assert_eq!(config.record_type, expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn dns_rejections_name_the_key() {
+        let cases = [
+            (
+                RawTarget {
+                    record_type: Some("AAA".into()),
+                    ..dns_raw("example.com")
+                },
+                "target[0].record_type",
+            ),
+            (
+                RawTarget {
+                    server: Some("ns1.example.com:53".into()),
+                    ..dns_raw("example.com")
+                },
+                "target[0].server",
+            ),
+            (
+                RawTarget {
+                    transport: Some("doh".into()),
+                    ..dns_raw("example.com")
+                },
+                "target[0].transport",
+            ),
+            (
+                RawTarget {
+                    valid_rcodes: Some(vec!["NOERROR".into(), "OK".into()]),
+                    ..dns_raw("example.com")
+                },
+                "target[0].valid_rcodes[1]",
+            ),
+            (
+                RawTarget {
+                    valid_rcodes: Some(Vec::new()),
+                    ..dns_raw("example.com")
+                },
+                "target[0].valid_rcodes",
+            ),
+            (
+                RawTarget {
+                    answer_regex: Some("(".into()),
+                    ..dns_raw("example.com")
+                },
+                "target[0].answer_regex",
+            ),
+            (dns_raw(" "), "target[0].query"),
+            (dns_raw("exa mple.com"), "target[0].query"),
+            (
+                RawTarget {
+                    query: None,
+                    ..dns_raw("")
+                },
+                "target[0].query",
+            ),
+            (
+                RawTarget {
+                    url: Some("http://example.com/".into()),
+                    ..dns_raw("example.com")
+                },
+                "target[0].url",
+            ),
+        ];
+        for (raw, key) in cases {
+            let shown = format!("{raw:?}");
+            let (found, problem) = dns_target(raw).expect_err(&shown);
+            assert_eq!(found, key, "{shown}: {problem}");
+        }
+    }
+
+    #[test]
+    fn a_dns_target_without_server_asks_the_first_system_name_server() {
+        let raw = RawTarget {
+            server: None,
+            ..dns_raw("example.com")
+        };
+        match dns_target(raw) {
+            Ok(config) => assert_eq!(config.server.port(), 53),
+            Err((key, problem)) => {
+                assert_eq!(key, "target[0].server");
+                assert!(
+                    problem.starts_with("missing, and /etc/resolv.conf"),
+                    "{problem}"
+                );
+            }
+        }
+    }
+}
