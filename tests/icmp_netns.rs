@@ -185,6 +185,10 @@ impl Netns {
     fn forward(&self, ipv6: bool) {
         self.sysctl("net.ipv4.ip_forward", "1");
         self.sysctl("net.ipv4.icmp_ratelimit", "0");
+        // The global limiter (1,000 a second, shared with IPv6, burst partly randomised since
+        // Linux 6.12) must not drop an error either while a time-exceeded loop is running.
+        self.sysctl("net.ipv4.icmp_msgs_per_sec", "1000000");
+        self.sysctl("net.ipv4.icmp_msgs_burst", "1000000");
         self.sysctl("net.ipv4.conf.all.send_redirects", "0");
         self.sysctl("net.ipv4.conf.default.send_redirects", "0");
         if ipv6 {
@@ -343,7 +347,7 @@ fn config(listen: Ipv4Addr, interval: &str, timeout: &str, targets: &[(&str, &st
     let mut text = format!(
         "[exporter]\nregion = \"ns\"\nlisten = \"{listen}:0\"\n\n\
          [defaults]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n\
-         buckets = [0.000000001, 0.001, 0.01, 0.1, 1.0]\n"
+         buckets = [0.000000001, 0.001, 0.01, 0.1, 0.2, 1.0]\n"
     );
     for (name, host) in targets {
         text.push_str(&format!(
@@ -706,6 +710,8 @@ fn an_icmp_error_never_fails_another_target_on_the_shared_socket() {
     let names: Vec<String> = (0..20).map(|i| format!("lo{i:02}")).collect();
     let targets: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "127.0.0.1")).collect();
     let mut text = config(net.uplink.inside, "10ms", "10ms", &targets);
+    // A 10 ms timeout on a loaded machine can expire before a loopback reply is read; that
+    // late reply is then rightly unmatched. Only errors that went astray are the bug here.
     // One probe a second: within the router's rate limit, every request gets its error.
     text.push_str(
         "\n[[target]]\nname = \"unr4\"\nregion = \"ns\"\nprobe = \"icmp\"\n\
@@ -726,7 +732,12 @@ fn an_icmp_error_never_fails_another_target_on_the_shared_socket() {
         "healthy targets failed as unreachable: {hit:?}"
     );
     assert_eq!(failures(&s, "unr4", "timeout"), 0.0, "unr4 lost its errors");
-    assert_eq!(unmatched(&s, "4"), 0.0);
+    let late: f64 = names.iter().map(|name| failures(&s, name, "timeout")).sum();
+    assert!(
+        unmatched(&s, "4") <= late,
+        "{} unmatched ICMP packets, only {late} late loopback replies explain",
+        unmatched(&s, "4")
+    );
 }
 
 /// No packet leaves: `sendto` itself fails, with EHOSTUNREACH for an `unreachable` route and
@@ -1059,7 +1070,7 @@ fn samples_at_most(s: &Scrape, target: &str, le: f64) -> f64 {
 
 /// Many targets ping one host through the one shared socket: each reply must reach the probe
 /// whose request it answers (sequence and token), and none may be unmatched.
-/// - 20 targets ping 127.0.0.1 ten times a second;
+/// - 20 targets ping 127.0.0.1 five times a second;
 /// - 20 targets ping a host that answers after 30 ms, so that about six requests to it are
 ///   in flight at any time: they would collide on a sequence number handed out twice;
 /// - and all that twice over: a second exporter shares the namespace, as sidecars of one pod
@@ -1078,7 +1089,9 @@ fn one_host_many_targets(kind: Kind, tag: &str, block: u32) {
         .map(|name| (name.as_str(), "127.0.0.1"))
         .chain(slow.iter().map(|name| (name.as_str(), "10.97.0.1")))
         .collect();
-    let text = config(uplink.inside, "100ms", "100ms", &targets);
+    // 200 ms leaves a loaded CI machine room for the 30 ms host; a collision shows as a
+    // reply far faster than 30 ms, not as a timeout.
+    let text = config(uplink.inside, "200ms", "200ms", &targets);
     let exporters = [Probed::start(&netns, &text), Probed::start(&netns, &text)];
 
     for probed in &exporters {
@@ -1094,9 +1107,9 @@ fn one_host_many_targets(kind: Kind, tag: &str, block: u32) {
         for name in &slow {
             assert_eq!(samples_at_most(&s, name, 0.01), 0.0, "{name}: under 10 ms");
             assert_eq!(
-                samples_at_most(&s, name, 0.1),
+                samples_at_most(&s, name, 0.2),
                 successes(&s, name),
-                "{name}: over 100 ms"
+                "{name}: over 200 ms"
             );
         }
     }
