@@ -5,9 +5,7 @@
 //! the hot path touches its own atomics and never a label-map lookup. Removing a target drops
 //! its entry and every one of its series with it.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -21,7 +19,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::config::{ProbeKind, Target};
+use crate::live::LiveTargets;
 use crate::probe::{Failure, IcmpSockets, Outcome, Phase, Reason};
+use crate::ranker::SharedSnapshot;
 
 /// Buckets of `regionprobe_scheduler_lag_seconds`: 100 us to ~1.6 s by powers of four. A
 /// healthy scheduler stays in the first buckets; anything past 10 ms means starved threads.
@@ -157,15 +157,11 @@ impl TargetMetrics {
     }
 }
 
-/// The live targets' series, keyed by target name.
-pub type TargetSeries = Arc<RwLock<BTreeMap<String, Arc<TargetMetrics>>>>;
-
 /// The registry and the handles the rest of the exporter records into.
 #[derive(Debug)]
 pub struct Metrics {
     /// `register` appends a period to help texts; collectors write theirs in full.
     registry: Registry,
-    pub targets: TargetSeries,
     pub scheduler_lag: Family<ProbeLabel, Histogram>,
     pub scheduler_skipped: Family<ProbeLabel, Counter>,
     pub reload_successful: Gauge,
@@ -173,12 +169,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(icmp: IcmpSockets) -> Self {
+    /// Registers every family; per-target series come from `live`, the region gauges from
+    /// `ranking`, both read at scrape time.
+    pub fn new(icmp: IcmpSockets, live: LiveTargets, ranking: SharedSnapshot) -> Self {
         let mut registry = Registry::default();
-        let targets = TargetSeries::default();
-        registry.register_collector(Box::new(TargetCollector {
-            targets: targets.clone(),
-        }));
+        registry.register_collector(Box::new(TargetCollector { targets: live }));
+        registry.register_collector(Box::new(RankingCollector { snapshot: ranking }));
         let scheduler_lag =
             Family::<ProbeLabel, Histogram>::new_with_constructor(|| Histogram::new(LAG_BUCKETS));
         registry.register(
@@ -215,7 +211,6 @@ impl Metrics {
         registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             registry,
-            targets,
             scheduler_lag,
             scheduler_skipped,
             reload_successful,
@@ -241,13 +236,13 @@ impl Metrics {
 /// Encodes the per-target families from the live target map.
 #[derive(Debug)]
 struct TargetCollector {
-    targets: TargetSeries,
+    targets: LiveTargets,
 }
 
 impl Collector for TargetCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let targets = self.targets.read().expect("targets lock");
-        let all = || targets.values();
+        let all = || targets.values().map(|live| &live.metrics);
 
         let mut family = encoder.encode_descriptor(
             "regionprobe_probe_duration_seconds",
@@ -346,6 +341,73 @@ impl Collector for TargetCollector {
                 probe: kind.as_str(),
             };
             ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The region ranking and the failover choice, from the latest snapshot.
+#[derive(Debug)]
+struct RankingCollector {
+    snapshot: SharedSnapshot,
+}
+
+impl Collector for RankingCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.snapshot.read().expect("snapshot lock").clone();
+        let source = snapshot.source_region.as_str();
+        let regions = &snapshot.ranking.regions;
+        let labels = |region: &str| {
+            [
+                ("source_region", source.to_owned()),
+                ("target_region", region.to_owned()),
+            ]
+        };
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_region_score_seconds",
+            "Ranking score of each target region over the window: latency quantile plus loss ratio times the loss penalty; +Inf when nothing answered.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions {
+            ConstGauge::new(region.score).encode(family.encode_family(&labels(&region.region))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_region_rank",
+            "Rank of each target region by score; 1 is the best.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions {
+            ConstGauge::new(region.rank as i64)
+                .encode(family.encode_family(&labels(&region.region))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_failover_best",
+            "1 for the chosen failover region (the best other region, held by hysteresis), 0 for the other candidates.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions.iter().filter(|r| r.region != source) {
+            let chosen = snapshot.best.as_deref() == Some(region.region.as_str());
+            ConstGauge::new(i64::from(chosen))
+                .encode(family.encode_family(&labels(&region.region))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_failover_last_change_timestamp_seconds",
+            "Unix time the failover choice last changed (the first choice included).",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Some(since) = snapshot.best_since {
+            let secs = since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            ConstGauge::new(secs).encode(family.encode_family(&[("source_region", source)])?)?;
         }
         Ok(())
     }

@@ -181,6 +181,18 @@ impl Window {
         })
     }
 
+    /// The samples younger than a window at `now`, oldest first: how long before `now` each
+    /// was taken, and its latency (`None`: the probe failed). For charts.
+    pub fn samples(&self, now: Instant) -> impl Iterator<Item = (Duration, Option<Duration>)> + '_ {
+        let epoch = self.epoch;
+        self.live(now).map(move |sample| {
+            let at = epoch.map_or(now, |e| e + Duration::from_millis(sample.at.into()));
+            let latency =
+                (sample.latency != FAILED).then(|| Duration::from_micros(sample.latency.into()));
+            (now.saturating_duration_since(at), latency)
+        })
+    }
+
     /// The samples younger than a window at `now`.
     fn live(&self, now: Instant) -> impl Iterator<Item = &Sample> {
         self.samples.range(self.expired(now)..)
@@ -532,6 +544,28 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn samples_are_listed_with_their_age() {
+        let mut window = Window::new(Duration::from_secs(10), Duration::from_secs(1));
+        let start = Instant::now();
+        window.record(start, Some(Duration::from_millis(5)));
+        window.record(start + Duration::from_secs(4), None);
+        let now = start + Duration::from_secs(6);
+        let listed: Vec<_> = window.samples(now).collect();
+        assert_eq!(
+            listed,
+            vec![
+                (Duration::from_secs(6), Some(Duration::from_millis(5))),
+                (Duration::from_secs(2), None),
+            ]
+        );
+        assert_eq!(
+            window.samples(start + Duration::from_secs(12)).count(),
+            1,
+            "the first expired"
+        );
     }
 
     #[test]

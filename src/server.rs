@@ -1,7 +1,7 @@
-//! The HTTP server: `/metrics`, the landing page, health, readiness and `POST /-/reload`.
+//! The HTTP server: `/metrics`, the status page, the JSON APIs, health, readiness and
+//! `POST /-/reload`.
 
 use std::convert::Infallible;
-use std::fmt::Write;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -14,8 +14,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::api;
 use crate::config::Config;
+use crate::live::LiveTargets;
 use crate::metrics::Metrics;
+use crate::ranker::SharedSnapshot;
+use crate::status_page;
 use crate::targets::Diff;
 
 /// How long in-flight requests may take to finish once shutdown starts.
@@ -32,7 +36,17 @@ pub type ReloadRequest = oneshot::Sender<Result<Diff, String>>;
 pub struct State {
     pub metrics: Arc<Metrics>,
     pub config: Arc<RwLock<Arc<Config>>>,
+    pub live: LiveTargets,
+    pub ranking: SharedSnapshot,
     pub reload: mpsc::Sender<ReloadRequest>,
+}
+
+impl State {
+    fn ranking_view(&self) -> api::RankingView {
+        let snapshot = self.ranking.read().expect("snapshot lock").clone();
+        let config = self.config.read().expect("config lock").clone();
+        api::ranking(&snapshot, &config)
+    }
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish.
@@ -100,13 +114,15 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Full<Bytes
             respond(StatusCode::OK, content_type, body)
         }
         ("/", &Method::GET | &Method::HEAD) => {
-            let config = state.config.read().expect("config lock").clone();
-            respond(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                landing_page(&config, &state.metrics),
-            )
+            let page = status_page::render(
+                &state.ranking_view(),
+                &api::targets(&state.live),
+                &status_page::samples(&state.live),
+            );
+            respond(StatusCode::OK, "text/html; charset=utf-8", page)
         }
+        ("/api/v1/ranking", &Method::GET | &Method::HEAD) => json(&state.ranking_view()),
+        ("/api/v1/targets", &Method::GET | &Method::HEAD) => json(&api::targets(&state.live)),
         ("/-/healthy", &Method::GET | &Method::HEAD) => {
             text(StatusCode::OK, "regionprobe is Healthy.\n")
         }
@@ -114,7 +130,10 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Full<Bytes
             text(StatusCode::OK, "regionprobe is Ready.\n")
         }
         ("/-/reload", &Method::POST | &Method::PUT) => reload(state).await,
-        ("/metrics" | "/" | "/-/healthy" | "/-/ready", _) => method_not_allowed("GET, HEAD"),
+        (
+            "/metrics" | "/" | "/-/healthy" | "/-/ready" | "/api/v1/ranking" | "/api/v1/targets",
+            _,
+        ) => method_not_allowed("GET, HEAD"),
         ("/-/reload", _) => method_not_allowed("POST, PUT"),
         _ => text(
             StatusCode::NOT_FOUND,
@@ -159,41 +178,12 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-/// A plain page that links the endpoints and lists the targets with their last state.
-fn landing_page(config: &Config, metrics: &Metrics) -> String {
-    let mut rows = String::new();
-    let series = metrics.targets.read().expect("targets lock");
-    for target in &config.targets {
-        let state = match series.get(&target.name).map(|m| m.last_up()) {
-            Some(Some(true)) => "up",
-            Some(Some(false)) => "down",
-            _ => "pending",
-        };
-        let _ = write!(
-            rows,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{state}\">{state}</td></tr>",
-            escape(&target.name),
-            escape(&target.region),
-            target.probe.kind().as_str(),
-        );
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => respond(StatusCode::OK, "application/json", body + "\n"),
+        Err(err) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding JSON: {err}\n"),
+        ),
     }
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>regionprobe</title>\
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}\
-.up{{color:#070}}.down{{color:#b00}}</style></head><body>\
-<h1>regionprobe</h1><p>Region <b>{region}</b>, version {version}.</p>\
-<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/-/healthy\">/-/healthy</a></li>\
-<li><a href=\"/-/ready\">/-/ready</a></li><li>POST /-/reload</li></ul>\
-<table><tr><th>target</th><th>region</th><th>probe</th><th>state</th></tr>{rows}</table>\
-</body></html>\n",
-        region = escape(&config.exporter.region),
-        version = env!("CARGO_PKG_VERSION"),
-    )
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

@@ -6,12 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
 use crate::config::{Config, Target};
-use crate::metrics::{Metrics, ProbeLabel, TargetMetrics};
+use crate::live::{LiveTarget, LiveTargets};
+use crate::metrics::{Metrics, ProbeLabel};
 use crate::probe::{Probe, Shared};
 use crate::scheduler::{Lateness, Slot, Ticker};
 
@@ -40,14 +42,16 @@ pub struct Supervisor {
     /// All schedules are aligned to this instant, across reloads.
     anchor: Instant,
     region: String,
+    ranking_window: Duration,
     shared: Shared,
     metrics: Arc<Metrics>,
+    live: LiveTargets,
     running: HashMap<String, Running>,
 }
 
 #[derive(Debug)]
 struct Running {
-    target: Target,
+    live: Arc<LiveTarget>,
     task: JoinHandle<()>,
 }
 
@@ -58,12 +62,14 @@ impl Drop for Running {
 }
 
 impl Supervisor {
-    pub fn new(shared: Shared, metrics: Arc<Metrics>) -> Self {
+    pub fn new(shared: Shared, metrics: Arc<Metrics>, live: LiveTargets) -> Self {
         Supervisor {
             anchor: Instant::now(),
             region: String::new(),
+            ranking_window: Duration::ZERO,
             shared,
             metrics,
+            live,
             running: HashMap::new(),
         }
     }
@@ -73,22 +79,26 @@ impl Supervisor {
         let mut diff = Diff::default();
         let region_changed = self.region != config.exporter.region;
         self.region = config.exporter.region.clone();
+        let window_changed = self.ranking_window != config.ranking.window;
+        self.ranking_window = config.ranking.window;
 
         let wanted: HashMap<&str, &Target> = config
             .targets
             .iter()
             .map(|t| (t.name.as_str(), t))
             .collect();
-        let mut series = self.metrics.targets.write().expect("targets lock");
+        let mut live = self.live.write().expect("live targets lock");
         self.running.retain(|name, running| {
-            let keep = !region_changed && wanted.get(name.as_str()) == Some(&&running.target);
+            let keep = !region_changed && wanted.get(name.as_str()) == Some(&&running.live.config);
             if !keep {
-                series.remove(name);
+                live.remove(name);
                 if wanted.contains_key(name.as_str()) {
                     diff.changed += 1;
                 } else {
                     diff.removed += 1;
                 }
+            } else if window_changed {
+                running.live.reset_window(config.ranking.window);
             }
             keep
         });
@@ -99,8 +109,9 @@ impl Supervisor {
                 diff.unchanged += 1;
                 continue;
             }
-            let target_metrics = Arc::new(TargetMetrics::new(&self.region, target));
-            series.insert(target.name.clone(), target_metrics.clone());
+            let target_live =
+                Arc::new(LiveTarget::new(&self.region, target, config.ranking.window));
+            live.insert(target.name.clone(), target_live.clone());
             let slot = Slot::spread(self.anchor, target.interval, index, count);
             let label = ProbeLabel {
                 probe: target.probe.kind().as_str(),
@@ -110,16 +121,15 @@ impl Supervisor {
                 skipped: self.metrics.scheduler_skipped.get_or_create(&label).clone(),
             };
             let task = tokio::spawn(target_task(
-                target.clone(),
                 slot,
                 lateness,
-                target_metrics,
+                target_live.clone(),
                 self.shared.clone(),
             ));
             self.running.insert(
                 target.name.clone(),
                 Running {
-                    target: target.clone(),
+                    live: target_live,
                     task,
                 },
             );
@@ -127,22 +137,11 @@ impl Supervisor {
         diff.added = count - diff.unchanged - diff.changed;
         diff
     }
-
-    /// Stops every target.
-    pub fn stop_all(&mut self) {
-        self.running.clear();
-        self.metrics.targets.write().expect("targets lock").clear();
-    }
 }
 
 /// One target, forever: probe on schedule, bounded by the timeout, record, log state changes.
-async fn target_task(
-    target: Target,
-    slot: Slot,
-    lateness: Lateness,
-    metrics: Arc<TargetMetrics>,
-    shared: Shared,
-) {
+async fn target_task(slot: Slot, lateness: Lateness, live: Arc<LiveTarget>, shared: Shared) {
+    let target = &live.config;
     let mut probe = Probe::new(&target.probe, &shared);
     let mut ticker = Ticker::new(slot, lateness);
     let mut was_up: Option<bool> = None;
@@ -152,7 +151,7 @@ async fn target_task(
             Ok(result) => result,
             Err(_) => Err(probe.timed_out(target.timeout)),
         };
-        metrics.record(&result);
+        live.record(&result);
         match &result {
             Err(failure) if was_up != Some(false) => {
                 tracing::warn!(target = %target.name, region = %target.region, reason = failure.reason.as_str(), detail = %failure.detail, "target down");

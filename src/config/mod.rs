@@ -195,7 +195,8 @@ pub enum ConfigError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub exporter: Exporter,
-    pub ranking: Ranking,
+    /// `[ranking]`: the ranking engine's own parameters.
+    pub ranking: crate::ranking::Params,
     pub targets: Vec<Target>,
 }
 
@@ -206,14 +207,6 @@ pub struct Exporter {
     pub region: String,
     /// Address of the HTTP server (`/metrics`, status, reload).
     pub listen: SocketAddr,
-}
-
-/// `[ranking]`
-#[derive(Clone, Debug, PartialEq)]
-pub struct Ranking {
-    pub window: Duration,
-    pub quantile: f64,
-    pub loss_penalty: Duration,
 }
 
 /// One `[[target]]` with the `[defaults]` applied.

@@ -41,6 +41,8 @@ pub(super) struct RawRanking {
     pub window: Option<String>,
     pub quantile: Option<f64>,
     pub loss_penalty: Option<String>,
+    pub hysteresis: Option<f64>,
+    pub hold: Option<String>,
 }
 
 /// One `[[target]]`. The keys of every probe kind live side by side; validation rejects a key

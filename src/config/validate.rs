@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::probes;
 use super::raw::{RawFile, RawTarget};
-use super::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind, Ranking, Target};
+use super::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind, Target};
+use crate::ranking::Params as RankingParams;
 
 /// `(key path, problem)`; the caller adds the file name.
 pub(super) type Invalid = (String, String);
@@ -43,7 +44,7 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         buckets,
     };
 
-    let ranking = Ranking {
+    let ranking = RankingParams {
         window: match raw.ranking.window {
             Some(text) => positive_duration("ranking.window", &text)?,
             None => Duration::from_secs(300),
@@ -63,6 +64,22 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         loss_penalty: match raw.ranking.loss_penalty {
             Some(text) => duration("ranking.loss_penalty", &text)?,
             None => Duration::from_secs(1),
+        },
+        hysteresis: match raw.ranking.hysteresis {
+            Some(h) if (0.0..1.0).contains(&h) => h,
+            Some(h) => {
+                return Err((
+                    "ranking.hysteresis".into(),
+                    format!(
+                        "{h} is not a fraction; expected a number from 0 (switch at once) to below 1, such as 0.1 for 10%"
+                    ),
+                ));
+            }
+            None => 0.10,
+        },
+        hold: match raw.ranking.hold {
+            Some(text) => duration("ranking.hold", &text)?,
+            None => Duration::from_secs(60),
         },
     };
 
