@@ -12,6 +12,7 @@
 //!   [`api`] (JSON) and [`status_page`] (HTML) views of the ranking and the targets.
 //!
 //! - [`healthcheck`]: `regionprobe healthcheck`, for containers without curl.
+//! - [`rank`]: `regionprobe rank`, the one-shot latency benchmark: probes, no server, a ranking.
 //!
 //! The binary is thin: it parses flags, loads the config, binds, and calls [`run`].
 
@@ -22,6 +23,7 @@ pub mod live;
 pub mod metrics;
 pub mod pinger;
 pub mod probe;
+pub mod rank;
 pub mod ranker;
 pub mod ranking;
 pub mod resolve;

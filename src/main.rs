@@ -3,11 +3,14 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use regionprobe::config::ConfigSource;
+use regionprobe::rank::{self, Format, Progress};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +44,35 @@ enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
+    /// Probe the configured targets for a while, serving nothing, then print the regions
+    /// ranked best first and the failover candidate.
+    ///
+    /// The candidate is simply the best region other than exporter.region with a finite score:
+    /// hysteresis and hold judge a choice across rankings, and a one-shot run ranks once. The
+    /// ranking window is stretched to cover the whole run. A progress bar shows on stderr when
+    /// it is a terminal. Ctrl-C (or SIGTERM) stops early and prints what was gathered.
+    ///
+    /// Exit status: 0 if a region other than the own one answered, 1 if none did, 2 for a bad
+    /// configuration or bad arguments.
+    Rank {
+        /// How long to probe, e.g. 30s, 2m.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
+        duration: Duration,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+/// Exit status of `rank` for a bad configuration, as clap's for bad arguments.
+const USAGE_ERROR: u8 = 2;
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than 0s".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -83,8 +115,34 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Rank { duration, format } => {
+            // Warnings only by default: the ranking is the output.
+            let progress = Progress::stderr();
+            let logging = init_logging(
+                cli.log_format,
+                cli.log_level.as_deref(),
+                "warn",
+                progress.clone(),
+            );
+            if let Err(err) = logging {
+                eprintln!("{err:#}");
+                return ExitCode::from(USAGE_ERROR);
+            }
+            match source.load() {
+                Ok(config) => rank(config, duration, format, progress),
+                Err(err) => {
+                    eprintln!("{err}");
+                    ExitCode::from(USAGE_ERROR)
+                }
+            }
+        }
         Command::Run => {
-            if let Err(err) = init_logging(cli.log_format, cli.log_level.as_deref()) {
+            if let Err(err) = init_logging(
+                cli.log_format,
+                cli.log_level.as_deref(),
+                "info",
+                std::io::stderr,
+            ) {
                 eprintln!("{err:#}");
                 return ExitCode::FAILURE;
             }
@@ -99,16 +157,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
+/// Logs to `writer` (stderr, or through the progress bar) at `--log.level`, else `RUST_LOG`,
+/// else `default`.
+fn init_logging<W>(
+    format: LogFormat,
+    level: Option<&str>,
+    default: &str,
+    writer: W,
+) -> anyhow::Result<()>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = match level {
         Some(level) => {
             EnvFilter::try_new(level).with_context(|| format!("invalid --log.level {level:?}"))?
         }
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
@@ -139,6 +207,37 @@ async fn run(source: ConfigSource) -> anyhow::Result<()> {
     regionprobe::run(source, config, listener, shutdown).await?;
     tracing::info!("regionprobe stopped");
     Ok(())
+}
+
+#[tokio::main]
+async fn rank(
+    config: regionprobe::config::Config,
+    duration: Duration,
+    format: Format,
+    progress: Progress,
+) -> ExitCode {
+    let stop = match shutdown_signal() {
+        Ok(stop) => stop,
+        Err(err) => {
+            eprintln!("{err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rank::run(config, duration, &progress, stop).await;
+    if let Some(note) = report.interruption() {
+        eprintln!("{note}");
+    }
+    if let Err(err) = report.write(format, &mut std::io::stdout().lock()) {
+        eprintln!("cannot write the ranking: {err}");
+        return ExitCode::FAILURE;
+    }
+    match report.failure() {
+        None => ExitCode::SUCCESS,
+        Some(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers; the future completes on either.

@@ -189,8 +189,14 @@ fn the_status_page_shows_the_ranking_in_order_with_charts() {
         .unwrap()
         .port();
     let exporter = Exporter::start(&three_regions(closed));
-    wait_for(WAIT, "a candidate", || {
-        ranking(&exporter)["best"]["region"].as_str().map(|_| ())
+    wait_for(WAIT, "a candidate and down-1's first failure", || {
+        let (_, targets) = exporter.get("/api/v1/targets");
+        let targets: Value = serde_json::from_str(&targets).ok()?;
+        let down_failed = targets["targets"]
+            .as_array()?
+            .iter()
+            .any(|t| t["name"] == "down-1" && t["last_error"].is_object());
+        (down_failed && ranking(&exporter)["best"]["region"].is_string()).then_some(())
     });
     let (status, page) = exporter.get("/");
     assert_eq!(status, 200);
