@@ -188,6 +188,12 @@ role=\"img\"><title>median latency, max {}</title><rect width=\"100%\" height=\"
             "<polyline class=\"latency\" points=\"{}\"/>",
             line.trim_end()
         );
+        // Each chart has its own scale: say which, or a 2 ms wobble looks like a 200 ms one.
+        let _ = write!(
+            svg,
+            "<text class=\"max\" x=\"3\" y=\"11\">{}</text>",
+            ms(top / 1.1)
+        );
     }
     for (i, (_, failed)) in slices.iter().enumerate() {
         if *failed {
@@ -226,8 +232,10 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;text
 .best{font-size:1.2em;padding:.4em .8em;background:#eef6ee;border-left:4px solid #2a7}\
 .best.none{background:#fbeeee;border-color:#c33}.note{color:#666;margin:0}\
 tr.chosen td{background:#eef6ee}tr.unreachable td{color:#a33}\
-.up{color:#2a7;font-weight:bold}.down{color:#c33;font-weight:bold}.pending{color:#888}.when{color:#888}\
-svg.chart .bg{fill:#f7f7f7}svg.chart .latency{fill:none;stroke:#2563eb;stroke-width:1.5}svg.chart .failure{fill:#dc2626}";
+#targets td{white-space:nowrap}#targets td:last-child{white-space:normal}\
+.up{color:#2a7;font-weight:bold}.down{color:#c33;font-weight:bold}.pending{color:#888}.when{color:#888;white-space:nowrap}\
+svg.chart .bg{fill:#f7f7f7}svg.chart .latency{fill:none;stroke:#2563eb;stroke-width:1.5}svg.chart .failure{fill:#dc2626}\
+svg.chart .max{font-size:10px;fill:#666;stroke:#f7f7f7;stroke-width:3px;paint-order:stroke}";
 
 #[cfg(test)]
 mod tests {
@@ -259,6 +267,7 @@ mod tests {
             "the slow sample is drawn higher (smaller y)"
         );
         assert_eq!(svg.matches("class=\"failure\"").count(), 1);
+        assert!(svg.contains(">200 ms</text>"), "the scale is shown: {svg}");
     }
 
     #[test]
