@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{self as nix_socket, ControlMessageOwned, MsgFlags, SockaddrStorage};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use surge_ping::{Icmpv4Packet, Icmpv6Packet, SurgeError};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -92,6 +92,8 @@ pub struct PingerStats {
     /// Echo replies (or errors) addressed to our socket that no waiting probe claims: late,
     /// duplicate, or forged.
     pub unmatched: AtomicU64,
+    /// Datagrams read from the socket (raw sockets: after the kernel filter).
+    pub received: AtomicU64,
 }
 
 /// A shared ICMP socket for one address family. Cheap to clone; the receive task stops when
@@ -154,9 +156,10 @@ impl Pinger {
             },
         };
         socket.set_nonblocking(true)?;
-        if kind == SocketKind::Datagram {
+        let ident: u16 = rand::random();
+        match kind {
             // ICMP errors for ping sockets are only reported through the error queue.
-            match family {
+            SocketKind::Datagram => match family {
                 IpFamily::V4 => {
                     nix_socket::setsockopt(&socket, nix_socket::sockopt::Ipv4RecvErr, &true)
                 }
@@ -164,14 +167,17 @@ impl Pinger {
                     nix_socket::setsockopt(&socket, nix_socket::sockopt::Ipv6RecvErr, &true)
                 }
             }
-            .map_err(io::Error::from)?;
+            .map_err(io::Error::from)?,
+            // A raw socket gets a copy of every ICMP packet of the host: let the kernel keep
+            // only the replies to our identifier and the errors.
+            SocketKind::Raw => socket.attach_filter(&raw_filter(family, ident))?,
         }
         let socket = UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
         let inner = Arc::new(Inner {
             family,
             kind,
             socket,
-            ident: rand::random(),
+            ident,
             next_seq: AtomicU16::new(rand::random()),
             waiters: Mutex::new(HashMap::new()),
             stats: PingerStats::default(),
@@ -257,6 +263,45 @@ impl Pinger {
         Err(PingError::Other(format!(
             "65536 ICMP requests to {peer} already in flight"
         )))
+    }
+}
+
+/// A classic BPF program for a raw ICMP socket: accept echo replies carrying `ident`,
+/// destination unreachable and time exceeded (which quote the request deeper in); drop the
+/// rest: other processes' pings, our own requests looped back, neighbour discovery. Raw IPv4
+/// sockets see the IP header first, raw ICMPv6 sockets the ICMPv6 header.
+fn raw_filter(family: IpFamily, ident: u16) -> Vec<SockFilter> {
+    const LD_B_ABS: u16 = 0x30; // A = packet[k] (byte)
+    const LD_H_ABS: u16 = 0x28; // A = packet[k..k+2]
+    const LDX_B_MSH: u16 = 0xb1; // X = 4 * (packet[k] & 0xf): the IPv4 header length
+    const LD_B_IND: u16 = 0x50; // A = packet[X + k] (byte)
+    const LD_H_IND: u16 = 0x48; // A = packet[X + k..X + k + 2]
+    const JEQ: u16 = 0x15; // if A == k jump jt else jf (relative to the next instruction)
+    const RET: u16 = 0x06;
+    const ACCEPT: u32 = 0x0004_0000;
+    let ident = u32::from(ident);
+    match family {
+        IpFamily::V4 => vec![
+            SockFilter::new(LDX_B_MSH, 0, 0, 0),
+            SockFilter::new(LD_B_IND, 0, 0, 0),
+            SockFilter::new(JEQ, 2, 0, 0), // echo reply: check the identifier
+            SockFilter::new(JEQ, 3, 0, 3), // destination unreachable
+            SockFilter::new(JEQ, 2, 3, 11), // time exceeded
+            SockFilter::new(LD_H_IND, 0, 0, 4),
+            SockFilter::new(JEQ, 0, 1, ident),
+            SockFilter::new(RET, 0, 0, ACCEPT),
+            SockFilter::new(RET, 0, 0, 0),
+        ],
+        IpFamily::V6 => vec![
+            SockFilter::new(LD_B_ABS, 0, 0, 0),
+            SockFilter::new(JEQ, 2, 0, 129), // echo reply: check the identifier
+            SockFilter::new(JEQ, 3, 0, 1),   // destination unreachable
+            SockFilter::new(JEQ, 2, 3, 3),   // time exceeded
+            SockFilter::new(LD_H_ABS, 0, 0, 4),
+            SockFilter::new(JEQ, 0, 1, ident),
+            SockFilter::new(RET, 0, 0, ACCEPT),
+            SockFilter::new(RET, 0, 0, 0),
+        ],
     }
 }
 
@@ -453,6 +498,7 @@ async fn receive_loop(inner: Arc<Inner>) {
             match inner.socket.try_recv_from(&mut buf) {
                 Ok((len, from)) => {
                     let received_at = Instant::now();
+                    inner.stats.received.fetch_add(1, Ordering::Relaxed);
                     let received = classify(inner.family, inner.kind, &buf[..len], from.ip());
                     inner.dispatch(received, received_at);
                 }
@@ -699,6 +745,25 @@ mod tests {
         };
         pinger.inner.dispatch(genuine, Instant::now());
         assert!(rx.try_recv().unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn only_our_replies_reach_the_receive_task() {
+        let Ok(pinger) = Pinger::open(IpFamily::V4) else {
+            eprintln!("SKIP: no ICMP socket available to this user");
+            return;
+        };
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..20 {
+            pinger.ping(loopback, 56).await.unwrap();
+        }
+        // A raw socket without its filter would also read the 20 requests looped back.
+        assert_eq!(
+            pinger.stats().received.load(Ordering::Relaxed),
+            20,
+            "{:?} socket",
+            pinger.kind()
+        );
     }
 
     #[tokio::test]

@@ -63,8 +63,11 @@ impl Drop for Running {
 
 impl Supervisor {
     pub fn new(shared: Shared, metrics: Arc<Metrics>, live: LiveTargets) -> Self {
+        // A random phase per process: sidecars started in the same millisecond (a rollout)
+        // still probe a shared target at different moments.
+        let phase = crate::scheduler::BATCH.mul_f64(rand::random::<f64>());
         Supervisor {
-            anchor: Instant::now(),
+            anchor: Instant::now() + phase,
             region: String::new(),
             ranking_window: Duration::ZERO,
             shared,
