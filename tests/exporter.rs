@@ -281,10 +281,12 @@ fn icmp_to_the_v4_and_v6_loopback_records_samples() {
         kinds.iter().all(|k| k == "raw" || k == "datagram"),
         "{kinds:?}"
     );
-    assert!(
-        exporter.log_text().contains("ICMP socket open"),
-        "the socket kind is logged"
-    );
+    wait_for(WAIT, "the socket kind in the log", || {
+        exporter
+            .log_text()
+            .contains("ICMP socket open")
+            .then_some(())
+    });
 }
 
 /// A minimal HTTP/1.1 server on a thread: every request gets 200 and a short body.
@@ -486,11 +488,13 @@ fn a_bad_reload_keeps_the_running_config_and_sighup_recovers() {
         body.contains(&format!("{path}: key `target[0].port`: unknown key")),
         "{body}"
     );
-    assert!(
+    // The log line is read from the child's stderr by another thread: give it a moment.
+    wait_for(WAIT, "the failed reload in the log", || {
         exporter
             .log_text()
             .contains("reload failed; keeping the running configuration")
-    );
+            .then_some(())
+    });
 
     let during = exporter.metrics();
     assert_eq!(

@@ -554,12 +554,13 @@ fn datagram_socket_in_a_namespace_that_allows_it() {
     for (name, _) in &targets {
         assert_healthy(&s, name, 5.0);
     }
-    let log = probed.exporter.log_text();
-    assert!(
+    // The log is read from the child's stderr by another thread: give it a moment.
+    common::wait_for(WAIT, "the socket kind in the log", || {
+        let log = probed.exporter.log_text();
         log.lines()
-            .any(|l| l.contains("ICMP socket open") && l.contains("datagram")),
-        "the socket kind is not logged"
-    );
+            .any(|l| l.contains("ICMP socket open") && l.contains("datagram"))
+            .then_some(())
+    });
 }
 
 #[test]
@@ -591,12 +592,13 @@ fn raw_socket_when_ping_group_range_is_closed() {
     for (name, _) in &targets {
         assert_healthy(&s, name, 5.0);
     }
-    let log = probed.exporter.log_text();
-    assert!(
+    // The log is read from the child's stderr by another thread: give it a moment.
+    common::wait_for(WAIT, "the socket kind in the log", || {
+        let log = probed.exporter.log_text();
         log.lines()
-            .any(|l| l.contains("ICMP socket open") && l.contains("raw")),
-        "the socket kind is not logged"
-    );
+            .any(|l| l.contains("ICMP socket open") && l.contains("raw"))
+            .then_some(())
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ pub struct Exporter {
     pub addr: SocketAddr,
     pub config_path: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Copies the child's stderr into `log`; ends when the child closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
     _dir: Option<TempDir>,
 }
 
@@ -108,7 +110,7 @@ impl Exporter {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
-        {
+        let reader = {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -118,8 +120,8 @@ impl Exporter {
                     }
                     log.lock().unwrap().push(line);
                 }
-            });
-        }
+            })
+        };
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(addr) => addr.parse().expect("bound address"),
             Err(_) => {
@@ -135,6 +137,7 @@ impl Exporter {
             addr,
             config_path: config_path.to_owned(),
             log,
+            reader: Some(reader),
             _dir: None,
         }
     }
@@ -163,6 +166,10 @@ impl Exporter {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The last lines are in the log once the reader saw the end of stderr.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(
