@@ -1,0 +1,1140 @@
+//! The failover drill: three regions in network namespaces, a regionprobe sidecar in each,
+//! the real Prometheus with the rules of `dashboards/rules/` and the real Alertmanager with
+//! the routing of `dashboards/alertmanager.yml`, then region c is cut off and restored.
+//!
+//! 1. Regions a, b, c: one namespace each, one address each on a shared L2 (see
+//!    `failover_drill/net.rs`). Each region serves its sidecar (`/metrics`, `/-/healthy`) on
+//!    :9537 and an HTTPS "app" endpoint on :8443 (this test binary re-run in the namespace,
+//!    rustls with an rcgen certificate). The app of a and b answers after 25 ms, c's at
+//!    once: c is the nearest region, and so the failover candidate, of both a and b. Each
+//!    sidecar probes the two other regions by ICMP, TCP (:9537), HTTP (`/-/healthy`) and
+//!    HTTPS (the app, `tls_skip_verify`), every 500 ms, ranking over 20 s with a 5 s hold.
+//! 2. Prometheus (root namespace) scrapes the three every second (job `regionprobe`) and
+//!    evaluates the repository's rule files, unchanged, every second; it alerts the
+//!    Alertmanager, whose configuration is `dashboards/alertmanager.yml` with only the
+//!    webhook URLs pointed at the test's receiver (timers unchanged: the critical route's
+//!    10 s group_wait and 1 m group_interval fit the drill, and the drill times them).
+//! 3. Every query of the three dashboards (variables resolved as Grafana would, "All"
+//!    selected) returns data from Prometheus' HTTP API, but for two that only show events
+//!    (failures, candidate changes), which must have data by the end of the drill; every
+//!    recording rule has a value for every (source, target) pair.
+//! 4. c's bridge port goes down: `RegionprobeRegionUnreachable` a→c and b→c must fire in
+//!    Prometheus and reach the pager webhook, c must rank last from a and b, and a must fail
+//!    over to b, b to a (and tell the change log webhook), each within a bound computed
+//!    from the rule's `for`, the intervals and the route's timers.
+//! 5. The port comes back: the alerts resolve (Prometheus, then a `resolved` notification),
+//!    c's targets come back up and c ranks first again.
+//! 6. The time each step took, as a table.
+//!
+//! Needs root, `ip`, `prometheus` and `prometheus-alertmanager`; `#[ignore]`d so that
+//! `cargo test` stays quick. CI runs it in a step of its own
+//! (`cargo test --test failover_drill -- --ignored --nocapture`); by hand:
+//! `scripts/failover-drill.sh`. Every process, namespace and interface it makes is
+//! named after the process id and removed by guards, also when the drill fails.
+
+// Blocking waits on real time, as in tests/common: there is no tokio clock to pause here.
+#![allow(clippy::disallowed_types)]
+
+#[path = "failover_drill/clock.rs"]
+mod clock;
+mod common;
+#[path = "failover_drill/dashboards.rs"]
+mod dashboards;
+#[path = "failover_drill/mixin.rs"]
+mod mixin;
+#[path = "failover_drill/net.rs"]
+mod net;
+#[path = "failover_drill/services.rs"]
+mod services;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use clock::{Clock, both, milestone, secs};
+use common::{Exporter, TempDir};
+use mixin::{Route, repo};
+use net::{Region, Topology};
+use serde_json::Value;
+use services::{Alertmanager, Daemon, Notification, Prometheus, Webhook, unix_seconds, which};
+
+const REGIONS: [&str; 3] = ["a", "b", "c"];
+/// The region the drill cuts off, and the two that lose it.
+const CUT: &str = "c";
+const OTHERS: [(&str, &str); 2] = [("a", "b"), ("b", "a")];
+/// In each region's own namespace, so fixed ports cannot clash with anything.
+const SIDECAR_PORT: u16 = 9537;
+const APP_PORT: u16 = 8443;
+/// How long the app of each region takes to answer: c is the nearest region of a and b.
+const APP_DELAYS: [(&str, Duration); 3] = [
+    ("a", Duration::from_millis(25)),
+    ("b", Duration::from_millis(25)),
+    ("c", Duration::ZERO),
+];
+/// ICMP, TCP, HTTP and HTTPS: the targets of each region in every sidecar's configuration.
+const TARGETS_PER_REGION: usize = 4;
+
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+const WINDOW: Duration = Duration::from_secs(20);
+const HOLD: Duration = Duration::from_secs(5);
+/// The sidecar recomputes its ranking this often (`ranker::PERIOD`).
+const RANKING_PERIOD: Duration = Duration::from_secs(1);
+const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
+const EVALUATION_INTERVAL: Duration = Duration::from_secs(1);
+/// Added once to every bound: a loaded 2-core CI machine running three sidecars, three app
+/// servers, Prometheus and Alertmanager.
+const SLACK: Duration = Duration::from_secs(15);
+/// For things that only need the processes to start and talk.
+const START: Duration = Duration::from_secs(30);
+
+const UNREACHABLE: &str = "RegionprobeRegionUnreachable";
+const CANDIDATE_CHANGED: &str = "RegionprobeFailoverCandidateChanged";
+const JOB: &str = "regionprobe";
+
+/// Queries that show only events: legitimately empty while nothing has happened, they must
+/// have data by the end of the drill (origin as `dashboards::queries` names it, and why).
+const EVENT_ONLY: [(&str, &str); 2] = [
+    (
+        "dashboards/target-detail.json panel \"Failures by reason\" query A",
+        "`increase(...) > 0` of the failure counters: no probe fails before the cut",
+    ),
+    (
+        "dashboards/failover-ranking.json annotation \"Failover candidate changes\"",
+        "`changes(...) > 0`: a first choice is no change, the cut makes one",
+    ),
+];
+
+const APP_ADDR_ENV: &str = "FAILOVER_DRILL_APP_ADDR";
+const APP_DELAY_ENV: &str = "FAILOVER_DRILL_APP_DELAY_MS";
+const APP_READY: &str = "failover drill app ready";
+
+type Check<'a> = Box<dyn FnMut() -> Result<Instant, String> + 'a>;
+
+fn ok_if(ok: bool, seen: impl FnOnce() -> String) -> Result<Instant, String> {
+    if ok { Ok(Instant::now()) } else { Err(seen()) }
+}
+
+// ---- The sidecars ---------------------------------------------------------------------------
+
+/// `exporter.toml` of the sidecar of region `me`: probes the other regions four ways.
+fn sidecar_config(net: &Topology, me: &Region) -> String {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let mut text = format!(
+        "[exporter]\nregion = \"{}\"\nlisten = \"{}:{SIDECAR_PORT}\"\n\n\
+         [defaults]\ninterval = \"{}\"\ntimeout = \"{}\"\n\n\
+         [ranking]\nwindow = \"{}s\"\nhold = \"{}s\"\n",
+        me.name,
+        me.addr,
+        ms(PROBE_INTERVAL),
+        ms(PROBE_TIMEOUT),
+        WINDOW.as_secs(),
+        HOLD.as_secs()
+    );
+    for other in net.regions.iter().filter(|r| r.name != me.name) {
+        let (name, addr) = (other.name, other.addr);
+        let targets = [
+            ("icmp", "icmp", format!("host = \"{addr}\"")),
+            ("tcp", "tcp", format!("address = \"{addr}:{SIDECAR_PORT}\"")),
+            (
+                "http",
+                "http",
+                format!("url = \"http://{addr}:{SIDECAR_PORT}/-/healthy\""),
+            ),
+            (
+                "https",
+                "http",
+                format!("url = \"https://{addr}:{APP_PORT}/\"\ntls_skip_verify = true"),
+            ),
+        ];
+        assert_eq!(targets.len(), TARGETS_PER_REGION);
+        for (suffix, probe, keys) in targets {
+            text.push_str(&format!(
+                "\n[[target]]\nname = \"{name}-{suffix}\"\nregion = \"{name}\"\n\
+                 probe = \"{probe}\"\n{keys}\n"
+            ));
+        }
+    }
+    text
+}
+
+#[derive(Debug)]
+struct Sidecar {
+    region: &'static str,
+    exporter: Exporter,
+}
+
+impl Sidecar {
+    fn ranking(&self) -> Result<Value, String> {
+        services::get_json(self.exporter.addr, "/api/v1/ranking")
+    }
+}
+
+fn candidate(ranking: &Value) -> Option<&str> {
+    ranking["best"]["region"].as_str()
+}
+
+/// The regions of a `/api/v1/ranking`, best first: (region, rank, score; `None` is +Inf).
+fn ranked(ranking: &Value) -> Vec<(String, u64, Option<f64>)> {
+    ranking["regions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["region"].as_str().unwrap_or_default().to_owned(),
+                r["rank"].as_u64().unwrap_or_default(),
+                r["score_seconds"].as_f64(),
+            )
+        })
+        .collect()
+}
+
+fn summary(ranking: &Value) -> String {
+    let regions: Vec<String> = ranked(ranking)
+        .iter()
+        .map(|(region, rank, score)| match score {
+            Some(s) => format!("{rank}. {region} {:.1} ms", s * 1000.0),
+            None => format!("{rank}. {region} +Inf"),
+        })
+        .collect();
+    format!(
+        "candidate {}; {}",
+        candidate(ranking).unwrap_or("none"),
+        regions.join(", ")
+    )
+}
+
+/// `region` in a ranking: its rank, whether it is last (alone), its score.
+fn standing(ranking: &Value, region: &str) -> Option<(u64, bool, Option<f64>)> {
+    let all = ranked(ranking);
+    let (_, rank, score) = all.iter().find(|(r, _, _)| r == region)?;
+    let last = all.iter().all(|(r, other, _)| r == region || other < rank);
+    Some((*rank, last, *score))
+}
+
+// ---- The region app servers -----------------------------------------------------------------
+
+/// Not a test: the HTTPS endpoint [`start_app`] runs in each region (a no-op anywhere else).
+#[test]
+#[ignore = "not a test: the HTTPS endpoint the failover drill runs in each region"]
+fn region_app_server() {
+    let Ok(addr) = std::env::var(APP_ADDR_ENV) else {
+        return;
+    };
+    let delay: u64 = std::env::var(APP_DELAY_ENV).unwrap().parse().unwrap();
+    services::serve_app(
+        addr.parse().unwrap(),
+        Duration::from_millis(delay),
+        APP_READY,
+    );
+}
+
+/// This test binary, run again in `region`'s namespace as its HTTPS app server.
+fn start_app(region: &Region) -> Daemon {
+    let delay = APP_DELAYS
+        .iter()
+        .find(|(r, _)| *r == region.name)
+        .unwrap()
+        .1;
+    let mut daemon = Daemon::spawn(
+        &format!("app server of {}", region.name),
+        Command::new("ip")
+            .args(&region.netns.prefix()[1..])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "region_app_server", "--ignored", "--nocapture"])
+            .env(APP_ADDR_ENV, format!("{}:{APP_PORT}", region.addr))
+            .env(APP_DELAY_ENV, delay.as_millis().to_string()),
+    );
+    daemon.wait_for_line(START, |line| (line.trim() == APP_READY).then_some(()));
+    daemon
+}
+
+// ---- Prometheus answers and notifications ---------------------------------------------------
+
+fn value(series: &Value) -> f64 {
+    match series["value"][1].as_str() {
+        Some("+Inf") => f64::INFINITY,
+        Some("-Inf") => f64::NEG_INFINITY,
+        Some(v) => v.parse().unwrap_or(f64::NAN),
+        None => f64::NAN,
+    }
+}
+
+/// How many of the series have a value that is a number (not NaN) at some point.
+fn with_numbers(series: &[Value]) -> usize {
+    let number = |v: &Value| v[1].as_str().is_some_and(|v| v != "NaN");
+    series
+        .iter()
+        .filter(|s| match s["values"].as_array() {
+            Some(values) => values.iter().any(number),
+            None => number(&s["value"]),
+        })
+        .count()
+}
+
+fn label<'a>(series: &'a Value, name: &str) -> &'a str {
+    series["metric"][name].as_str().unwrap_or_default()
+}
+
+fn pair(series: &Value) -> (String, String) {
+    (
+        label(series, "source_region").to_owned(),
+        label(series, "target_region").to_owned(),
+    )
+}
+
+/// Whether Prometheus has `alert` for source → target, in `state` (any with `None`).
+fn has_alert(
+    alerts: &[Value],
+    alert: &str,
+    (source, target): (&str, &str),
+    state: Option<&str>,
+) -> bool {
+    alerts.iter().any(|a| {
+        a["labels"]["alertname"] == alert
+            && a["labels"]["source_region"] == source
+            && a["labels"]["target_region"] == target
+            && state.is_none_or(|s| a["state"] == s)
+    })
+}
+
+fn alert_line(alert: &Value) -> String {
+    format!(
+        "{} {}→{}",
+        alert["labels"]["alertname"].as_str().unwrap_or_default(),
+        alert["labels"]["source_region"].as_str().unwrap_or("-"),
+        alert["labels"]["target_region"].as_str().unwrap_or("-"),
+    )
+}
+
+fn alerts_summary(alerts: &[Value]) -> String {
+    let list: Vec<String> = alerts
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                alert_line(a),
+                a["state"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    format!("alerts: [{}]", list.join(", "))
+}
+
+fn notifications_summary(received: &[Notification], since: Instant) -> String {
+    let lines: Vec<String> = received
+        .iter()
+        .map(|n| {
+            let alerts: Vec<String> = n.body["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(alert_line)
+                .collect();
+            format!(
+                "[{:>6.1}s] {} {} (receiver {}): {}",
+                n.at.saturating_duration_since(since).as_secs_f64(),
+                n.path,
+                n.body["status"].as_str().unwrap_or_default(),
+                n.body["receiver"].as_str().unwrap_or_default(),
+                alerts.join(", ")
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        "none".to_owned()
+    } else {
+        lines.join("\n")
+    }
+}
+
+// ---- Bounds ---------------------------------------------------------------------------------
+
+/// How long each reaction may take, from the rule's `for`, the routes' timers and the
+/// intervals, plus [`SLACK`].
+#[derive(Debug)]
+struct Bounds {
+    critical: Route,
+    info: Route,
+    unreachable_for: Duration,
+    /// From a change on the wire to the first rule evaluation that sees it: the next probe,
+    /// its timeout, the next scrape, the next evaluation.
+    detect: Duration,
+    failover: Duration,
+    infinite: Duration,
+    change_notified: Duration,
+    firing: Duration,
+    firing_notified: Duration,
+    resolved: Duration,
+    resolved_notified: Duration,
+    recovered: Duration,
+}
+
+impl Bounds {
+    fn new() -> Self {
+        let critical = mixin::route_of(UNREACHABLE);
+        let info = mixin::route_of(CANDIDATE_CHANGED);
+        let unreachable_for = mixin::alert(UNREACHABLE).hold;
+        let detect = PROBE_INTERVAL + PROBE_TIMEOUT + SCRAPE_INTERVAL + EVALUATION_INTERVAL;
+        // The challenger must be better for HOLD, judged at each ranking.
+        let failover = detect + HOLD + 2 * RANKING_PERIOD + SLACK;
+        let firing = detect + unreachable_for + EVALUATION_INTERVAL + SLACK;
+        Bounds {
+            detect,
+            failover,
+            infinite: detect + WINDOW + RANKING_PERIOD + SLACK,
+            change_notified: failover + SCRAPE_INTERVAL + EVALUATION_INTERVAL + info.group_wait,
+            firing,
+            firing_notified: firing + critical.group_wait,
+            resolved: detect + SLACK,
+            // The group's next flush after the resolution.
+            resolved_notified: detect + critical.group_interval + SLACK,
+            // c's failures leave the window, then it must be better for HOLD.
+            recovered: detect + WINDOW + HOLD + 2 * RANKING_PERIOD + SLACK,
+            critical,
+            info,
+            unreachable_for,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{UNREACHABLE} (for {}) → receiver {} (group_wait {}, group_interval {});\n\
+             {CANDIDATE_CHANGED} → receiver {} (group_wait {});\n\
+             timers as in dashboards/alertmanager.yml.\n\
+             bounds: detection {} (probe interval {} + timeout {} + scrape {} + evaluation {}),\n\
+             plus a slack of {} in each;\n\
+             cut → firing in Prometheus {} (detection + for + evaluation),\n\
+             → at the webhook {} (+ group_wait);\n\
+             restore → resolved in Prometheus {} (detection),\n\
+             → at the webhook {} (detection + group_interval)",
+            secs(self.unreachable_for),
+            self.critical.receiver,
+            secs(self.critical.group_wait),
+            secs(self.critical.group_interval),
+            self.info.receiver,
+            secs(self.info.group_wait),
+            secs(self.detect),
+            secs(PROBE_INTERVAL),
+            secs(PROBE_TIMEOUT),
+            secs(SCRAPE_INTERVAL),
+            secs(EVALUATION_INTERVAL),
+            secs(SLACK),
+            secs(self.firing),
+            secs(self.firing_notified),
+            secs(self.resolved),
+            secs(self.resolved_notified),
+        )
+    }
+}
+
+// ---- The drill ------------------------------------------------------------------------------
+
+/// Everything the drill runs. Fields drop in order: Prometheus and Alertmanager, the
+/// receiver, the sidecars, the app servers, the network, the temp dir.
+struct Drill {
+    clock: Clock,
+    bounds: Bounds,
+    prometheus_started: SystemTime,
+    prometheus: Prometheus,
+    alertmanager: Alertmanager,
+    webhook: Webhook,
+    sidecars: Vec<Sidecar>,
+    apps: Vec<Daemon>,
+    net: Topology,
+    _dir: TempDir,
+}
+
+impl Drill {
+    /// Step 1: the regions, their app servers and sidecars, Alertmanager and Prometheus.
+    fn start(prometheus_bin: PathBuf, alertmanager_bin: PathBuf) -> Self {
+        let clock = Clock::new();
+        let bounds = Bounds::new();
+        println!(
+            "failover drill: regions {REGIONS:?}, cutting {CUT} off\n{}",
+            bounds.describe()
+        );
+        let net = Topology::build(&REGIONS);
+        let dir = TempDir::new("failover-drill");
+        let apps: Vec<Daemon> = net.regions.iter().map(start_app).collect();
+        let sidecars: Vec<Sidecar> = net
+            .regions
+            .iter()
+            .map(|region| {
+                let path = dir.write(
+                    &format!("exporter-{}.toml", region.name),
+                    &sidecar_config(&net, region),
+                );
+                Sidecar {
+                    region: region.name,
+                    exporter: Exporter::start_with(&region.netns.prefix(), &path),
+                }
+            })
+            .collect();
+
+        let webhook = Webhook::start();
+        let am_config = dir.write(
+            "alertmanager.yml",
+            &mixin::alertmanager_config(webhook.addr),
+        );
+        if which("amtool").is_some() {
+            let out = Command::new("amtool")
+                .arg("check-config")
+                .arg(&am_config)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "amtool check-config on the derived configuration:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let alertmanager = Alertmanager::start(&alertmanager_bin, &am_config, &dir.0.join("am"));
+
+        let scraped: Vec<String> = sidecars
+            .iter()
+            .map(|s| format!("\"{}\"", s.exporter.addr))
+            .collect();
+        let (scrape, eval) = (SCRAPE_INTERVAL.as_secs(), EVALUATION_INTERVAL.as_secs());
+        let prometheus_config = [
+            "global:".to_owned(),
+            format!("  scrape_interval: {scrape}s"),
+            format!("  scrape_timeout: {scrape}s"),
+            format!("  evaluation_interval: {eval}s"),
+            "rule_files:".to_owned(),
+            format!("  - \"{}/*.yml\"", repo(mixin::RULE_FILES).display()),
+            "alerting:".to_owned(),
+            "  alertmanagers:".to_owned(),
+            format!(
+                "    - static_configs: [{{targets: [\"{}\"]}}]",
+                alertmanager.addr
+            ),
+            "scrape_configs:".to_owned(),
+            format!("  - job_name: {JOB}"),
+            format!(
+                "    static_configs: [{{targets: [{}]}}]",
+                scraped.join(", ")
+            ),
+        ]
+        .join("\n");
+        let config = dir.write("prometheus.yml", &prometheus_config);
+        let prometheus = Prometheus::start(&prometheus_bin, &config, &dir.0.join("prometheus"));
+        clock.say(&format!(
+            "Prometheus http://{}, Alertmanager http://{}, webhook http://{}, sidecars {}",
+            prometheus.addr,
+            alertmanager.addr,
+            webhook.addr,
+            scraped.join(" ")
+        ));
+        clock.lap("setup: namespaces, app servers, sidecars, Alertmanager, Prometheus");
+        Drill {
+            clock,
+            bounds,
+            prometheus_started: SystemTime::now(),
+            prometheus,
+            alertmanager,
+            webhook,
+            sidecars,
+            apps,
+            net,
+            _dir: dir,
+        }
+    }
+
+    fn sidecar(&self, region: &str) -> &Sidecar {
+        self.sidecars.iter().find(|s| s.region == region).unwrap()
+    }
+
+    fn say_rankings(&self) {
+        for s in &self.sidecars {
+            let ranking = s.ranking().map_or_else(|e| e, |r| summary(&r));
+            self.clock
+                .say(&format!("ranking from {}: {ranking}", s.region));
+        }
+    }
+
+    /// Step 2: Prometheus scrapes the three sidecars, and every target is up; c becomes the
+    /// failover candidate of a and b.
+    fn all_up(&self) {
+        let targets = REGIONS.len() * (REGIONS.len() - 1) * TARGETS_PER_REGION;
+        common::wait_for(START, "three sidecars scraped, every target up", || {
+            let up = self
+                .prometheus
+                .query(&format!("up{{job=\"{JOB}\"}} == 1"))
+                .ok()?;
+            let targets_up = self.prometheus.query("regionprobe_target_up == 1").ok()?;
+            (up.len() == REGIONS.len() && targets_up.len() == targets).then_some(())
+        });
+        self.clock.lap(&format!(
+            "all up: three sidecars scraped, all {targets} targets up"
+        ));
+
+        // A reload (of the unchanged file) gives the "Configuration reloads" annotation an
+        // event to show.
+        let reload = services::request(self.sidecar("a").exporter.addr, "POST", "/-/reload");
+        assert!(
+            matches!(reload, Ok((200, _))),
+            "reload of sidecar a: {reload:?}"
+        );
+
+        common::wait_for(WINDOW + HOLD + SLACK, "c the candidate of a and b", || {
+            OTHERS
+                .iter()
+                .all(|(source, _)| {
+                    let ranking = self.sidecar(source).ranking();
+                    ranking.is_ok_and(|r| candidate(&r) == Some(CUT))
+                })
+                .then_some(())
+        });
+        self.say_rankings();
+        self.clock.lap("c the failover candidate of a and b");
+    }
+
+    /// Step 3a: every rule evaluates without error, and every recording rule has a value for
+    /// every (source, target) pair; the rules' score ranks c first from a and b too.
+    fn rules_on_live_data(&self) {
+        let rules = mixin::rules();
+        let health = common::wait_for(START, "every rule evaluated", || {
+            let data = self.prometheus.api("rules", &[]).ok()?;
+            let health: Vec<(String, String, String)> = data["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .map(|r| {
+                    let text = |key: &str| r[key].as_str().unwrap_or_default().to_owned();
+                    (text("name"), text("health"), text("lastError"))
+                })
+                .collect();
+            (health.len() == rules.len() && health.iter().all(|(_, h, _)| h != "unknown"))
+                .then_some(health)
+        });
+        let broken: Vec<String> = health
+            .iter()
+            .filter(|(_, health, _)| health != "ok")
+            .map(|(name, health, error)| format!("{name}: {health}: {error}"))
+            .collect();
+        assert!(
+            broken.is_empty(),
+            "rules failing in Prometheus:\n{}",
+            broken.join("\n")
+        );
+
+        let pairs: BTreeSet<(String, String)> = REGIONS
+            .iter()
+            .flat_map(|s| {
+                REGIONS
+                    .iter()
+                    .filter(move |t| *t != s)
+                    .map(move |t| (s.to_string(), t.to_string()))
+            })
+            .collect();
+        let records: Vec<&str> = rules
+            .iter()
+            .filter(|r| r.kind == "record")
+            .map(|r| r.name.as_str())
+            .collect();
+        let scores = |expr: &str| -> BTreeMap<(String, String), f64> {
+            let result = self.prometheus.query(expr).unwrap_or_default();
+            result.iter().map(|s| (pair(s), value(s))).collect()
+        };
+        common::wait_for(START, "every recording rule for every pair", || {
+            records
+                .iter()
+                .all(|record| {
+                    let result = self.prometheus.query(record).unwrap_or_default();
+                    let found: BTreeSet<_> = result
+                        .iter()
+                        .filter(|s| value(s).is_finite())
+                        .map(pair)
+                        .collect();
+                    pairs.is_subset(&found)
+                })
+                .then_some(())
+        });
+        let rules_score = scores("regionprobe:region_score_seconds:5m");
+        let exporter_score = scores("regionprobe_region_score_seconds");
+        self.clock.say(&format!(
+            "{} recording rules have a finite value for each of the {} pairs; \
+             score by the rules (histograms, 5m) and by the exporter ({}s window):",
+            records.len(),
+            pairs.len(),
+            WINDOW.as_secs()
+        ));
+        for pair in &pairs {
+            let ms =
+                |scores: &BTreeMap<_, f64>| scores.get(pair).copied().unwrap_or(f64::NAN) * 1000.0;
+            self.clock.say(&format!(
+                "  {}→{}  {:7.2} ms  {:7.2} ms",
+                pair.0,
+                pair.1,
+                ms(&rules_score),
+                ms(&exporter_score)
+            ));
+        }
+        for (source, other) in OTHERS {
+            let score = |target: &str| rules_score[&(source.to_owned(), target.to_owned())];
+            assert!(
+                score(CUT) < score(other),
+                "the recording rules rank {other} before {CUT} from {source}, \
+                 the exporter does not: {rules_score:?}"
+            );
+        }
+    }
+
+    /// Runs the dashboards' queries (`only` those, if given) over the drill until now: how
+    /// many series with numbers each returned (values for a variable).
+    fn dashboard_queries(
+        &self,
+        only: Option<&[&str]>,
+    ) -> Vec<(dashboards::Query, Result<usize, String>)> {
+        let start = unix_seconds(self.prometheus_started);
+        let end = unix_seconds(SystemTime::now());
+        let queries = dashboards::queries(&repo("dashboards"), |selector, label| {
+            self.prometheus
+                .label_values(label, selector, start, end)
+                .unwrap_or_default()
+        });
+        assert!(queries.len() > 40, "{} dashboard queries", queries.len());
+        queries
+            .into_iter()
+            .filter(|q| only.is_none_or(|only| only.contains(&q.origin.as_str())))
+            .map(|query| {
+                let answer = match &query.kind {
+                    dashboards::Kind::Instant => self
+                        .prometheus
+                        .query(&query.promql)
+                        .map(|r| with_numbers(&r)),
+                    dashboards::Kind::Range(step) => {
+                        // The last point at `end`, as on a dashboard refreshed now.
+                        let points = ((end - start) / step).ceil();
+                        self.prometheus
+                            .query_range(&query.promql, end - points * step, end, *step)
+                            .map(|r| with_numbers(&r))
+                    }
+                    dashboards::Kind::LabelValues(label) => self
+                        .prometheus
+                        .label_values(label, &query.promql, start, end)
+                        .map(|v| v.len()),
+                };
+                (query, answer)
+            })
+            .collect()
+    }
+
+    /// Step 3b: every dashboard query answers with data, but the event-only ones (for now).
+    fn dashboards_have_data(&self) {
+        let event_only: Vec<&str> = EVENT_ONLY.iter().map(|(origin, _)| *origin).collect();
+        let results = common::wait_for(START, "every dashboard query with data", || {
+            let results = self.dashboard_queries(None);
+            let errors: Vec<String> = results
+                .iter()
+                .filter_map(|(q, a)| {
+                    a.as_ref()
+                        .err()
+                        .map(|e| format!("{}: {e}\n  {}", q.origin, q.promql))
+                })
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "dashboard queries failed:\n{}",
+                errors.join("\n")
+            );
+            let complete = results.iter().all(|(q, a)| {
+                event_only.contains(&q.origin.as_str()) || a.as_ref().is_ok_and(|n| *n > 0)
+            });
+            complete.then_some(results)
+        });
+        for (origin, _) in EVENT_ONLY {
+            assert!(
+                results.iter().any(|(q, _)| q.origin == origin),
+                "EVENT_ONLY names {origin}, which no dashboard has"
+            );
+        }
+        println!("    series (with numbers; values of a variable)");
+        for (query, answer) in &results {
+            let n = answer.as_ref().unwrap();
+            let kind = match &query.kind {
+                dashboards::Kind::Instant => "instant".to_owned(),
+                dashboards::Kind::Range(step) => format!("range {step}s"),
+                dashboards::Kind::LabelValues(_) => "variable".to_owned(),
+            };
+            let note = match EVENT_ONLY.iter().find(|(o, _)| *o == query.origin) {
+                Some((_, why)) if *n == 0 => {
+                    format!("\n              none yet, checked at the end: {why}")
+                }
+                _ => String::new(),
+            };
+            println!("    {n:>6}  {kind:<9} {}{note}", query.origin);
+        }
+        self.clock.lap(&format!(
+            "dashboards: {} queries answered with data, rules checked",
+            results.len()
+        ));
+    }
+
+    /// The sidecar of `source` ranks c last with `expected` as its candidate; with
+    /// `unreachable`, c scores +Inf (not one success in the window).
+    fn c_ranked_last(
+        &self,
+        source: &'static str,
+        expected: &'static str,
+        unreachable: bool,
+    ) -> Check<'_> {
+        Box::new(move || {
+            let ranking = self.sidecar(source).ranking()?;
+            let (_, last, score) = standing(&ranking, CUT).ok_or("c not ranked")?;
+            let ok =
+                last && candidate(&ranking) == Some(expected) && (!unreachable || score.is_none());
+            ok_if(ok, || format!("from {source}: {}", summary(&ranking)))
+        })
+    }
+
+    /// The same from Prometheus' view: `regionprobe_region_rank` and `regionprobe_failover_best`.
+    fn c_ranked_last_in_prometheus(&self) -> Check<'_> {
+        Box::new(move || {
+            let ranks = self
+                .prometheus
+                .query("regionprobe_region_rank{source_region=~\"a|b\"}")?;
+            let best = self
+                .prometheus
+                .query("regionprobe_failover_best{source_region=~\"a|b\"} == 1")?;
+            let ok = OTHERS.iter().all(|(source, other)| {
+                let rank = |target: &str| {
+                    ranks
+                        .iter()
+                        .find(|s| pair(s) == (source.to_string(), target.to_string()))
+                        .map(value)
+                };
+                let chosen: Vec<&str> = best
+                    .iter()
+                    .filter(|s| label(s, "source_region") == *source)
+                    .map(|s| label(s, "target_region"))
+                    .collect();
+                matches!((rank(CUT), rank(other)), (Some(c), Some(o)) if c > o)
+                    && chosen == [*other]
+            });
+            ok_if(ok, || {
+                let show = |list: &[Value]| -> Vec<String> {
+                    list.iter()
+                        .map(|s| format!("{:?}={}", pair(s), value(s)))
+                        .collect()
+                };
+                format!("ranks {:?}, candidates {:?}", show(&ranks), show(&best))
+            })
+        })
+    }
+
+    /// `RegionprobeRegionUnreachable` a→c and b→c in `state` in Prometheus, or (`None`) gone.
+    fn unreachable_alerts(&self, state: Option<&'static str>) -> Check<'_> {
+        Box::new(move || {
+            let alerts = self.prometheus.alerts()?;
+            let ok = OTHERS.iter().all(|(source, _)| {
+                let present = has_alert(&alerts, UNREACHABLE, (source, CUT), state);
+                present == state.is_some()
+            });
+            ok_if(ok, || alerts_summary(&alerts))
+        })
+    }
+
+    /// A notification with `status` of `alert` for each pair, after `after`, from the
+    /// receiver of the alert's route, with the alert's labels and annotations; it happened
+    /// when the last arrived.
+    fn notified(
+        &self,
+        alert: &'static str,
+        status: &'static str,
+        pairs: &'static [(&'static str, &'static str)],
+        after: Instant,
+    ) -> Check<'_> {
+        let severity = mixin::alert(alert).severity;
+        let receiver = mixin::route_of(alert).receiver;
+        Box::new(move || {
+            let received = self.webhook.received();
+            let mut last = after;
+            for (source, target) in pairs {
+                let labels = [
+                    ("alertname", alert),
+                    ("source_region", *source),
+                    ("target_region", *target),
+                    ("severity", severity.as_str()),
+                ];
+                let Some(n) = received
+                    .iter()
+                    .find(|n| n.at >= after && n.tells(status, &labels))
+                else {
+                    return Err(notifications_summary(&received, after));
+                };
+                assert_eq!(
+                    n.body["receiver"],
+                    receiver.as_str(),
+                    "routed elsewhere: {}",
+                    n.body
+                );
+                let told = n.body["alerts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|a| labels.iter().all(|(k, v)| a["labels"][*k] == *v))
+                    .unwrap();
+                for annotation in ["summary", "description", "runbook_url"] {
+                    assert!(
+                        told["annotations"][annotation]
+                            .as_str()
+                            .is_some_and(|s| !s.is_empty()),
+                        "no {annotation}: {told}"
+                    );
+                }
+                last = last.max(n.at);
+            }
+            Ok(last)
+        })
+    }
+
+    /// Step 4: c is cut off. It ranks last, a and b fail over, the alert fires and is
+    /// notified.
+    fn cut(&self) {
+        self.net.cut(CUT);
+        let cut_at = Instant::now();
+        self.clock
+            .say(&format!("cut {CUT} off (its bridge port is down)"));
+        let b = &self.bounds;
+        self.clock.watch(
+            cut_at,
+            "cut",
+            vec![
+                milestone(
+                    "c last from a and b, a fails over to b and b to a (/api/v1/ranking)",
+                    b.failover,
+                    both(
+                        self.c_ranked_last("a", "b", false),
+                        self.c_ranked_last("b", "a", false),
+                    ),
+                ),
+                milestone(
+                    "the same in Prometheus (regionprobe_region_rank, _failover_best)",
+                    b.failover + SCRAPE_INTERVAL,
+                    self.c_ranked_last_in_prometheus(),
+                ),
+                milestone(
+                    "c scores +Inf from a and b (no success in the window)",
+                    b.infinite,
+                    both(
+                        self.c_ranked_last("a", "b", true),
+                        self.c_ranked_last("b", "a", true),
+                    ),
+                ),
+                milestone(
+                    "RegionprobeFailoverCandidateChanged a→b, b→a at the webhook",
+                    b.change_notified,
+                    self.notified(
+                        CANDIDATE_CHANGED,
+                        "firing",
+                        &[("a", "b"), ("b", "a")],
+                        cut_at,
+                    ),
+                ),
+                milestone(
+                    "RegionprobeRegionUnreachable a→c, b→c firing in Prometheus",
+                    b.firing,
+                    self.unreachable_alerts(Some("firing")),
+                ),
+                milestone(
+                    "RegionprobeRegionUnreachable a→c, b→c firing at the webhook",
+                    b.firing_notified,
+                    self.notified(UNREACHABLE, "firing", &[("a", "c"), ("b", "c")], cut_at),
+                ),
+            ],
+        );
+        self.clock.restart_lap();
+    }
+
+    /// Step 5: c is restored. Its targets come back, the alert resolves (and is notified
+    /// so), c ranks first again.
+    fn restore(&self) {
+        self.net.restore(CUT);
+        let restored_at = Instant::now();
+        self.clock
+            .say(&format!("restored {CUT} (its bridge port is up)"));
+        let c_up = Box::new(|| {
+            let up = self
+                .prometheus
+                .query(&format!("up{{job=\"{JOB}\"}} == 1"))?;
+            let c_targets = self.prometheus.query(&format!(
+                "regionprobe_target_up{{source_region=~\"a|b\", target_region=\"{CUT}\"}}"
+            ))?;
+            let ok = up.len() == REGIONS.len()
+                && c_targets.len() == OTHERS.len() * TARGETS_PER_REGION
+                && c_targets.iter().all(|s| value(s) == 1.0);
+            ok_if(ok, || {
+                let targets: Vec<String> = c_targets
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}/{}={}",
+                            label(s, "source_region"),
+                            label(s, "target"),
+                            value(s)
+                        )
+                    })
+                    .collect();
+                format!("{} sidecars scraped; c's targets: {targets:?}", up.len())
+            })
+        });
+        let c_first = |source: &'static str| -> Check<'_> {
+            Box::new(move || {
+                let ranking = self.sidecar(source).ranking()?;
+                let (rank, last, score) = standing(&ranking, CUT).ok_or("c not ranked")?;
+                let ok = rank == 1 && !last && score.is_some() && candidate(&ranking) == Some(CUT);
+                ok_if(ok, || format!("from {source}: {}", summary(&ranking)))
+            })
+        };
+        let b = &self.bounds;
+        self.clock.watch(
+            restored_at,
+            "restore",
+            vec![
+                milestone(
+                    "c's 8 targets up from a and b, c scraped (Prometheus)",
+                    b.resolved,
+                    c_up,
+                ),
+                milestone(
+                    "RegionprobeRegionUnreachable a→c, b→c resolved in Prometheus",
+                    b.resolved,
+                    self.unreachable_alerts(None),
+                ),
+                milestone(
+                    "RegionprobeRegionUnreachable a→c, b→c resolved at the webhook",
+                    b.resolved_notified,
+                    self.notified(
+                        UNREACHABLE,
+                        "resolved",
+                        &[("a", "c"), ("b", "c")],
+                        restored_at,
+                    ),
+                ),
+                milestone(
+                    "c ranks first from a and b again, and is their candidate",
+                    b.recovered,
+                    both(c_first("a"), c_first("b")),
+                ),
+            ],
+        );
+        self.clock.restart_lap();
+    }
+
+    /// The event-only dashboard queries have had their events.
+    fn events_have_data(&self) {
+        let event_only: Vec<&str> = EVENT_ONLY.iter().map(|(origin, _)| *origin).collect();
+        for (query, answer) in self.dashboard_queries(Some(&event_only)) {
+            let n = answer.unwrap_or_else(|e| panic!("{}: {e}", query.origin));
+            assert!(
+                n > 0,
+                "{} has no data, even after the cut:\n  {}",
+                query.origin,
+                query.promql
+            );
+            self.clock.say(&format!("  {n} series: {}", query.origin));
+        }
+        self.clock.lap("event-only dashboard queries have data");
+    }
+
+    /// Step 6: what happened, and how long each step took.
+    fn report(&self) {
+        self.say_rankings();
+        for daemon in [&self.prometheus.daemon, &self.alertmanager.daemon] {
+            let lines = daemon.lines_with(&["level=warn", "level=error"]);
+            let lines = if lines.is_empty() {
+                "none".to_owned()
+            } else {
+                lines.join("\n")
+            };
+            println!("\n{} warnings and errors: {lines}", daemon.name);
+        }
+        println!(
+            "\nnotifications received (time since the start):\n{}\n\nfailover drill timings:\n{}",
+            notifications_summary(&self.webhook.received(), self.clock.start()),
+            self.clock.table()
+        );
+    }
+}
+
+impl Drop for Drill {
+    /// On failure: the steps so far, Prometheus' alerts, the notifications, the rankings and
+    /// the tail of every process's log, before the processes are killed.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        eprintln!(
+            "\n==== failover drill failed; steps so far:\n{}",
+            self.clock.table()
+        );
+        match self.prometheus.alerts() {
+            Ok(alerts) => eprintln!("Prometheus {}", alerts_summary(&alerts)),
+            Err(e) => eprintln!("Prometheus alerts: {e}"),
+        }
+        eprintln!(
+            "notifications (time since the start):\n{}",
+            notifications_summary(&self.webhook.received(), self.clock.start())
+        );
+        for sidecar in &self.sidecars {
+            let ranking = sidecar.ranking().map_or_else(|e| e, |r| summary(&r));
+            // The regionprobe lines, without the TLS and HTTP libraries' debug chatter.
+            let log = sidecar.exporter.log_text();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains(" DEBUG ") || l.contains("regionprobe"))
+                .collect();
+            eprintln!(
+                "---- sidecar {}: ranking {ranking}; log (tail):\n{}",
+                sidecar.region,
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+        for daemon in &self.apps {
+            eprintln!("---- {} (tail)\n{}", daemon.name, daemon.tail(10));
+        }
+        for daemon in [&self.prometheus.daemon, &self.alertmanager.daemon] {
+            eprintln!("---- {} log (tail)\n{}", daemon.name, daemon.tail(40));
+        }
+    }
+}
+
+#[test]
+#[ignore = "failover drill: needs root, prometheus and alertmanager; run by .ci/run and scripts/failover-drill.sh"]
+fn failover_drill() {
+    let prometheus = which("prometheus");
+    let alertmanager = which("prometheus-alertmanager").or_else(|| which("alertmanager"));
+    let mut missing = Vec::new();
+    if !common::is_root() {
+        missing.push("root (network namespaces)");
+    }
+    if which("ip").is_none() {
+        missing.push("ip (apt-get install iproute2)");
+    }
+    if prometheus.is_none() {
+        missing.push("prometheus (apt-get install prometheus)");
+    }
+    if alertmanager.is_none() {
+        missing.push("prometheus-alertmanager (apt-get install prometheus-alertmanager)");
+    }
+    if common::skip_unless(
+        missing.is_empty(),
+        &format!("the failover drill needs {}", missing.join(", ")),
+    ) {
+        return;
+    }
+
+    let drill = Drill::start(prometheus.unwrap(), alertmanager.unwrap());
+    drill.all_up();
+    drill.rules_on_live_data();
+    drill.dashboards_have_data();
+    drill.cut();
+    drill.restore();
+    drill.events_have_data();
+    drill.report();
+}

@@ -1,0 +1,196 @@
+//! The drill's network: one namespace per region, each with one address on a shared L2 (a
+//! bridge in a backbone namespace of its own), and the root namespace (where Prometheus,
+//! Alertmanager and the test run) on the same L2 through an uplink veth.
+//!
+//! Why a backbone namespace and not a bridge in the root namespace: with `br_netfilter`
+//! loaded (Docker loads it, and sets the root namespace's FORWARD policy to DROP) bridged
+//! frames between two ports of a root-namespace bridge go through the root namespace's
+//! iptables and are dropped. A fresh namespace has no rules.
+//!
+//! Names and addresses come from the process id: namespaces `rpfd<pid><region>` and
+//! `rpfd<pid>bb`, the one root-namespace interface `rpfd<pid>r`, and the `(pid % 8192)`th /29
+//! of 10.208.0.0/16 (root `.1`, regions from `.2`), apart from the other tests' ranges
+//! (icmp_netns: 10.200.0.0/13, docker: 10.160.0.0/12). Every interface but the root end is
+//! created inside its namespace, so its name cannot clash. Dropping [`Topology`] deletes it
+//! all, also when the test panics.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+/// Runs a command that must succeed; on failure the panic carries its stderr.
+pub fn run(args: &[&str]) -> String {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {args:?}: {err}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs a cleanup command whose failure (the thing is already gone) does not matter. Never
+/// panics: it runs in `Drop`, possibly while a failed test unwinds.
+pub fn run_quietly(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `ip <command>`, the command written as on a shell (words without spaces).
+fn ip(command: &str) {
+    let mut args = vec!["ip"];
+    args.extend(command.split_whitespace());
+    run(&args);
+}
+
+/// A network namespace with `lo` up, deleted (with every interface in it) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn new(name: String) -> Self {
+        // A leftover of a killed earlier process that had the same pid.
+        run_quietly(&["ip", "netns", "del", &name]);
+        run(&["ip", "netns", "add", &name]);
+        let netns = Netns { name };
+        netns.ip("link set lo up");
+        netns
+    }
+
+    /// `ip -n <ns> <command>`: iproute2 acting inside the namespace.
+    pub fn ip(&self, command: &str) {
+        ip(&format!("-n {} {command}", self.name));
+    }
+
+    /// The command prefix that runs a program in the namespace.
+    pub fn prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.name]
+    }
+
+    /// Sets a per-namespace sysctl by writing /proc/sys from inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let script = r#"printf '%s\n' "$1" > "$2""#;
+        let mut args = self.prefix().to_vec();
+        args.extend(["sh", "-c", script, "sh", value, &path]);
+        run(&args);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        run_quietly(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// The root namespace's end of the uplink. Deleting the backbone namespace destroys it too,
+/// unless something (a stray process) keeps that namespace alive: hence a guard of its own.
+#[derive(Debug)]
+struct RootLink(String);
+
+impl Drop for RootLink {
+    fn drop(&mut self) {
+        run_quietly(&["ip", "link", "del", &self.0]);
+    }
+}
+
+/// One region: a namespace whose `eth0` has `addr`, plugged into the backbone bridge by the
+/// backbone's interface `port`.
+#[derive(Debug)]
+pub struct Region {
+    pub name: &'static str,
+    pub addr: Ipv4Addr,
+    pub netns: Netns,
+    port: String,
+}
+
+#[derive(Debug)]
+pub struct Topology {
+    // Fields drop in order: the root end, the regions, then the backbone.
+    _uplink: RootLink,
+    pub regions: Vec<Region>,
+    backbone: Netns,
+}
+
+impl Topology {
+    /// Builds the regions (at most five: a /29 holds the root and five more hosts), each
+    /// with ping sockets open to root so the sidecars use datagram ICMP sockets.
+    pub fn build(names: &[&'static str]) -> Self {
+        assert!(names.len() <= 5, "a /29 holds five regions");
+        let pid = std::process::id();
+        let prefix = format!("rpfd{pid}");
+        let first = u32::from(Ipv4Addr::new(10, 208, 0, 0)) + (pid % 8192) * 8;
+        let host = Ipv4Addr::from(first + 1);
+
+        let backbone = Netns::new(format!("{prefix}bb"));
+        backbone.ip("link add br0 type bridge");
+        backbone.ip("link set br0 up");
+
+        let root_end = format!("{prefix}r");
+        run_quietly(&["ip", "link", "del", &root_end]);
+        ip(&format!(
+            "link add {root_end} type veth peer name up0 netns {}",
+            backbone.name
+        ));
+        let uplink = RootLink(root_end.clone());
+        backbone.ip("link set up0 master br0");
+        backbone.ip("link set up0 up");
+        ip(&format!("addr add {host}/29 dev {root_end}"));
+        ip(&format!("link set {root_end} up"));
+
+        let mut regions = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let netns = Netns::new(format!("{prefix}{name}"));
+            let addr = Ipv4Addr::from(first + 2 + i as u32);
+            let port = format!("p{name}");
+            backbone.ip(&format!(
+                "link add {port} type veth peer name eth0 netns {}",
+                netns.name
+            ));
+            backbone.ip(&format!("link set {port} master br0"));
+            backbone.ip(&format!("link set {port} up"));
+            netns.ip(&format!("addr add {addr}/29 dev eth0"));
+            netns.ip("link set eth0 up");
+            // Root (gid 0) may open ping sockets: the "preferred" way of the README.
+            netns.sysctl("net.ipv4.ping_group_range", "0 2147483647");
+            regions.push(Region {
+                name,
+                addr,
+                netns,
+                port,
+            });
+        }
+        Topology {
+            _uplink: uplink,
+            regions,
+            backbone,
+        }
+    }
+
+    pub fn region(&self, name: &str) -> &Region {
+        self.regions
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no region {name}"))
+    }
+
+    /// Cuts `name` off: its bridge port goes down, so nothing reaches it or leaves it (its
+    /// `eth0` loses carrier), Prometheus included.
+    pub fn cut(&self, name: &str) {
+        let port = &self.region(name).port;
+        self.backbone.ip(&format!("link set {port} down"));
+    }
+
+    pub fn restore(&self, name: &str) {
+        let port = &self.region(name).port;
+        self.backbone.ip(&format!("link set {port} up"));
+    }
+}
