@@ -167,18 +167,19 @@ fn chart(samples: &[(f64, Option<f64>)], window: f64) -> String {
             latencies.get(latencies.len() / 2).copied()
         })
         .collect();
-    let top = medians.iter().flatten().fold(0.0f64, |a, b| a.max(*b)) * 1.1;
+    let top = medians.iter().flatten().fold(0.0f64, |a, b| a.max(*b));
     let step = CHART_WIDTH / CHART_SLICES as f64;
     let mut svg = format!(
         "<svg class=\"chart\" width=\"{CHART_WIDTH}\" height=\"{CHART_HEIGHT}\" viewBox=\"0 0 {CHART_WIDTH} {CHART_HEIGHT}\" \
 role=\"img\"><title>median latency, max {}</title><rect width=\"100%\" height=\"100%\" class=\"bg\"/>",
-        ms(top / 1.1),
+        ms(top),
     );
     let mut line = String::new();
     for (i, median) in medians.iter().enumerate() {
         if let (Some(median), true) = (median, top > 0.0) {
             let x = step * (i as f64 + 0.5);
-            let y = CHART_HEIGHT - 4.0 - median / top * (CHART_HEIGHT - 8.0);
+            // From 4 px above the bottom (failure marks) to 14 px below the top (the label).
+            let y = CHART_HEIGHT - 4.0 - median / top * (CHART_HEIGHT - 18.0);
             let _ = write!(line, "{x:.1},{y:.1} ");
         }
     }
@@ -192,7 +193,7 @@ role=\"img\"><title>median latency, max {}</title><rect width=\"100%\" height=\"
         let _ = write!(
             svg,
             "<text class=\"max\" x=\"3\" y=\"11\">{}</text>",
-            ms(top / 1.1)
+            ms(top)
         );
     }
     for (i, (_, failed)) in slices.iter().enumerate() {

@@ -9,7 +9,7 @@ mod common;
 mod dns;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -787,25 +787,6 @@ impl Checker {
     }
 }
 
-/// A minimal HTTP/1.1 server: every request gets 200 and a short body.
-fn http_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
-    addr
-}
-
 /// A TLS server with a self-signed certificate that completes handshakes and nothing more:
 /// enough for a `tcp` target with `tls = true` to export its certificate's expiry.
 fn tls_server() -> SocketAddr {
@@ -855,7 +836,7 @@ fn dashboards_and_rules_use_only_metrics_and_labels_the_binary_exports() {
         .unwrap();
     let dns = runtime.block_on(dns::DnsServer::start());
     let open = TcpListener::bind("127.0.0.1:0").unwrap();
-    let http = http_server();
+    let http = common::http_server(Duration::ZERO);
     let tls = tls_server();
     // Every probe kind, all succeeding; three regions so that a failover candidate exists.
     let targets = [

@@ -289,29 +289,9 @@ fn icmp_to_the_v4_and_v6_loopback_records_samples() {
     });
 }
 
-/// A minimal HTTP/1.1 server on a thread: every request gets 200 and a short body.
-fn http_ok_server() -> std::net::SocketAddr {
-    use std::io::{BufRead, BufReader};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
-    addr
-}
-
 #[test]
 fn http_targets_export_phases_redirects_and_their_failure_reasons() {
-    let server = http_ok_server();
+    let server = common::http_server(Duration::ZERO);
     let (_open, closed) = open_and_closed_ports();
     let http = |name: &str, url: String| {
         format!(
@@ -584,7 +564,7 @@ fn promtool_check_metrics_reports_nothing() {
     }
     let (open, closed) = open_and_closed_ports();
     let port = open.local_addr().unwrap().port();
-    let server = http_ok_server();
+    let server = common::http_server(Duration::ZERO);
     let exporter = Exporter::start(&format!(
         "{}\n[[target]]\nname = \"ping\"\nregion = \"eu\"\nprobe = \"icmp\"\nhost = \"127.0.0.1\"\n\
          [[target]]\nname = \"web\"\nregion = \"eu\"\nprobe = \"http\"\nurl = \"http://{server}/\"\n",

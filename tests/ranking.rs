@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
@@ -12,29 +11,6 @@ use common::{Exporter, wait_for};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// An HTTP server that answers every request after `delay`.
-fn http_server(delay: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                std::thread::sleep(delay);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
-    addr
-}
 
 fn http_target(name: &str, region: &str, addr: SocketAddr) -> String {
     format!(
@@ -44,8 +20,8 @@ fn http_target(name: &str, region: &str, addr: SocketAddr) -> String {
 
 /// Regions: `near` answers at once, `far` after 60 ms, `down` refuses; the sidecar is in `home`.
 fn three_regions(closed: u16) -> String {
-    let near = http_server(Duration::ZERO);
-    let far = http_server(Duration::from_millis(60));
+    let near = common::http_server(Duration::ZERO);
+    let far = common::http_server(Duration::from_millis(60));
     format!(
         "[exporter]\nregion = \"home\"\nlisten = \"127.0.0.1:0\"\n[defaults]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
          [ranking]\nwindow = \"30s\"\nhold = \"1s\"\n{}{}{}{}",

@@ -14,8 +14,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::Read;
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,29 +35,6 @@ const FAILURE_FILL: [u8; 3] = [0xdc, 0x26, 0x26];
 const CHART_BACKGROUND: [u8; 3] = [0xf7, 0xf7, 0xf7];
 const CHART_HEIGHT: usize = 60;
 
-/// An HTTP server that answers every request after `delay`.
-fn http_server(delay: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                std::thread::sleep(delay);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
-    addr
-}
-
 /// The sidecar in `home` probes `near` (at once), `mid` (80 ms), `far` (200 ms) and `down`
 /// (a closed port): far enough apart that a loaded machine does not reorder them. A 10 s
 /// window, so a few seconds of samples draw a visible line.
@@ -68,7 +45,7 @@ fn four_regions() -> String {
         .unwrap()
         .port();
     let http = |name: &str, region: &str, delay: u64| {
-        let addr = http_server(Duration::from_millis(delay));
+        let addr = common::http_server(Duration::from_millis(delay));
         format!(
             "[[target]]\nname = \"{name}\"\nregion = \"{region}\"\nprobe = \"http\"\nurl = \"http://{addr}/\"\n"
         )
@@ -359,8 +336,8 @@ struct DrawnChart {
 
 /// Finds the chart boxes by their background (only the charts fill large areas with
 /// #f7f7f7; anti-aliased text has a few such pixels): runs of at least 40 image rows with 100
-/// or more background pixels each, top to bottom; a box spans the columns that are background
-/// in at least half of its rows.
+/// or more background pixels each (gaps of up to 3 rows bridged), top to bottom; a box spans
+/// the columns that are background in at least half of its rows.
 fn drawn_charts(image: &Image) -> Vec<DrawnChart> {
     let background = |x: usize, y: usize| image.pixel(x, y) == CHART_BACKGROUND;
     let mut bands: Vec<(usize, usize)> = Vec::new(); // first and last row
@@ -369,7 +346,9 @@ fn drawn_charts(image: &Image) -> Vec<DrawnChart> {
             continue;
         }
         match bands.last_mut() {
-            Some((_, last)) if *last + 1 == y => *last = y,
+            // A flat latency line crosses the whole chart: its few rows have almost no
+            // background, and must not split the box in two.
+            Some((_, last)) if y - *last <= 4 => *last = y,
             _ => bands.push((y, y)),
         }
     }

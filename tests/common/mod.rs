@@ -188,6 +188,30 @@ impl Drop for Exporter {
     }
 }
 
+/// An HTTP/1.1 server on loopback that answers every request, after `delay`, with 200 and a
+/// two-byte body; a thread per connection, so slow answers do not queue.
+pub fn http_server(delay: Duration) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                std::thread::sleep(delay);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    addr
+}
+
 /// A minimal HTTP/1.1 request with `Connection: close`; returns status and body.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     http_with_headers(addr, method, path, &[])
