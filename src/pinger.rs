@@ -12,9 +12,51 @@
 //! - a reply counts only if it echoes the random token its request carried;
 //! - ICMP errors (unreachable, time exceeded) reach the waiting probe: raw sockets receive them
 //!   as packets, datagram sockets through the `IP_RECVERR` error queue.
+//!
+//! # Spoofed, stray and duplicate ICMP
+//!
+//! Anyone can send us an echo reply or an ICMP error with any source address. What we accept:
+//! - **An echo reply** completes a probe only if it comes from the probed address and carries
+//!   the identifier (raw sockets: ours, checked by the kernel filter and again here; datagram
+//!   sockets: the kernel's, which it demultiplexes on), the sequence number of a request in
+//!   flight, and the first [`TOKEN_LEN`] bytes of the payload equal to that request's random
+//!   token. Anything else is counted as `unmatched` and leaves the probe waiting for its real
+//!   reply, so a forged reply can neither produce a sample nor shorten a measured round trip.
+//! - **A duplicate**, a second reply with the right token to a probe already answered, is
+//!   counted as `duplicate` (we remember the `(peer, sequence, token)` of the probes answered
+//!   in the last [`ANSWERED_WINDOW`], at most [`ANSWERED_MAX`] of them, whatever the peers
+//!   send) and changes nothing: the probe's waiter is gone the moment its first answer is
+//!   taken, so no probe is ever observed twice. Older duplicates count as `unmatched`.
+//! - **An ICMP error** (destination unreachable, time exceeded) fails a probe as `unreachable`
+//!   if it quotes the probed address, the identifier and the sequence number of a request in
+//!   flight, and every byte of the token that the quote contains. The quote is the error's
+//!   only link to our request and its length is the sender's choice: RFC 792 requires only the
+//!   first 8 bytes after the IP header (the echo header, no token), RFC 1812 routers and Linux
+//!   quote up to 576 bytes in all (IPv6: up to the 1280-byte minimum MTU, RFC 4443), which
+//!   holds the whole token. A quote that holds no token byte cannot be verified and is
+//!   accepted on address, identifier and sequence alone.
+//!
+//! Threat model. An attacker **on the path** sees our requests, tokens included, and can answer
+//! them, or drop them, at will: no echo protocol protects against it, only the latencies it
+//! could fake are bounded below by its own position. A **blind, off-path** attacker who spoofs
+//! the peer's address must guess, per request: the identifier (16 bits; on datagram sockets
+//! the kernel's, which is predictable and which the kernel's demultiplexing reveals to nobody,
+//! but which a sweep of 65,536 packets covers), the sequence (16 bits, random start, then one
+//! per request of the whole socket), and the token (64 bits from the OS's CSPRNG, new for
+//! every request). A forged reply therefore succeeds with probability 2^-64 per packet however
+//! well the first 32 bits are guessed: out of reach. What is **not** protected:
+//! - errors whose quote stops before the token (only RFC 792-minimal quoters send those): a
+//!   blind attacker who hits identifier and sequence (2^-32 per packet when both are unknown)
+//!   fails that probe as `unreachable`; it never produces a sample;
+//! - flooding: replies or errors sent fast enough fill the socket's receive buffer, and the
+//!   kernel then drops genuine replies too (the probes end as `timeout`). On datagram sockets
+//!   every ICMP error, forged or not, also sets the socket's pending error, which the next
+//!   `send_to` of any probe returns instead of sending: we drain the error queue and send
+//!   again, and a send that keeps failing while errors arrive ends as `error`, never as
+//!   `unreachable`. Neither is a latency: a flood costs samples, it cannot forge them.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -33,6 +75,20 @@ use tokio::time::Instant;
 
 /// Bytes of random token at the start of every echo payload.
 const TOKEN_LEN: usize = 8;
+
+/// How long an answered probe is remembered, to tell its duplicates from stray replies.
+/// Duplicates come within milliseconds of the original (a duplicating link, a peer that
+/// answers twice); a reply this late would have timed out anyway.
+const ANSWERED_WINDOW: Duration = Duration::from_secs(5);
+
+/// At most this many answered probes are remembered (the oldest go first): a few hundred KiB
+/// at most, whatever the rate. Only answers to our own requests enter, so no peer can fill it
+/// faster than we send.
+const ANSWERED_MAX: usize = 8192;
+
+/// A datagram socket's `send_to` can fail with the pending error of an ICMP error that
+/// arrived meanwhile (another probe's, or forged): we drain and retry this many times in all.
+const SEND_ATTEMPTS: u32 = 8;
 
 /// IPv4 or IPv6: one [`Pinger`] each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,8 +146,11 @@ pub enum PingError {
 #[derive(Debug, Default)]
 pub struct PingerStats {
     /// Echo replies (or errors) addressed to our socket that no waiting probe claims: late,
-    /// duplicate, or forged.
+    /// forged, or duplicates older than [`ANSWERED_WINDOW`].
     pub unmatched: AtomicU64,
+    /// Echo replies (or errors) with the right token for a probe already answered: counted,
+    /// never observed again.
+    pub duplicate: AtomicU64,
     /// Datagrams read from the socket (raw sockets: after the kernel filter).
     pub received: AtomicU64,
 }
@@ -113,6 +172,10 @@ struct Inner {
     ident: u16,
     next_seq: AtomicU16,
     waiters: Mutex<HashMap<(IpAddr, u16), Waiter>>,
+    /// Probes answered lately; locked after `waiters` when both are held.
+    answered: Mutex<Answered>,
+    /// Reports read from the error queue (datagram sockets), by any task.
+    errors_read: AtomicU64,
     stats: PingerStats,
 }
 
@@ -120,6 +183,76 @@ struct Inner {
 struct Waiter {
     token: [u8; TOKEN_LEN],
     tx: oneshot::Sender<Result<Instant, PingError>>,
+}
+
+/// The `(peer, sequence)` and token of the probes answered in the last [`ANSWERED_WINDOW`],
+/// at most [`ANSWERED_MAX`]: what tells a duplicate reply from a stray one.
+#[derive(Debug, Default)]
+struct Answered {
+    by_key: HashMap<(IpAddr, u16), ([u8; TOKEN_LEN], Instant)>,
+    /// Oldest first. An entry whose key was answered again since is stale: its removal leaves
+    /// the newer answer in `by_key` alone.
+    order: VecDeque<((IpAddr, u16), Instant)>,
+}
+
+impl Answered {
+    fn insert(&mut self, key: (IpAddr, u16), token: [u8; TOKEN_LEN], at: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, then)| at.saturating_duration_since(*then) >= ANSWERED_WINDOW)
+            || self.order.len() >= ANSWERED_MAX
+        {
+            self.forget_oldest();
+        }
+        self.by_key.insert(key, (token, at));
+        self.order.push_back((key, at));
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((key, at)) = self.order.pop_front()
+            && let Entry::Occupied(entry) = self.by_key.entry(key)
+            && entry.get().1 == at
+        {
+            entry.remove();
+        }
+    }
+
+    /// Whether `key` was answered within the window by the request whose token `echoed` (a
+    /// reply's payload, or an error's quote) proves to know.
+    fn answered(&self, key: (IpAddr, u16), echoed: &Echoed<'_>, now: Instant) -> bool {
+        self.by_key.get(&key).is_some_and(|(token, at)| {
+            now.saturating_duration_since(*at) < ANSWERED_WINDOW && echoed.proves(token)
+        })
+    }
+}
+
+/// The token bytes a received packet carries back: all of them for an echo reply (its payload
+/// must start with the token), whatever the quote holds for an ICMP error.
+#[derive(Debug, PartialEq)]
+enum Echoed<'a> {
+    Reply(&'a [u8]),
+    Quote(&'a [u8]),
+}
+
+impl Echoed<'_> {
+    /// Whether this may answer the request that carried `token`. A quote without a token
+    /// byte (RFC 792's minimum) cannot be checked and passes.
+    fn matches(&self, token: &[u8; TOKEN_LEN]) -> bool {
+        match self {
+            Echoed::Reply(payload) => payload.get(..TOKEN_LEN) == Some(&token[..]),
+            Echoed::Quote(quoted) => token.starts_with(quoted),
+        }
+    }
+
+    /// Like [`Echoed::matches`], but a quote must hold at least one token byte: the positive
+    /// proof a duplicate needs.
+    fn proves(&self, token: &[u8; TOKEN_LEN]) -> bool {
+        match self {
+            Echoed::Quote([]) => false,
+            _ => self.matches(token),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -180,6 +313,8 @@ impl Pinger {
             ident,
             next_seq: AtomicU16::new(rand::random()),
             waiters: Mutex::new(HashMap::new()),
+            answered: Mutex::new(Answered::default()),
+            errors_read: AtomicU64::new(0),
             stats: PingerStats::default(),
         });
         // Aborted when the last Pinger clone is dropped (AbortOnDrop).
@@ -217,21 +352,33 @@ impl Pinger {
             payload_size,
         );
         let to = SocketAddr::new(peer, 0);
-        let mut sent_at = Instant::now();
-        if let Err(err) = self.inner.socket.send_to(&packet, to).await {
-            // On a datagram socket a pending ICMP error of *another* probe surfaces on
-            // whichever call comes next, possibly this send. Hand the queued errors to their
-            // owners and try once more: only a second failure is ours.
-            if self.inner.kind != SocketKind::Datagram || self.inner.drain_error_queue() == 0 {
+        let mut attempts = 0;
+        let sent_at = loop {
+            let errors_before = self.inner.errors_read.load(Ordering::Relaxed);
+            let sent_at = Instant::now();
+            let Err(err) = self.inner.socket.send_to(&packet, to).await else {
+                break sent_at;
+            };
+            // On a datagram socket every ICMP error that arrives sets the socket's pending
+            // error, and whichever call comes next returns it: possibly this send, failing for
+            // an error of *another* probe, or a forged one. Hand the queued errors to their
+            // owners and try again. Only a failure with no error report around it is ours (no
+            // route, a firewall); one that persists while reports keep arriving is a flood.
+            if self.inner.kind != SocketKind::Datagram {
                 return Err(send_error(err));
             }
-            sent_at = Instant::now();
-            self.inner
-                .socket
-                .send_to(&packet, to)
-                .await
-                .map_err(send_error)?;
-        }
+            let drained = self.inner.drain_error_queue();
+            if drained == 0 && self.inner.errors_read.load(Ordering::Relaxed) == errors_before {
+                return Err(send_error(err));
+            }
+            attempts += 1;
+            if attempts == SEND_ATTEMPTS {
+                return Err(PingError::Other(format!(
+                    "send: {err} ({attempts} times, while ICMP errors kept arriving)"
+                )));
+            }
+            tokio::task::yield_now().await;
+        };
         let answer = rx
             .await
             .map_err(|_| PingError::Other("ICMP receive task stopped".into()))?;
@@ -388,11 +535,13 @@ enum Received<'a> {
         seq: u16,
         payload: &'a [u8],
     },
-    /// An ICMP error quoting one of our echo requests to `peer`.
+    /// An ICMP error quoting one of our echo requests to `peer`, with the bytes of the token
+    /// the quote holds (none to all [`TOKEN_LEN`]).
     Error {
         peer: IpAddr,
         ident: u16,
         seq: u16,
+        quoted: &'a [u8],
         what: String,
     },
     /// Our own outgoing requests (raw sockets see them on loopback), neighbour discovery,
@@ -454,16 +603,57 @@ fn classify<'a>(family: IpFamily, kind: SocketKind, buf: &'a [u8], from: IpAddr)
             peer,
             ident,
             seq,
+            quoted: quoted_token(family, buf.get(header_len..).unwrap_or(&[])),
             what: format!("destination unreachable (code {code}) from {from}"),
         },
         (IpFamily::V4, 11) | (IpFamily::V6, 3) => Received::Error {
             peer,
             ident,
             seq,
+            quoted: quoted_token(family, buf.get(header_len..).unwrap_or(&[])),
             what: format!("time exceeded (code {code}) from {from}"),
         },
         _ => Received::Irrelevant,
     }
+}
+
+/// The token bytes an ICMP error message (from its ICMP header on) quotes: what follows the
+/// quoted echo header, after the quoted IP header (IPv4: its IHL; IPv6: the base header and
+/// any extension headers), at most [`TOKEN_LEN`] bytes, possibly none.
+fn quoted_token(family: IpFamily, icmp: &[u8]) -> &[u8] {
+    let Some(quote) = icmp.get(8..) else {
+        return &[];
+    };
+    let echo = match family {
+        IpFamily::V4 => quote.first().map(|b| usize::from(b & 0x0f) * 4),
+        IpFamily::V6 => ipv6_upper_layer(quote),
+    };
+    match echo.and_then(|echo| quote.get(echo + 8..)) {
+        Some(after_echo_header) => &after_echo_header[..after_echo_header.len().min(TOKEN_LEN)],
+        None => &[],
+    }
+}
+
+/// The offset of the upper-layer header in an IPv6 packet, past any extension headers (as
+/// surge-ping's decoder finds the quoted identifier and sequence).
+fn ipv6_upper_layer(packet: &[u8]) -> Option<usize> {
+    let mut next = *packet.get(6)?;
+    let mut offset = 40;
+    // Chains this long are not seen in practice; refuse rather than spin.
+    for _ in 0..8 {
+        let len = match next {
+            // Hop-by-hop, routing, destination options, mobility: 8-octet units past the first.
+            0 | 43 | 60 | 135 => (usize::from(*packet.get(offset + 1)?) + 1) * 8,
+            // Fragment.
+            44 => 8,
+            // Authentication header: 4-octet units past the first two.
+            51 => (usize::from(*packet.get(offset + 1)?) + 2) * 4,
+            _ => return Some(offset),
+        };
+        next = *packet.get(offset)?;
+        offset = offset.checked_add(len)?;
+    }
+    None
 }
 
 async fn receive_loop(inner: Arc<Inner>) {
@@ -519,43 +709,57 @@ async fn receive_loop(inner: Arc<Inner>) {
 
 impl Inner {
     fn dispatch(&self, received: Received<'_>, at: Instant) {
-        let (peer, ident, seq, outcome) = match received {
+        let (peer, ident, seq, echoed, outcome) = match received {
             Received::Irrelevant => return,
             Received::Reply {
                 peer,
                 ident,
                 seq,
                 payload,
-            } => (peer, ident, seq, Ok(payload)),
+            } => (peer, ident, seq, Echoed::Reply(payload), Ok(at)),
             Received::Error {
                 peer,
                 ident,
                 seq,
+                quoted,
                 what,
-            } => (peer, ident, seq, Err(what)),
+            } => (
+                peer,
+                ident,
+                seq,
+                Echoed::Quote(quoted),
+                Err(PingError::Unreachable(what)),
+            ),
         };
         // Raw sockets see every process's ICMP; only our identifier is ours to judge.
         if self.kind == SocketKind::Raw && ident != self.ident {
             return;
         }
+        let key = (peer, seq);
         let mut waiters = self.waiters.lock().expect("waiters lock");
-        let matched = match waiters.entry((peer, seq)) {
-            Entry::Occupied(entry) => {
-                let genuine = match &outcome {
-                    Ok(payload) => payload.get(..TOKEN_LEN) == Some(&entry.get().token[..]),
-                    // Errors may quote too little of the request to carry the token.
-                    Err(_) => true,
-                };
-                genuine.then(|| entry.remove())
-            }
-            Entry::Vacant(_) => None,
+        let claimed = match waiters.entry(key) {
+            // Taken out of the map: no later packet can reach this probe again.
+            Entry::Occupied(entry) if echoed.matches(&entry.get().token) => Some(entry.remove()),
+            _ => None,
         };
-        drop(waiters);
-        match matched {
+        let mut answered = self.answered.lock().expect("answered lock");
+        let duplicate = match &claimed {
             Some(waiter) => {
-                let answer = outcome.map(|_| at).map_err(PingError::Unreachable);
-                // The probe may have timed out in the meantime; nothing to do then.
-                let _ = waiter.tx.send(answer);
+                answered.insert(key, waiter.token, at);
+                false
+            }
+            None => answered.answered(key, &echoed, at),
+        };
+        drop(answered);
+        drop(waiters);
+        match claimed {
+            // The probe may have timed out in the meantime; nothing to do then.
+            Some(waiter) => {
+                let _ = waiter.tx.send(outcome);
+            }
+            None if duplicate => {
+                self.stats.duplicate.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, seq, "duplicate ICMP answer to a probe already answered");
             }
             None => {
                 self.stats.unmatched.fetch_add(1, Ordering::Relaxed);
@@ -584,6 +788,7 @@ impl Inner {
             };
             let at = Instant::now();
             drained += 1;
+            self.errors_read.fetch_add(1, Ordering::Relaxed);
             let peer = message.address.as_ref().and_then(|addr| {
                 addr.as_sockaddr_in()
                     .map(|a| IpAddr::V4(a.ip()))
@@ -596,15 +801,19 @@ impl Inner {
                     _ => None,
                 })
             });
-            let bytes = message.bytes;
+            // The report's data is the quoted request from its ICMP header on, as much of it
+            // as the error carried (and fits in `data`).
+            let bytes = message.bytes.min(data.len());
             if let (Some(peer), Some(what), true) = (peer, what, bytes >= 8) {
                 let seq = u16::from_be_bytes([data[6], data[7]]);
                 let ident = u16::from_be_bytes([data[4], data[5]]);
+                let quoted = &data[8..bytes.min(8 + TOKEN_LEN)];
                 self.dispatch(
                     Received::Error {
                         peer,
                         ident,
                         seq,
+                        quoted,
                         what,
                     },
                     at,
@@ -704,10 +913,12 @@ mod tests {
                 peer,
                 ident,
                 seq,
+                quoted,
                 what,
             } => {
                 assert_eq!(peer, "198.51.100.9".parse::<IpAddr>().unwrap());
                 assert_eq!((ident, seq), (0x4242, 0x0102));
+                assert!(quoted.is_empty(), "an RFC 792-minimal quote holds no token");
                 assert!(what.contains("unreachable"), "{what}");
             }
             other => panic!("unexpected {other:?}"),
@@ -745,6 +956,104 @@ mod tests {
         };
         pinger.inner.dispatch(genuine, Instant::now());
         assert!(rx.try_recv().unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_is_counted_once_and_never_answers_again() {
+        let Ok(pinger) = Pinger::open(IpFamily::V4) else {
+            eprintln!("SKIP: no ICMP socket available to this user");
+            return;
+        };
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let ident = pinger.inner.ident;
+        let (tx, mut rx) = oneshot::channel();
+        let registration = pinger.register(peer, [7; 8], tx).unwrap();
+        let seq = registration.seq;
+        let reply = |payload| Received::Reply {
+            peer,
+            ident,
+            seq,
+            payload,
+        };
+        let first = Instant::now();
+        pinger.inner.dispatch(reply(&[7; 8]), first);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), first);
+        // The same reply again, and once more with a forged token: one duplicate, one stray.
+        pinger.inner.dispatch(reply(&[7; 8]), Instant::now());
+        pinger.inner.dispatch(reply(&[1; 8]), Instant::now());
+        // An error quoting the request without any token byte proves nothing: stray.
+        let error = Received::Error {
+            peer,
+            ident,
+            seq,
+            quoted: &[],
+            what: "forged".into(),
+        };
+        pinger.inner.dispatch(error, Instant::now());
+        let stats = pinger.stats();
+        assert_eq!(stats.duplicate.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.unmatched.load(Ordering::Relaxed), 2);
+        // Past the window a duplicate is indistinguishable from a stray reply.
+        pinger.inner.dispatch(
+            reply(&[7; 8]),
+            first + ANSWERED_WINDOW + Duration::from_millis(1),
+        );
+        assert_eq!(stats.duplicate.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.unmatched.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn answered_probes_are_bounded_in_number_and_time() {
+        let mut answered = Answered::default();
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let start = Instant::now();
+        for seq in 0..=u16::try_from(ANSWERED_MAX).unwrap() {
+            answered.insert((peer, seq), [1; 8], start);
+        }
+        assert_eq!(answered.order.len(), ANSWERED_MAX);
+        assert_eq!(answered.by_key.len(), ANSWERED_MAX);
+        // The oldest went first.
+        assert!(!answered.answered((peer, 0), &Echoed::Reply(&[1; 8]), start));
+        assert!(answered.answered((peer, 1), &Echoed::Reply(&[1; 8]), start));
+        // A partial quote proves the token it holds; the wrong bytes do not.
+        assert!(answered.answered((peer, 1), &Echoed::Quote(&[1, 1]), start));
+        assert!(!answered.answered((peer, 1), &Echoed::Quote(&[1, 2]), start));
+        // Everything expires after the window, and the next insert forgets it.
+        let later = start + ANSWERED_WINDOW;
+        assert!(!answered.answered((peer, 1), &Echoed::Reply(&[1; 8]), later));
+        answered.insert((peer, 1), [2; 8], later);
+        assert_eq!(answered.order.len(), 1);
+        assert!(answered.answered((peer, 1), &Echoed::Reply(&[2; 8]), later));
+    }
+
+    #[test]
+    fn quoted_tokens_are_found_past_ipv4_options_and_ipv6_extension_headers() {
+        let token = [0xa5; TOKEN_LEN];
+        let echo = [8, 0, 0, 0, 0x42, 0x42, 0, 1];
+        // IPv4 with 4 bytes of options (IHL 6), the echo header and 5 of the 8 token bytes.
+        let mut v4 = vec![3, 1, 0, 0, 0, 0, 0, 0];
+        v4.extend_from_slice(&[0x46; 1]);
+        v4.extend_from_slice(&[0; 23]);
+        v4.extend_from_slice(&echo);
+        v4.extend_from_slice(&token[..5]);
+        assert_eq!(quoted_token(IpFamily::V4, &v4), &token[..5]);
+        // IPv6 with a hop-by-hop header (8 bytes) before the echo request, and more than the
+        // token after it.
+        let mut v6 = vec![1, 0, 0, 0, 0, 0, 0, 0];
+        let mut ip = vec![0x60, 0, 0, 0, 0, 16, 0, 64];
+        ip.extend_from_slice(&[0; 32]);
+        v6.extend_from_slice(&ip);
+        v6.extend_from_slice(&[58, 0, 0, 0, 0, 0, 0, 0]);
+        v6.extend_from_slice(&[128, 0, 0, 0, 0x42, 0x42, 0, 1]);
+        v6.extend_from_slice(&token);
+        v6.extend_from_slice(&[0; 32]);
+        assert_eq!(quoted_token(IpFamily::V6, &v6), &token[..]);
+        // Truncated anywhere: no token, never a panic.
+        for len in 0..v6.len() {
+            let _ = quoted_token(IpFamily::V6, &v6[..len]);
+            let _ = quoted_token(IpFamily::V4, &v4[..len.min(v4.len())]);
+        }
+        assert!(quoted_token(IpFamily::V6, &v6[..56]).is_empty());
     }
 
     #[tokio::test]

@@ -955,7 +955,11 @@ fn unresolvable_host_is_reason_resolve_and_keeps_trying() {
 
 /// Turns this test binary into the echo responder of [`SlowHost`]: the delay in milliseconds.
 const SLOW_ECHO_ENV: &str = "ICMP_NETNS_SLOW_ECHO_MS";
+/// Set (to anything): the responder is [`SlowHost::hostile`].
+const HOSTILE_ECHO_ENV: &str = "ICMP_NETNS_HOSTILE_ECHO";
 const SLOW_ECHO_READY: &str = "slow echo responder ready";
+/// Forged replies the hostile host sends per echo request (see [`slow_echo_responder`]).
+const FORGED_PER_REQUEST: u16 = 5;
 
 /// A host that answers echo requests only after `delay`, so that many requests are in flight
 /// at once (netem, the usual way to add delay, is not in every kernel).
@@ -971,17 +975,32 @@ struct SlowHost {
 
 impl SlowHost {
     fn start(netns: &Netns, delay: Duration) -> Self {
+        Self::spawn(netns, delay, false)
+    }
+
+    /// Like [`SlowHost::start`], and an attacker too: the moment a request arrives it sends
+    /// [`FORGED_PER_REQUEST`] forged replies (the request's identifier with its sequence and
+    /// its neighbours', each with a wrong token: what a blind attacker sweeping identifiers
+    /// and sequences sends at best), then after `delay` the genuine reply, twice.
+    fn hostile(netns: &Netns, delay: Duration) -> Self {
+        Self::spawn(netns, delay, true)
+    }
+
+    fn spawn(netns: &Netns, delay: Duration, hostile: bool) -> Self {
         netns.sysctl("net.ipv4.icmp_echo_ignore_all", "1");
         let exe = std::env::current_exe().expect("the test binary");
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &netns.name])
             .arg(exe)
             .args(["--exact", "slow_echo_responder", "--ignored", "--nocapture"])
             .env(SLOW_ECHO_ENV, delay.as_millis().to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the slow echo responder");
+            .stderr(Stdio::null());
+        if hostile {
+            command.env(HOSTILE_ECHO_ENV, "1");
+        }
+        let mut child = command.spawn().expect("start the slow echo responder");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         while line.trim() != SLOW_ECHO_READY {
@@ -1006,7 +1025,8 @@ impl Drop for SlowHost {
 }
 
 /// Not a test: the process [`SlowHost`] starts (and a no-op anywhere else). Answers every
-/// IPv4 echo request it sees with an echo reply, `SLOW_ECHO_ENV` milliseconds later.
+/// IPv4 echo request it sees with an echo reply, `SLOW_ECHO_ENV` milliseconds later; with
+/// `HOSTILE_ECHO_ENV`, forges replies first and answers twice (see [`SlowHost::hostile`]).
 #[test]
 #[ignore = "not a test: the echo responder that SlowHost runs in a namespace"]
 fn slow_echo_responder() {
@@ -1014,6 +1034,7 @@ fn slow_echo_responder() {
         return;
     };
     let delay = Duration::from_millis(delay.parse().expect("milliseconds"));
+    let hostile = std::env::var_os(HOSTILE_ECHO_ENV).is_some();
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw socket");
     let socket = Arc::new(socket);
     println!("{SLOW_ECHO_READY}");
@@ -1023,10 +1044,35 @@ fn slow_echo_responder() {
         let Some((sender, reply)) = echo_reply(&buf[..len]) else {
             continue;
         };
+        let to = SockAddr::from(SocketAddrV4::new(sender, 0));
+        if hostile {
+            let seq = u16::from_be_bytes([reply[6], reply[7]]);
+            for offset in 0..FORGED_PER_REQUEST {
+                let mut forged = reply.clone();
+                // Sequences seq, seq+1, seq-1, seq+2, seq-2: some belong to other requests
+                // in flight, whose tokens the attacker does not know either.
+                let delta = offset.div_ceil(2);
+                let forged_seq = if offset % 2 == 1 {
+                    seq.wrapping_add(delta)
+                } else {
+                    seq.wrapping_sub(delta)
+                };
+                forged[6..8].copy_from_slice(&forged_seq.to_be_bytes());
+                for byte in forged.iter_mut().skip(8).take(8) {
+                    *byte ^= 0x5a;
+                }
+                forged[2..4].copy_from_slice(&[0, 0]);
+                let sum = checksum(&forged);
+                forged[2..4].copy_from_slice(&sum.to_be_bytes());
+                let _ = socket.send_to(&forged, &to);
+            }
+        }
         let socket = socket.clone();
         std::thread::spawn(move || {
             std::thread::sleep(delay);
-            let _ = socket.send_to(&reply, &SockAddr::from(SocketAddrV4::new(sender, 0)));
+            for _ in 0..if hostile { 2 } else { 1 } {
+                let _ = socket.send_to(&reply, &to);
+            }
         });
     }
 }
@@ -1131,4 +1177,77 @@ fn two_targets_pinging_one_host_never_collide_raw() {
         return;
     }
     one_host_many_targets(Kind::Raw, "cor", 10);
+}
+
+fn duplicates(s: &Scrape, ip_version: &str) -> f64 {
+    s.value(
+        "regionprobe_icmp_duplicate_replies_total",
+        &[("ip_version", ip_version)],
+    )
+    .unwrap_or_else(|| panic!("no duplicate counter for ICMPv{ip_version}"))
+}
+
+/// A host that is also an attacker (see [`SlowHost::hostile`]): replies forged with the right
+/// peer address, identifier and sequence but without the request's token arrive 30 ms before
+/// the genuine reply, and the genuine reply comes twice. Every probe must still measure the
+/// genuine 30 ms (no forged reply shortens a round trip or completes a probe), every forgery
+/// counts as unmatched, every second reply as a duplicate, and no probe is observed twice.
+fn forged_replies(kind: Kind, tag: &str, block: u32) {
+    let netns = Netns::new(tag);
+    netns.ping_sockets(kind);
+    let far = Netns::new(&format!("{tag}s"));
+    veth(&netns, &["10.96.0.2/30"], &far, &["10.96.0.1/30"]);
+    let _hostile = SlowHost::hostile(&far, Duration::from_millis(30));
+    let uplink = netns.uplink(block);
+    let names: Vec<String> = (0..5).map(|i| format!("far{i}")).collect();
+    let targets: Vec<(&str, &str)> = names
+        .iter()
+        .map(|name| (name.as_str(), "10.96.0.1"))
+        .collect();
+    let probed = Probed::start(&netns, &config(uplink.inside, "200ms", "200ms", &targets));
+
+    let s = probed.until("25 samples of every target", |s| {
+        targets.iter().all(|(name, _)| successes(s, name) >= 25.0)
+    });
+    assert_eq!(socket_kind(&s, "4").as_deref(), Some(kind.label()));
+    let (mut samples, mut sent) = (0.0, 0.0);
+    for name in &names {
+        assert_healthy(&s, name, 25.0);
+        assert_eq!(
+            samples_at_most(&s, name, 0.01),
+            0.0,
+            "{name}: a forged reply shortened a round trip"
+        );
+        samples += successes(&s, name);
+        sent += probes(&s, name);
+    }
+    assert!(samples <= sent, "{samples} samples from {sent} probes");
+    // The scrape may catch a probe answered once and not yet twice, or a forgery in flight.
+    let forged = f64::from(FORGED_PER_REQUEST) * samples;
+    assert!(
+        unmatched(&s, "4") >= forged - f64::from(FORGED_PER_REQUEST) * 5.0,
+        "{} unmatched for {forged} forged replies",
+        unmatched(&s, "4")
+    );
+    let dup = duplicates(&s, "4");
+    assert!(
+        dup >= samples - 5.0 && dup <= sent,
+        "{dup} duplicates for {samples} answered probes"
+    );
+}
+
+#[test]
+fn forged_replies_never_count_datagram() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    forged_replies(Kind::Datagram, "fod", 12);
+}
+
+#[test]
+fn forged_replies_never_count_raw() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    forged_replies(Kind::Raw, "for", 13);
 }

@@ -1,5 +1,6 @@
 //! `probe = "icmp"`: echo request to `host`, latency is the round trip.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +80,7 @@ pub struct SocketState {
     /// `None` while unopened or unavailable.
     pub kind: Option<SocketKind>,
     pub unmatched: u64,
+    pub duplicate: u64,
 }
 
 impl IcmpSockets {
@@ -128,15 +130,14 @@ impl IcmpSockets {
                 Slot::Open(pinger) => SocketState {
                     family,
                     kind: Some(pinger.kind()),
-                    unmatched: pinger
-                        .stats()
-                        .unmatched
-                        .load(std::sync::atomic::Ordering::Relaxed),
+                    unmatched: pinger.stats().unmatched.load(Ordering::Relaxed),
+                    duplicate: pinger.stats().duplicate.load(Ordering::Relaxed),
                 },
                 _ => SocketState {
                     family,
                     kind: None,
                     unmatched: 0,
+                    duplicate: 0,
                 },
             }
         })
