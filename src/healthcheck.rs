@@ -1,11 +1,15 @@
 //! `regionprobe healthcheck`: one blocking `GET /-/healthy` against a running exporter, for
 //! container health checks (the image has no shell and no curl). Healthy means HTTP 200 within
-//! [`TIMEOUT`]; anything else is an error that says what happened, on one line.
+//! [`TIMEOUT`]; anything else is an error that says what happened, on one line. With `[web]`
+//! TLS on, it speaks TLS (accepting the exporter's certificate as it is: it checks liveness and
+//! sends no secret); it sends no credentials, so basic auth needs `health_without_auth`.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
+
+use rustls_pki_types::ServerName;
 
 // tokio's Instant is std's outside a runtime; using it keeps the crate's one clock rule.
 use tokio::time::Instant;
@@ -23,7 +27,13 @@ pub const PATH: &str = "/-/healthy";
 pub fn check(source: &ConfigSource, url: Option<&str>) -> Result<String, HealthError> {
     let endpoint = match url {
         Some(url) => Endpoint::parse_url(url)?,
-        None => Endpoint::from_listen(source.load()?.exporter.listen),
+        None => {
+            let config = source.load()?;
+            Endpoint {
+                tls: config.web.tls.is_some(),
+                ..Endpoint::from_listen(config.exporter.listen)
+            }
+        }
     };
     endpoint.get(TIMEOUT)?;
     Ok(format!("{endpoint}: HTTP 200"))
@@ -37,6 +47,8 @@ pub struct Endpoint {
     /// The `Host` header (and the URL in messages): `host:port`.
     pub authority: String,
     pub path: String,
+    /// `https`: TLS, as the exporter's `[web]` serves it.
+    pub tls: bool,
 }
 
 impl Endpoint {
@@ -56,10 +68,11 @@ impl Endpoint {
             authority: addrs[0].to_string(),
             addrs,
             path: PATH.to_owned(),
+            tls: false,
         }
     }
 
-    /// `http://host[:port][/path]`; without a path, [`PATH`]. Host names other than
+    /// `http(s)://host:port[/path]`; without a path, [`PATH`]. Host names other than
     /// `localhost` go through the system resolver, which a static binary in an empty image
     /// may not have: use IP addresses there.
     pub fn parse_url(url: &str) -> Result<Self, HealthError> {
@@ -67,9 +80,11 @@ impl Endpoint {
             url: url.to_owned(),
             problem: problem.to_owned(),
         };
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| invalid("expected http://host:port/path"))?;
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(invalid("expected http(s)://host:port/path")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, PATH),
@@ -92,6 +107,7 @@ impl Endpoint {
             addrs,
             authority: authority.to_owned(),
             path: path.to_owned(),
+            tls,
         })
     }
 
@@ -121,12 +137,30 @@ impl Endpoint {
                 Err(err) => refusals.push(format!("{addr}: {err}")),
             }
         }
-        let mut stream = stream.ok_or_else(|| fail(Problem::Connect(refusals.join("; "))))?;
+        let socket = stream.ok_or_else(|| fail(Problem::Connect(refusals.join("; "))))?;
         let io_error = |err: io::Error| match err.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => fail(Problem::Timeout(timeout)),
+            _ if err
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+            {
+                fail(Problem::Tls(err.to_string()))
+            }
             _ => fail(Problem::Io(err.to_string())),
         };
-        stream
+        // Timeouts are options of the socket, which the TLS stream shares with `socket`.
+        let mut stream: Box<dyn ReadWrite> = if self.tls {
+            let host = split_host_port(&self.authority).map_or("localhost", |(host, _)| host);
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|_| fail(Problem::Tls(format!("{host:?} is not a TLS server name"))))?;
+            let connection = rustls::ClientConnection::new(crate::tls::any_server_client(), name)
+                .map_err(|err| fail(Problem::Tls(err.to_string())))?;
+            let socket = socket.try_clone().map_err(io_error)?;
+            Box::new(rustls::StreamOwned::new(connection, socket))
+        } else {
+            Box::new(socket.try_clone().map_err(io_error)?)
+        };
+        socket
             .set_write_timeout(Some(remaining()?))
             .map_err(io_error)?;
         let request = format!(
@@ -138,7 +172,7 @@ impl Endpoint {
         let mut head = Vec::with_capacity(256);
         let mut buf = [0u8; 256];
         while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-            stream
+            socket
                 .set_read_timeout(Some(remaining()?))
                 .map_err(io_error)?;
             match stream.read(&mut buf).map_err(io_error)? {
@@ -161,9 +195,15 @@ impl Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority, self.path)
     }
 }
+
+/// A plain or a TLS stream.
+trait ReadWrite: Read + Write {}
+
+impl<T: Read + Write> ReadWrite for T {}
 
 /// `host:port` or `[v6]:port` (the port is required).
 fn split_host_port(authority: &str) -> Option<(&str, u16)> {
@@ -208,6 +248,7 @@ pub enum Problem {
     Io(String),
     Status(String, u16),
     Malformed(String),
+    Tls(String),
 }
 
 impl fmt::Display for Problem {
@@ -216,7 +257,12 @@ impl fmt::Display for Problem {
             Problem::Connect(detail) => write!(f, "cannot connect ({detail})"),
             Problem::Timeout(timeout) => write!(f, "no answer within {timeout:?}"),
             Problem::Io(detail) => write!(f, "{detail}"),
+            Problem::Status(line, 401) => write!(
+                f,
+                "answered {line:?}, expected 200; the exporter asks for basic auth: set health_without_auth = true in [web] to open /-/healthy"
+            ),
             Problem::Status(line, _) => write!(f, "answered {line:?}, expected 200"),
+            Problem::Tls(detail) => write!(f, "TLS: {detail}"),
             Problem::Malformed(line) => write!(f, "not an HTTP response: {line:?}"),
         }
     }
@@ -282,8 +328,11 @@ mod tests {
         assert_eq!(e.path, "/-/ready");
         let e = Endpoint::parse_url("http://localhost:9537/").unwrap();
         assert_eq!(e.addrs, vec!["127.0.0.1:9537".parse().unwrap()]);
+        let e = Endpoint::parse_url("https://127.0.0.1:9537").unwrap();
+        assert!(e.tls);
+        assert_eq!(e.to_string(), "https://127.0.0.1:9537/-/healthy");
         for bad in [
-            "https://127.0.0.1:9537",
+            "ftp://127.0.0.1:9537",
             "127.0.0.1:9537",
             "http://127.0.0.1",
             "http://:9537",

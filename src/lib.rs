@@ -9,7 +9,8 @@
 //! - [`ranking`]: sliding windows, region scores and ranks, the failover choice (pure);
 //!   [`ranker`] keeps it current, every second;
 //! - [`metrics`]: every metric family; [`server`]: `/metrics`, health, reload, and the
-//!   [`api`] (JSON) and [`status_page`] (HTML) views of the ranking and the targets.
+//!   [`api`] (JSON) and [`status_page`] (HTML) views of the ranking and the targets, behind
+//!   [`web`] (TLS, client certificates and basic auth from `[web]`).
 //!
 //! - [`healthcheck`]: `regionprobe healthcheck`, for containers without curl.
 //! - [`rank`]: `regionprobe rank`, the one-shot latency benchmark: probes, no server, a ranking.
@@ -32,6 +33,7 @@ pub mod server;
 pub mod status_page;
 pub mod targets;
 pub mod tls;
+pub mod web;
 
 #[cfg(test)]
 mod testing;
@@ -74,6 +76,8 @@ pub async fn run(
     mark_reload(&metrics, true);
 
     let ranker = Ranker::new(&config.exporter.region, &config.ranking);
+    let web = Arc::new(web::Guard::new(&config.web));
+    tracing::info!(web = %web::describe(&config.web), "web endpoint");
     let current = Arc::new(RwLock::new(Arc::new(config)));
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let state = Arc::new(State {
@@ -82,6 +86,7 @@ pub async fn run(
         live: live.clone(),
         ranking: snapshot.clone(),
         reload: reload_tx,
+        web: web.clone(),
     });
     let control = Control {
         source,
@@ -91,6 +96,7 @@ pub async fn run(
         live,
         ranker,
         snapshot,
+        web,
     };
     tokio::select! {
         served = server::serve(listener, state, shutdown) => served,
@@ -108,6 +114,7 @@ struct Control {
     live: LiveTargets,
     ranker: Ranker,
     snapshot: SharedSnapshot,
+    web: Arc<web::Guard>,
 }
 
 impl Control {
@@ -149,6 +156,7 @@ impl Control {
                     );
                 }
                 let diff = self.supervisor.apply(&config);
+                self.web.apply(&config.web);
                 self.ranker
                     .reconfigure(&config.exporter.region, &config.ranking);
                 tracing::info!(%diff, "configuration reloaded");

@@ -200,8 +200,13 @@ async fn run(source: ConfigSource) -> anyhow::Result<()> {
             )
         })?;
     let bound = listener.local_addr()?;
+    let scheme = if config.web.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
-        "regionprobe {} listening on http://{bound}",
+        "regionprobe {} listening on {scheme}://{bound}",
         env!("CARGO_PKG_VERSION")
     );
     regionprobe::run(source, config, listener, shutdown).await?;

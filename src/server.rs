@@ -2,12 +2,13 @@
 //! `POST /-/reload`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -17,16 +18,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api;
 use crate::config::Config;
 use crate::live::LiveTargets;
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics};
 use crate::ranker::SharedSnapshot;
 use crate::status_page;
 use crate::targets::Diff;
+use crate::web::{Accepted, Guard, Unauthorized};
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A reload request: the control loop answers on the enclosed channel.
 pub type ReloadRequest = oneshot::Sender<Result<Diff, String>>;
@@ -39,6 +38,8 @@ pub struct State {
     pub live: LiveTargets,
     pub ranking: SharedSnapshot,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// TLS and basic auth, as `[web]` says.
+    pub web: Arc<Guard>,
 }
 
 impl State {
@@ -71,17 +72,15 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let state = state.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(route(request, &state).await) }
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
+        // The TLS handshake runs in the connection's task: a slow client delays only itself.
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let served = match state.web.accept(stream, peer).await {
+                None => return,
+                Some(Accepted::Plain(stream)) => serve_http(stream, peer, state, watcher).await,
+                Some(Accepted::Tls(stream)) => serve_http(stream, peer, state, watcher).await,
+            };
+            if let Err(err) = served {
                 tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
             }
         });
@@ -96,22 +95,60 @@ pub async fn serve(
     Ok(())
 }
 
+/// HTTP/1.1 on one accepted (and, with TLS, handshaken) connection.
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<State>,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> hyper::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(guarded(request, peer, &state).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service);
+    watcher.watch(connection).await
+}
+
+/// Basic auth first (when `[web]` sets users), then the routes.
+async fn guarded(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    state: &State,
+) -> Response<Full<Bytes>> {
+    let authorization = request.headers().get(AUTHORIZATION);
+    if let Err(Unauthorized) = state
+        .web
+        .authorize(request.uri().path(), authorization, peer)
+        .await
+    {
+        let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(crate::web::CHALLENGE),
+        );
+        return response;
+    }
+    route(request, state).await
+}
+
 async fn route(request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     match (request.uri().path(), &method) {
         ("/metrics", &Method::GET | &Method::HEAD) => {
-            let openmetrics = request
-                .headers()
-                .get(ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|accept| accept.contains("application/openmetrics-text"));
-            let body = state.metrics.render(openmetrics);
-            let content_type = if openmetrics {
-                OPENMETRICS
-            } else {
-                PROMETHEUS_TEXT
-            };
-            respond(StatusCode::OK, content_type, body)
+            let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            respond(
+                StatusCode::OK,
+                format.content_type(),
+                state.metrics.encode(format),
+            )
         }
         ("/", &Method::GET | &Method::HEAD) => {
             let page = status_page::render(
@@ -157,8 +194,12 @@ async fn reload(state: &State) -> Response<Full<Bytes>> {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response
         .headers_mut()

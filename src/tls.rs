@@ -114,6 +114,20 @@ impl TlsClient {
     }
 }
 
+/// A TLS client that accepts any server certificate (handshake signatures are still checked):
+/// for `regionprobe healthcheck`, which asks its own exporter, usually over loopback where the
+/// certificate's names do not apply, and sends no secret.
+pub fn any_server_client() -> Arc<rustls::ClientConfig> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 /// The earliest `notAfter` among the certificates, skipping any that do not parse.
 pub fn earliest_expiry(chain: &[CertificateDer<'_>]) -> Option<SystemTime> {
     chain

@@ -7,6 +7,9 @@
 mod probes;
 mod raw;
 mod validate;
+mod web;
+
+pub use web::{ClientAuth, PasswordHash, Web, WebTls};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -197,6 +200,8 @@ pub struct Config {
     pub exporter: Exporter,
     /// `[ranking]`: the ranking engine's own parameters.
     pub ranking: crate::ranking::Params,
+    /// `[web]`: TLS and basic auth on the exporter's own endpoint.
+    pub web: Web,
     pub targets: Vec<Target>,
 }
 

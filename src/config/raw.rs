@@ -16,6 +16,8 @@ pub(super) struct RawFile {
     pub defaults: RawDefaults,
     #[serde(default)]
     pub ranking: RawRanking,
+    #[serde(default)]
+    pub web: RawWeb,
     #[serde(default, rename = "target")]
     pub targets: Vec<RawTarget>,
 }
@@ -43,6 +45,38 @@ pub(super) struct RawRanking {
     pub loss_penalty: Option<String>,
     pub hysteresis: Option<f64>,
     pub hold: Option<String>,
+}
+
+/// `[web]`: the exporter toolkit's web configuration keys.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWeb {
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub tls_client_ca_file: Option<String>,
+    pub tls_client_auth_type: Option<String>,
+    pub basic_auth_users: Option<BTreeMap<String, String>>,
+    pub health_without_auth: Option<bool>,
+}
+
+/// Without the values of `basic_auth_users`: a mistaken one may be a password.
+impl std::fmt::Debug for RawWeb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawWeb")
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_client_ca_file", &self.tls_client_ca_file)
+            .field("tls_client_auth_type", &self.tls_client_auth_type)
+            .field(
+                "basic_auth_users",
+                &self
+                    .basic_auth_users
+                    .as_ref()
+                    .map(|users| users.keys().collect::<Vec<_>>()),
+            )
+            .field("health_without_auth", &self.health_without_auth)
+            .finish()
+    }
 }
 
 /// One `[[target]]`. The keys of every probe kind live side by side; validation rejects a key

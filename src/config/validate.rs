@@ -83,6 +83,8 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         },
     };
 
+    let web = super::web::validate(raw.web)?;
+
     let mut targets = Vec::with_capacity(raw.targets.len());
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (index, raw_target) in raw.targets.into_iter().enumerate() {
@@ -102,6 +104,7 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
     Ok(Config {
         exporter: Exporter { region, listen },
         ranking,
+        web,
         targets,
     })
 }
