@@ -114,9 +114,13 @@ impl Exporter {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(at) = line.find("listening on http://") {
-                        let addr = line[at + "listening on http://".len()..].trim().to_owned();
-                        let _ = tx.send(addr);
+                    // `listening on http://addr`, or `https://addr` with `[web]` TLS.
+                    if let Some(at) = line.find("listening on http") {
+                        let rest = &line[at + "listening on http".len()..];
+                        let rest = rest.strip_prefix('s').unwrap_or(rest);
+                        if let Some(addr) = rest.strip_prefix("://") {
+                            let _ = tx.send(addr.trim().to_owned());
+                        }
                     }
                     log.lock().unwrap().push(line);
                 }

@@ -210,13 +210,19 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(binary: &Path, config: &Path, data: &Path) -> Self {
+        Self::start_with(binary, config, data, &[])
+    }
+
+    /// Like [`Prometheus::start`], with more flags (e.g. `--enable-feature=...`).
+    pub fn start_with(binary: &Path, config: &Path, data: &Path, flags: &[&str]) -> Self {
         let mut daemon = Daemon::spawn(
             "prometheus",
             Command::new(binary)
                 .arg(format!("--config.file={}", config.display()))
                 .arg(format!("--storage.tsdb.path={}", data.display()))
                 .arg("--web.listen-address=127.0.0.1:0")
-                .arg("--log.level=info"),
+                .arg("--log.level=info")
+                .args(flags),
         );
         let addr = daemon.listening_address();
         Prometheus { daemon, addr }
