@@ -1222,7 +1222,8 @@ fn forged_replies(kind: Kind, tag: &str, block: u32) {
         sent += probes(&s, name);
     }
     assert!(samples <= sent, "{samples} samples from {sent} probes");
-    // The scrape may catch a probe answered once and not yet twice, or a forgery in flight.
+    // The scrape reads the targets before the socket's counters, and is not a snapshot: a
+    // probe per target may be answered once and not yet twice, or answered twice meanwhile.
     let forged = f64::from(FORGED_PER_REQUEST) * samples;
     assert!(
         unmatched(&s, "4") >= forged - f64::from(FORGED_PER_REQUEST) * 5.0,
@@ -1231,7 +1232,7 @@ fn forged_replies(kind: Kind, tag: &str, block: u32) {
     );
     let dup = duplicates(&s, "4");
     assert!(
-        dup >= samples - 5.0 && dup <= sent,
+        dup >= samples - 5.0 && dup <= sent + 5.0,
         "{dup} duplicates for {samples} answered probes"
     );
 }

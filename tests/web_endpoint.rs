@@ -324,12 +324,11 @@ fn tls_client_certificates_and_basic_auth_for_prometheus() {
     );
     let exporter = Exporter::start(&config);
     let addr = exporter.addr;
-    assert!(
-        exporter
-            .log_text()
-            .contains(&format!("listening on https://{addr}")),
-        "{}",
-        exporter.log_text()
+    let listening = format!("listening on https://{addr}");
+    wait_for(
+        Duration::from_secs(5),
+        "the https:// address in the log",
+        || exporter.log_text().contains(&listening).then_some(()),
     );
     let good = basic("prom", PASSWORD);
     let client = Some((pki.client_cert.as_str(), pki.client_key.as_str()));
