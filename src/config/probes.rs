@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RecordType};
 use hyper::header::{HeaderName, HeaderValue};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 
 use super::raw::{RawStatus, RawTarget};
 use super::validate::{Invalid, host_port, required_host};
@@ -462,22 +461,7 @@ fn without_tls(
 }
 
 fn ca_file(key: &str, path: &str) -> Result<CaFile, Invalid> {
-    let bytes = std::fs::read(path)
-        .map_err(|err| (key.to_owned(), format!("cannot read \"{path}\": {err}")))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| {
-            (
-                key.to_owned(),
-                format!("\"{path}\" is not valid PEM: {err}"),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err((
-            key.to_owned(),
-            format!("\"{path}\" holds no PEM certificate"),
-        ));
-    }
+    let certs = super::web::certificates(key, path)?;
     Ok(CaFile {
         path: PathBuf::from(path),
         certs,

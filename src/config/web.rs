@@ -233,7 +233,8 @@ fn read(key: &str, path: &str) -> Result<Vec<u8>, Invalid> {
     std::fs::read(path).map_err(|err| (key.to_owned(), format!("cannot read \"{path}\": {err}")))
 }
 
-fn certificates(key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, Invalid> {
+/// The PEM certificates in the file at `path`; at least one. Errors are about `key`.
+pub(super) fn certificates(key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, Invalid> {
     let bytes = read(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
