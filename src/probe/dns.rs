@@ -116,7 +116,7 @@ impl Dns {
         }
     }
 
-    /// The answer must carry an accepted rcode, enough records, and a record matching
+    /// The answer must be complete (no TC flag), carry an accepted rcode, enough records, and a record matching
     /// `answer_regex`: otherwise the server answered, but not what we expect (`validation`).
     fn validate(&self, response: &DnsResponse) -> Result<(), Failure> {
         let config = &self.config;
@@ -124,6 +124,16 @@ impl Dns {
             "{} {} from {}",
             config.query, config.record_type, config.server
         );
+        // TC: the server says the answer is incomplete. A resolver would ask again over TCP,
+        // so neither the round trip nor the records say what a client gets.
+        if response.metadata.truncation {
+            return Err(Failure::new(
+                Reason::Validation,
+                format!(
+                    "{what}: the answer is truncated (TC flag); transport = \"tcp\" gets it whole"
+                ),
+            ));
+        }
         let rcode = response.metadata.response_code;
         if !config.valid_rcodes.contains(&rcode) {
             let expected: Vec<String> = config.valid_rcodes.iter().copied().map(mnemonic).collect();
@@ -363,6 +373,26 @@ mod tests {
                 assert!(failure.detail.contains(name), "{failure}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_validation_even_with_its_records() {
+        let server = DnsServer::start().await;
+        server.set_truncated(true);
+        for (transport, _) in TRANSPORTS {
+            // The records are there and would satisfy min_answers: TC alone fails the probe.
+            let failure = fails(
+                server.addr,
+                &format!(
+                    "query = \"www.example.test\"\ntransport = \"{transport}\"\nmin_answers = 2"
+                ),
+            )
+            .await;
+            assert_eq!(failure.reason, Reason::Validation, "{transport}: {failure}");
+            assert!(failure.detail.contains("truncated (TC flag)"), "{failure}");
+        }
+        server.set_truncated(false);
+        succeeds(server.addr, "query = \"www.example.test\"\nmin_answers = 2").await;
     }
 
     #[tokio::test]

@@ -39,7 +39,8 @@ pub struct Http {
 #[derive(Debug)]
 struct Connection {
     sender: Sender,
-    driver: JoinHandle<()>,
+    /// Ends with the connection's error, if any.
+    driver: JoinHandle<hyper::Result<()>>,
     /// `scheme://authority` the connection belongs to.
     origin: String,
 }
@@ -47,6 +48,24 @@ struct Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.driver.abort();
+    }
+}
+
+impl Connection {
+    /// A failed request as a [`Failure`]. A request that finds the connection gone (the peer
+    /// sent bytes that are no HTTP, or broke off HTTP/2) only learns "channel closed" or
+    /// "canceled: connection closed"; the driver has the reason, and is ending by then. The
+    /// grace only bounds the wait for it: the probe's timeout bounds everything anyway.
+    async fn failure(&mut self, url: &Uri, err: hyper::Error) -> Failure {
+        const GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+        let cause = if (err.is_closed() || err.is_canceled())
+            && let Ok(Ok(Err(driver_err))) = tokio::time::timeout(GRACE, &mut self.driver).await
+        {
+            driver_err
+        } else {
+            err
+        };
+        Failure::new(Reason::Error, format!("{url}: {}", error_chain(&cause)))
     }
 }
 
@@ -111,9 +130,10 @@ impl Http {
             let mut connection = self.connect(&url, &mut phases, &mut cert_expiry).await?;
             let request = self.request(&url, &connection.sender)?;
             let sent = Instant::now();
-            let response = connection.sender.send(request).await.map_err(|err| {
-                Failure::new(Reason::Error, format!("{url}: {}", error_chain(&err)))
-            })?;
+            let response = match connection.sender.send(request).await {
+                Ok(response) => response,
+                Err(err) => return Err(connection.failure(&url, err).await),
+            };
             phases.add(Phase::Processing, sent.elapsed());
 
             let status = response.status();
@@ -309,17 +329,11 @@ where
     let (sender, driver) = match version {
         HttpVersion::Http1 => {
             let (sender, connection) = http1::handshake(io).await?;
-            (
-                Sender::H1(sender),
-                tokio::spawn(async move { drop(connection.await) }),
-            )
+            (Sender::H1(sender), tokio::spawn(connection))
         }
         HttpVersion::Http2 => {
             let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
-            (
-                Sender::H2(sender),
-                tokio::spawn(async move { drop(connection.await) }),
-            )
+            (Sender::H2(sender), tokio::spawn(connection))
         }
     };
     Ok(Connection {
@@ -578,6 +592,75 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(failure.reason, Reason::Refused, "{failure}");
+    }
+
+    /// A peer that speaks first, and not HTTP, then holds the connection for a second.
+    async fn garbage_peer() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.write_all(b"SSH-2.0-not-http\r\n\r\n").await;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    drop(stream);
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_speaks_garbage_is_an_error_that_says_so() {
+        let addr = garbage_peer().await;
+        let url: Uri = format!("http://{addr}/").parse().unwrap();
+        let mut probe = http(&url.to_string(), "");
+        for _ in 0..20 {
+            let failure = run(&mut probe).await.unwrap_err();
+            assert_eq!(failure.reason, Reason::Error, "{failure}");
+            // Depending on the race: a response that is no HTTP, or bytes while idle.
+            assert!(
+                ["invalid HTTP", "unexpected message"]
+                    .iter()
+                    .any(|words| failure.detail.contains(words)),
+                "{failure}"
+            );
+        }
+
+        // The race the exporter's threads often lose: the connection is gone before the
+        // request is sent, and the request itself only learns "channel closed".
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut connection = handshake_http(stream, HttpVersion::Http1, origin(&url))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !connection.driver.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the driver ends on the garbage");
+        let request = probe.request(&url, &connection.sender).unwrap();
+        let err = connection.sender.send(request).await.unwrap_err();
+        assert!(err.is_closed(), "{err}");
+        let failure = connection.failure(&url, err).await;
+        assert_eq!(failure.reason, Reason::Error);
+        assert!(failure.detail.contains("unexpected message"), "{failure}");
+    }
+
+    /// Threads as in the exporter: the connection's driver runs beside the probe.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_to_http2_names_the_bad_frame() {
+        let addr = garbage_peer().await;
+        let mut probe = http(&format!("http://{addr}/"), "http_version = \"2\"");
+        for _ in 0..20 {
+            // The request is often canceled with just "connection closed": the driver knows
+            // which frame was bad.
+            let failure = run(&mut probe).await.unwrap_err();
+            assert_eq!(failure.reason, Reason::Error, "{failure}");
+            assert!(failure.detail.contains("http2 error"), "{failure}");
+        }
     }
 
     #[tokio::test]

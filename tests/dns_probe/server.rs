@@ -49,6 +49,7 @@ pub struct Received {
 struct State {
     delay: Duration,
     silent: bool,
+    truncated: bool,
     rcodes: HashMap<String, ResponseCode>,
     received: Vec<Received>,
     tcp_accepted: usize,
@@ -106,6 +107,11 @@ impl DnsServer {
     /// Receives (and records) queries but never answers; TCP connections stay open.
     pub fn set_silent(&self, silent: bool) {
         self.state.lock().unwrap().silent = silent;
+    }
+
+    /// Sets the TC flag on every answer (the records are still sent).
+    pub fn set_truncated(&self, truncated: bool) {
+        self.state.lock().unwrap().truncated = truncated;
     }
 
     /// Answers `name` (fully qualified) with `rcode` and no records.
@@ -231,6 +237,7 @@ fn handle(
     response.metadata.message_type = MessageType::Response;
     response.metadata.authoritative = true;
     response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.truncation = state.truncated;
     response.add_query(query.clone());
     match state.rcodes.get(&name) {
         Some(rcode) => response.metadata.response_code = *rcode,
