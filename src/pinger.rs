@@ -839,6 +839,9 @@ fn describe_queued_error(err: &nix::libc::sock_extended_err) -> String {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,6 @@
 //! Test peers for the probers' unit tests: an HTTP server (plain or TLS, HTTP/1.1 and HTTP/2)
-//! whose routes control status, delays, body size and redirects, and a throwaway PKI.
+//! whose routes control status, delays, body size and redirects, and a throwaway PKI; and the
+//! case count of the `fuzz_` property tests.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +18,33 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
 type Body = BoxBody<Bytes, Infallible>;
+
+/// The bytes of a corpus file in hex: `#` lines are comments, whitespace is ignored.
+pub fn from_hex(text: &str) -> Vec<u8> {
+    let digits: String = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .flat_map(|line| line.chars().filter(|c| !c.is_whitespace()))
+        .collect();
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex digits"))
+        .collect()
+}
+
+/// The proptest configuration of a `fuzz_` property: `PROPTEST_CASES` when set (CI's longer
+/// bounded run), else `default`, chosen so that a plain `cargo test` stays quick.
+pub fn fuzz_cases(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default);
+    proptest::test_runner::Config {
+        cases,
+        ..proptest::test_runner::Config::default()
+    }
+}
 
 /// A certificate authority and leaf certificates it signs, all generated per test.
 pub struct Pki {

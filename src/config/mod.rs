@@ -82,8 +82,9 @@ pub fn parse(
     env: Option<HashMap<String, String>>,
 ) -> Result<Config, ConfigError> {
     // Only `REGIONPROBE_<SECTION>__<KEY>` variables are overrides; other REGIONPROBE_*
-    // variables (a CI switch, an image's version tag) are not configuration.
-    let overrides: config::Map<String, String> = env
+    // variables (a CI switch, an image's version tag) are not configuration. Sorted, so that
+    // of several bad overrides the same one is always reported.
+    let mut overrides: Vec<(String, String)> = env
         .map(|vars| vars.into_iter().collect::<Vec<_>>())
         .unwrap_or_else(|| std::env::vars().collect())
         .into_iter()
@@ -93,6 +94,8 @@ pub fn parse(
                 .is_some_and(|path| path.contains("__"))
         })
         .collect();
+    overrides.sort();
+    let overrides: config::Map<String, String> = overrides.into_iter().collect();
     let environment = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("_")
         .separator("__")
@@ -344,6 +347,15 @@ pub struct HttpConfig {
     pub keepalive: bool,
     pub tls: TlsConfig,
     pub ip_version: IpVersion,
+}
+
+impl HttpConfig {
+    /// Whether a response with this status passes `valid_status`.
+    pub fn accepts_status(&self, status: u16) -> bool {
+        self.valid_status
+            .iter()
+            .any(|(low, high)| (*low..=*high).contains(&status))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,12 +28,17 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         None => DEFAULT_INTERVAL,
     };
     let timeout = match raw.defaults.timeout {
-        Some(text) => positive_duration("defaults.timeout", &text)?,
-        None => DEFAULT_TIMEOUT,
+        Some(text) => {
+            let timeout = positive_duration("defaults.timeout", &text)?;
+            if timeout > interval {
+                return Err(too_long("defaults.timeout", timeout, interval));
+            }
+            timeout
+        }
+        // The built-in timeout shrinks to a shorter interval, as an inherited one does: only a
+        // timeout the file sets can be too long.
+        None => DEFAULT_TIMEOUT.min(interval),
     };
-    if timeout > interval {
-        return Err(too_long("defaults.timeout", timeout, interval));
-    }
     let buckets = match raw.defaults.buckets {
         Some(buckets) => check_buckets("defaults.buckets", buckets)?,
         None => DEFAULT_BUCKETS.to_vec(),
@@ -376,6 +381,30 @@ mod tests {
         };
         let target = target(0, raw, &defaults).unwrap();
         assert_eq!(target.timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn the_built_in_timeout_shrinks_to_a_short_default_interval() {
+        // Found by fuzz_config_structured_toml_is_loaded_or_rejected_by_key: this failed with
+        // "key `defaults.timeout`: timeout 1s is longer than the interval 250ms".
+        let raw = RawFile {
+            defaults: super::super::raw::RawDefaults {
+                interval: Some("250ms".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let config = validate(raw).unwrap();
+        assert!(config.targets.is_empty());
+        let raw = RawFile {
+            defaults: super::super::raw::RawDefaults {
+                interval: Some("250ms".into()),
+                timeout: Some("1s".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(validate(raw).unwrap_err().0, "defaults.timeout");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::tcp::TcpClientStream;
 use hickory_resolver::net::udp::UdpClientStream;
 use hickory_resolver::net::xfer::{DnsExchange, DnsHandle, DnsMultiplexer};
-use hickory_resolver::proto::op::{DnsRequestOptions, DnsResponse, Query, ResponseCode};
+use hickory_resolver::proto::op::{DnsRequestOptions, Message, Query, ResponseCode};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -118,7 +118,8 @@ impl Dns {
 
     /// The answer must be complete (no TC flag), carry an accepted rcode, enough records, and a record matching
     /// `answer_regex`: otherwise the server answered, but not what we expect (`validation`).
-    fn validate(&self, response: &DnsResponse) -> Result<(), Failure> {
+    /// Takes the decoded message: `DnsResponse` derefs to it, and tests build one directly.
+    fn validate(&self, response: &Message) -> Result<(), Failure> {
         let config = &self.config;
         let what = format!(
             "{} {} from {}",
@@ -189,6 +190,9 @@ fn mnemonic(rcode: ResponseCode) -> String {
     };
     name.to_owned()
 }
+
+#[cfg(test)]
+mod fuzz;
 
 /// The test DNS server, shared with the black-box tests.
 #[cfg(test)]

@@ -143,12 +143,7 @@ impl Http {
                 // The unread body makes the connection unusable for another request.
                 continue;
             }
-            if !self
-                .config
-                .valid_status
-                .iter()
-                .any(|(low, high)| (*low..=*high).contains(&status.as_u16()))
-            {
+            if !self.config.accepts_status(status.as_u16()) {
                 return Err(Failure::new(
                     Reason::HttpStatus,
                     format!("{url} answered {status}{}", after_redirects(redirects)),
@@ -156,7 +151,7 @@ impl Http {
             }
 
             let reading = Instant::now();
-            let body = self.read_body(response).await?;
+            let body = self.read_body(response.into_body()).await?;
             phases.add(Phase::Transfer, reading.elapsed());
             self.check_body(&url, &body)?;
 
@@ -265,14 +260,15 @@ impl Http {
             })
     }
 
-    /// Reads the body up to `max_body_bytes`; keeps it only when a regex needs it.
-    async fn read_body(
-        &self,
-        response: Response<hyper::body::Incoming>,
-    ) -> Result<Vec<u8>, Failure> {
+    /// Reads the body up to `max_body_bytes`; keeps it only when a regex needs it. Generic so
+    /// that tests can stream any frames through it.
+    async fn read_body<B>(&self, mut body: B) -> Result<Vec<u8>, Failure>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::error::Error,
+    {
         let keep = self.config.body_regex.is_some();
         let max = self.config.max_body_bytes;
-        let mut body = response.into_body();
         let mut kept = Vec::new();
         let mut total: u64 = 0;
         while let Some(frame) = body.frame().await {
@@ -397,7 +393,10 @@ fn join(base: &Uri, location: &str) -> Option<Uri> {
         format!("{scheme}://{authority}{dir}{location}")
     };
     let uri: Uri = joined.parse().ok()?;
-    matches!(uri.scheme_str(), Some("http" | "https")).then_some(uri)
+    // `//:80` parses, with an empty host: nothing the next hop could connect to.
+    (matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.host().is_some_and(|h| !h.is_empty()))
+    .then_some(uri)
 }
 
 /// An error and its causes on one line: hyper's top-level messages are terse.
@@ -411,6 +410,9 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -791,6 +793,11 @@ mod tests {
             Some("https://api.example.com:8443/v1/ready")
         );
         assert_eq!(join("ftp://x/y"), None);
+        // Found by fuzz_http_redirect_locations_resolve_to_http_urls_or_nothing: a Location
+        // without a host was followed to "http://:80/".
+        for hostless in ["//:80", "http://:8080/x", "https:///x", "//"] {
+            assert_eq!(join(hostless), None, "{hostless}");
+        }
     }
 
     #[test]
