@@ -327,7 +327,7 @@ PY
     echo "regionprobe: $(regionprobe_version)"
     echo "smokeping_prober: $("$SMOKEPING" --version 2>&1 | head -1)"
     echo "N_LIST=\"$N_LIST\" DURATION=$DURATION WARMUP=$WARMUP SCRAPES=$SCRAPES CLK_TCK=$CLK_TCK REGIONPROBE_ENV=\"${REGIONPROBE_ENV:-}\""
-    echo "net.ipv4.ping_group_range: $(cat /proc/sys/net/ipv4/ping_group_range | tr '\t' ' ')"
+    echo "net.ipv4.ping_group_range: $(tr '\t' ' ' </proc/sys/net/ipv4/ping_group_range)"
     echo "loadavg at start: $(cat /proc/loadavg)"
 } >"$OUT"
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # variables are used by the scripts that source this
 # Shell code shared by the benchmark scripts in bench/ (sourced, never run).
 #
 # A script sets BENCH (its name, for log lines and file names) and STOPPABLE (the command-line
@@ -134,7 +135,7 @@ warn_running() {
     local bin others
     for bin in "$@"; do
         if others=$(pgrep -f "^$bin" 2>/dev/null); then
-            log "WARNING: $(basename "$bin") already running (pid $(echo $others)); it adds background load. Stop its service for clean numbers."
+            log "WARNING: $(basename "$bin") already running (pid ${others//$'\n'/ }); it adds background load. Stop its service for clean numbers."
         fi
     done
 }
@@ -183,8 +184,8 @@ tree_ticks() {
 
 # Busy clock ticks of the whole machine (all CPUs): everything but idle and iowait.
 machine_busy_ticks() {
-    local cpu user nice system idle iowait irq softirq steal rest
-    read -r cpu user nice system idle iowait irq softirq steal rest </proc/stat
+    local _cpu user nice system _idle _iowait irq softirq steal _rest
+    read -r _cpu user nice system _idle _iowait irq softirq steal _rest </proc/stat
     echo $((user + nice + system + irq + softirq + steal))
 }
 

@@ -26,7 +26,8 @@
 # For every window: regionprobe_scheduler_lag_seconds p50/p99 from the bucket deltas between the
 # snapshots at its edges (the classic buckets: 0.1, 0.4, 1.6, 6.4 ms, ...; quantiles are
 # interpolated inside a bucket as histogram_quantile does), skipped ticks, regionprobe's CPU
-# (cores, from /proc/PID/stat) and, for load windows, wrk's requests/s and p99 latency.
+# (cores, from /proc/PID/stat) and, for load windows, wrk's requests/s and p50/p99 latency and
+# the CPU regionprobe spent per scrape (cores above the idle window's / scrapes per second).
 # Goals, printed beside the figures: >= 500 scrapes/s, p99 < 50 ms, and lag p99 under load
 # within 1 ms of the idle window's. wrk runs on the same 2 cores, so it takes CPU from
 # regionprobe: the figures are for a saturated machine, the worst case. Raw figures:
@@ -101,7 +102,7 @@ def report(path):
     rows = [window(a, w) for w in a['windows']]
     print(json.dumps(dict(n=a['n'], rss_mib=a['rss_kib'] / 1024, quiet=a['quiet'], windows=rows)), file=sys.stderr)
     idle = rows[0]
-    head = ['window', 'scrapes/s', 'p50 ms', 'p99 ms', 'body KiB', 'errors', 'lag p50 ms', 'lag p99 ms',
+    head = ['window', 'scrapes/s', 'p50 ms', 'p99 ms', 'body KiB', 'CPU ms/scrape', 'errors', 'lag p50 ms', 'lag p99 ms',
             'lag ticks', 'skipped', 'probes/s', 'regionprobe cores', 'machine cores']
     body = []
     for r in rows:
@@ -109,6 +110,7 @@ def report(path):
         body.append([
             r['name'], '%.0f' % r['rps'] if load else '-', '%.2f' % r['p50_ms'] if load else '-',
             '%.2f' % r['p99_ms'] if load else '-', '%.1f' % (r['body_bytes'] / 1024) if load else '-',
+            '%.2f' % (1000 * (r['cores'] - idle['cores']) / r['rps']) if load and r['rps'] else '-',
             str(r['non_2xx'] + r['socket_errors']) if load else '-',
             fmt(r['lag_p50_ms'], '.3f'), fmt(r['lag_p99_ms'], '.3f'), str(r['lag_ticks']), str(r['skipped_ticks']),
             '%.1f' % r['probes_per_s'], '%.3f' % r['cores'], '%.2f' % r['machine_cores'],
