@@ -42,92 +42,24 @@
 
 set -euo pipefail
 
+BENCH=icmp_scale
+SMOKEPING=/usr/bin/prometheus-smokeping-prober
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+STOPPABLE=("$REGIONPROBE " "$SMOKEPING ")
+
 N_LIST=${N_LIST:-"100 1000"}
 DURATION=${DURATION:-60}
 WARMUP=${WARMUP:-5}
 SCRAPES=${SCRAPES:-10}
 PROBERS=${PROBERS:-"regionprobe smokeping_prober"}
-KEEP_WORK=${KEEP_WORK:-0}
-REGIONPROBE_ENV=${REGIONPROBE_ENV:-}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-300}
-QUIET_CORES=${QUIET_CORES:-0.3}
-QUIET_MAX=${QUIET_MAX:-180}
 
 GOAL_N=1000
 GOAL_CORES=0.05
 GOAL_RSS_MIB=40
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SMOKEPING=/usr/bin/prometheus-smokeping-prober
-REGIONPROBE="$ROOT/target/release/regionprobe"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-OUT_DIR="$ROOT/bench/out"
-OUT="$OUT_DIR/icmp_scale-$STAMP.txt"
-
-log() { printf '[icmp_scale %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    [[ -n "${WORK:-}" && -d "$WORK" ]] && printf '%s\n' "$*" >"$WORK/failure"
-    exit 1
-}
-
-# ---------------------------------------------------------------------------------------------
-# Child processes: every prober we start is appended to $WORK/pids and stopped when its run
-# ends, and again on exit (each run is a subshell; an interrupted run leaves them to us).
-WORK=""
-RUN_PID=""
-BUILD_PID=""
-
-# Stops a prober we started; checks the command line first, so a recycled pid is left alone.
-stop_pid() {
-    local pid=$1 cmd
-    kill -0 "$pid" 2>/dev/null || return 0
-    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
-    [[ "$cmd" == "$REGIONPROBE "* || "$cmd" == "$SMOKEPING "* ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    if [[ -n "$BUILD_PID" ]]; then
-        kill -TERM -- "-$BUILD_PID" 2>/dev/null || true
-        wait "$BUILD_PID" 2>/dev/null || true
-    fi
-    if [[ -n "$RUN_PID" ]]; then
-        kill -TERM "$RUN_PID" 2>/dev/null || true
-        wait "$RUN_PID" 2>/dev/null || true
-    fi
-    if [[ -n "$WORK" && -f "$WORK/pids" ]]; then
-        while read -r pid; do stop_pid "$pid"; done <"$WORK/pids"
-    fi
-    if ((status != 0)) && [[ -f "$OUT" ]] && ! grep -q '^## table' "$OUT"; then
-        echo "## aborted with exit status $status" >>"$OUT"
-    fi
-    if [[ -n "$WORK" && -d "$WORK" ]]; then
-        if [[ "$KEEP_WORK" == 1 ]]; then
-            log "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------------------------------------
-# Preconditions and dependencies.
-[[ $EUID -eq 0 ]] || die "run as root: smokeping_prober needs raw ICMP sockets, and missing packages are installed with apt-get"
+require_root "smokeping_prober needs raw ICMP sockets, and missing packages are installed with apt-get"
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 5 ]] || die "DURATION must be an integer >= 5 (got '$DURATION')"
 [[ "$WARMUP" =~ ^[0-9]+$ ]] || die "WARMUP must be an integer (got '$WARMUP')"
 [[ "$SCRAPES" =~ ^[0-9]+$ && "$SCRAPES" -ge 1 ]] || die "SCRAPES must be a positive integer"
@@ -137,103 +69,26 @@ done
 for p in $PROBERS; do
     [[ "$p" == regionprobe || "$p" == smokeping_prober ]] || die "unknown prober '$p' in PROBERS"
 done
-
-missing=()
-command -v curl >/dev/null || missing+=(curl)
-command -v python3 >/dev/null || missing+=(python3)
-command -v getconf >/dev/null || missing+=(libc-bin)
-[[ -x "$SMOKEPING" ]] || missing+=(prometheus-smokeping-prober)
-if ((${#missing[@]})); then
-    log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-[[ -x "$SMOKEPING" ]] || die "$SMOKEPING is still missing after apt-get install"
-command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup, stable >= 1.85)"
-
-CLK_TCK=$(getconf CLK_TCK)
-mkdir -p "$OUT_DIR"
-WORK=$(mktemp -d /tmp/icmp_scale.XXXXXX)
-
+install_missing "$SMOKEPING:prometheus-smokeping-prober"
+# A packaged smokeping_prober service would ping in the background and, with its raw socket,
+# receive a copy of every ICMP packet of the benchmark.
+warn_running "$SMOKEPING"
+build_release
+bench_workdir
 # Hundreds of raw sockets (smokeping_prober opens one per host) need more than 1024 fds.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-# A packaged smokeping_prober service (started by apt on systemd machines) would ping in the
-# background and, with its raw socket, receive a copy of every ICMP packet of the benchmark.
-if others=$(pgrep -f "^$SMOKEPING" 2>/dev/null); then
-    log "WARNING: smokeping_prober already running (pid $(echo $others)); it adds background ICMP load. Stop its service for clean numbers."
-fi
-
-log "building regionprobe (cargo build --release)"
-# In the background and in a process group of its own, so that a signal to the script stops
-# cargo and its rustc children at once (cleanup signals the group BUILD_PID).
-(cd "$ROOT" && exec setsid cargo build --release --quiet) &
-BUILD_PID=$!
-wait "$BUILD_PID" || die "cargo build --release failed"
-BUILD_PID=""
-[[ -x "$REGIONPROBE" ]] || die "$REGIONPROBE not found after the build"
 
 # ---------------------------------------------------------------------------------------------
 # The analysis helper: parses /metrics snapshots, computes rates and histogram quantiles, and
 # prints the final table. Results travel as one JSON object per line in $WORK/results.jsonl.
 HELPER="$WORK/helper.py"
 cat >"$HELPER" <<'PY'
-import json, math, re, sys
+import json, sys
 from collections import defaultdict
-
-LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)')
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-def parse(path):
-    """[(name, {labels}, value)] of a Prometheus text exposition."""
-    out = []
-    with open(path) as f:
-        for line in f:
-            if not line or line[0] == '#':
-                continue
-            m = LINE.match(line)
-            if not m:
-                continue
-            labels = dict(LABEL.findall(m.group(3) or ''))
-            try:
-                value = float(m.group(4))
-            except ValueError:
-                continue
-            out.append((m.group(1), labels, value))
-    return out
-
-def total(samples, name, **want):
-    return sum(v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in want.items()))
+from lib import *
 
 def series_count(samples, name):
     return sum(1 for n, _, _ in samples if n == name)
-
-def buckets(samples, name, **want):
-    """{le: cumulative count} summed over the matching series."""
-    b = defaultdict(float)
-    for n, l, v in samples:
-        if n == name + '_bucket' and all(l.get(k) == x for k, x in want.items()):
-            b[float(l['le'])] += v
-    return b
-
-def quantile(q, cum):
-    """histogram_quantile() over {le: cumulative count}, as Prometheus computes it."""
-    les = sorted(cum)
-    if not les or cum[les[-1]] <= 0:
-        return None
-    rank = q * cum[les[-1]]
-    prev_le, prev_c = 0.0, 0.0
-    for le in les:
-        c = cum[le]
-        if c >= rank:
-            if math.isinf(le):
-                return prev_le
-            if c == prev_c:
-                return le
-            return prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c)
-        prev_le, prev_c = le, c
-    return les[-1]
 
 def analyze(a):
     m0, m1 = parse(a['m0']), parse(a['m1'])
@@ -242,6 +97,7 @@ def analyze(a):
     n = a['n']
     r = dict(prober=a['prober'], n=n, duration=a['duration'])
     r['startup_s'] = round(a['t_ready'] - a['t_start'], 3)
+    r['quiet'] = a['quiet']
     r['wall_s'] = round(wall_metrics, 3)
     r['window_scrape_s'] = [round(a['t_m0b'] - a['t_m0a'], 3), round(a['t_m1b'] - a['t_m1a'], 3)]
     hz = a['clk_tck']
@@ -279,9 +135,7 @@ def analyze(a):
             if name == 'regionprobe_probe_failures_total':
                 fails[l.get('reason', '?')] -= v
         r['failures'] = {k: int(v) for k, v in fails.items() if v}
-        b0 = buckets(m0, 'regionprobe_scheduler_lag_seconds')
-        b1 = buckets(m1, 'regionprobe_scheduler_lag_seconds')
-        d = {le: b1[le] - b0.get(le, 0.0) for le in b1}
+        d = bucket_delta(m0, m1, 'regionprobe_scheduler_lag_seconds')
         r['lag_ticks'] = int(d[max(d)]) if d else 0
         for q in (0.5, 0.99, 0.999):
             v = quantile(q, d)
@@ -318,12 +172,8 @@ def analyze(a):
         r['on_time'] = r['skipped_ticks'] == 0 and r['achieved_ratio'] >= 0.99
     return r
 
-def fmt(v, spec, none='-'):
-    return none if v is None else format(v, spec)
-
 def table(results_path, goal_n, goal_cores, goal_rss):
-    all_rows = [json.loads(l) for l in open(results_path) if l.strip()]
-    rows = [r for r in all_rows if 'failed' not in r]
+    all_rows, rows = results(results_path)
     head = ['N', 'prober', 'cores', 'RSS MiB', 'probes/s (expected)', 'achieved', 'success',
             'scrape ms', 'scrape KiB', 'lag p99 ms', 'skipped ticks']
     body = []
@@ -341,19 +191,8 @@ def table(results_path, goal_n, goal_cores, goal_rss):
             fmt(r.get('lag_p99_ms'), '.3f') if rp else 'n/a',
             str(r['skipped_ticks']) if rp else 'n/a',
         ])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    line = lambda cells: '  '.join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    print(line(head))
-    print('  '.join('-' * w for w in widths))
-    for b in body:
-        print(line(b))
-    for r in all_rows:
-        if 'failed' in r:
-            print('FAILED: N=%d %s: %s' % (r['n'], r['prober'], r['failed']))
-    noisy = ['N=%d %s (%.2f cores)' % (r['n'], r['prober'], r['other_load_cores'])
-             for r in rows if r['other_load_cores'] > 0.3]
-    if noisy:
-        print('NOTE: other processes used CPU during: ' + ', '.join(noisy) + '; those figures are less reliable')
+    print_table(head, body)
+    print_failures_and_noise(all_rows, rows)
     print()
     goal = [r for r in rows if r['prober'] == 'regionprobe' and r['n'] == goal_n]
     if not goal and any(r['prober'] == 'regionprobe' and r['n'] == goal_n for r in all_rows):
@@ -376,83 +215,15 @@ def table(results_path, goal_n, goal_cores, goal_rss):
 if __name__ == '__main__':
     if sys.argv[1] == 'analyze':
         print(json.dumps(analyze(json.load(open(sys.argv[2])))))
-    elif sys.argv[1] == 'failed':
-        print(json.dumps(dict(prober=sys.argv[2], n=int(sys.argv[3]), failed=sys.argv[4])))
     elif sys.argv[1] == 'table':
         table(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
 PY
 
 # ---------------------------------------------------------------------------------------------
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# The i-th (0-based) loopback target: 127.1.Y.Z, Z in 1..250.
-target_ip() { echo "127.1.$(($1 / 250)).$(($1 % 250 + 1))"; }
-
-now() { date +%s.%N; }
-
-# An interruptible sleep: a trapped signal runs its handler at once instead of after the sleep.
-pause() {
-    sleep "$1" &
-    wait $! || { kill $! 2>/dev/null; return 1; }
-}
-
-# "utime stime" of a process, in clock ticks (fields 14 and 15; comm may contain spaces).
-proc_ticks() {
-    local stat f
-    stat=$(<"/proc/$1/stat")
-    stat=${stat##*) }
-    read -r -a f <<<"$stat"
-    # After "comm) ", field 3 (state) is index 0, so utime (14) is index 11, stime (15) index 12.
-    echo "${f[11]} ${f[12]}"
-}
-
-# Busy clock ticks of the whole machine (all CPUs): everything but idle and iowait.
-machine_busy_ticks() {
-    local cpu user nice system idle iowait irq softirq steal rest
-    read -r cpu user nice system idle iowait irq softirq steal rest </proc/stat
-    echo $((user + nice + system + irq + softirq + steal))
-}
-
-# Waits until the machine is quiet (other builds finished), so runs do not steal each other's
-# CPU; warns and goes on after QUIET_MAX seconds.
-wait_quiet() {
-    [[ "$QUIET_CORES" == 0 ]] && return 0
-    local start=$SECONDS b0 b1 busy
-    while :; do
-        b0=$(machine_busy_ticks); pause 2; b1=$(machine_busy_ticks)
-        busy=$(awk -v d=$((b1 - b0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz / 2 }')
-        if awk -v b="$busy" -v q="$QUIET_CORES" 'BEGIN { exit !(b < q) }'; then
-            return 0
-        fi
-        if ((SECONDS - start >= QUIET_MAX)); then
-            log "WARNING: machine still busy ($busy cores used by others); measuring anyway"
-            return 0
-        fi
-        log "machine busy ($busy cores used by others); waiting for it to settle"
-        pause 8
-    done
-}
-
 # Voluntary + involuntary context switches, summed over the threads alive now.
 ctx_switches() {
     cat /proc/"$1"/task/*/status 2>/dev/null |
         awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { s += $2 } END { print s + 0 }'
-}
-
-status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
-
-write_regionprobe_config() {
-    local file=$1 n=$2 port=$3 i
-    {
-        printf '[exporter]\nregion = "bench"\nlisten = "127.0.0.1:%s"\n\n' "$port"
-        printf '[defaults]\ninterval = "1s"\ntimeout = "1s"\n'
-        for ((i = 0; i < n; i++)); do
-            printf '\n[[target]]\nname = "t%05d"\nregion = "bench"\nprobe = "icmp"\nhost = "%s"\n' \
-                "$i" "$(target_ip "$i")"
-        done
-    } >"$file"
 }
 
 # Starts one prober in the background; sets STARTED_PID and PORT.
@@ -461,54 +232,37 @@ start_prober() {
     PORT=$(free_port)
     case $prober in
     regionprobe)
-        write_regionprobe_config "$dir/regionprobe.toml" "$n" "$PORT"
-        "$REGIONPROBE" --config "$dir/regionprobe.toml" check-config >"$dir/check-config.txt" 2>&1 ||
-            die "regionprobe rejects the generated config: $(cat "$dir/check-config.txt")"
-        # shellcheck disable=SC2086  # REGIONPROBE_ENV is a list of NAME=value words
-        env $REGIONPROBE_ENV "$REGIONPROBE" --config "$dir/regionprobe.toml" --log.level warn \
-            >"$dir/stdout.log" 2>"$dir/stderr.log" &
+        regionprobe_icmp_config "$dir/regionprobe.toml" "$n" "$PORT"
+        start_regionprobe "$dir/regionprobe.toml" "$dir"
+        return
         ;;
     smokeping_prober)
         # An explicit empty config file: the default /etc/prometheus/smokeping_prober.yml adds
         # its own targets (localhost).
         echo 'targets: []' >"$dir/smokeping_prober.yml"
         local hosts=()
-        for ((i = 0; i < n; i++)); do hosts+=("$(target_ip "$i")"); done
+        for ((i = 0; i < n; i++)); do hosts+=("$(loopback_ip "$i")"); done
         "$SMOKEPING" --config.file="$dir/smokeping_prober.yml" --privileged \
             --ping.interval=1s --web.listen-address="127.0.0.1:$PORT" --log.level=warn \
             "${hosts[@]}" >"$dir/stdout.log" 2>"$dir/stderr.log" &
         ;;
     esac
     STARTED_PID=$!
-    echo "$STARTED_PID" >>"$WORK/pids"
+    track_pid "$STARTED_PID"
 }
-
-wait_ready() {
-    local pid=$1 port=$2 dir=$3
-    local deadline=$((SECONDS + STARTUP_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        kill -0 "$pid" 2>/dev/null || die "prober exited during start-up; stderr: $(tail -5 "$dir/stderr.log")"
-        if curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$port/metrics"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "prober did not answer on /metrics within $STARTUP_TIMEOUT s"
-}
-
-scrape() { curl -sf --max-time 120 -o "$2" "http://127.0.0.1:$1/metrics" || die "scrape of port $1 failed"; }
 
 run_one() {
     local prober=$1 n=$2
     local dir="$WORK/$prober-$n"
     mkdir -p "$dir"
+    QUIET_NOTE="not checked"
     wait_quiet
     log "N=$n $prober: starting"
     local t_start t_ready
     t_start=$(now)
     start_prober "$prober" "$n" "$dir"
     local pid=$STARTED_PID port=$PORT
-    wait_ready "$pid" "$port" "$dir"
+    wait_http "$pid" "http://127.0.0.1:$port/metrics" "$prober" "$dir/stderr.log"
     t_ready=$(now)
     log "N=$n $prober: pid $pid on port $port; warm-up ${WARMUP}s, then ${DURATION}s measured"
     pause "$WARMUP"
@@ -551,11 +305,11 @@ run_one() {
  "t_start": $t_start, "t_ready": $t_ready,
  "t_m0a": $t_m0a, "t_m0b": $t_m0b, "t_m1a": $t_m1a, "t_m1b": $t_m1b, "t_c0": $t_c0, "t_c1": $t_c1,
  "ticks0": [${ticks0/ /, }], "ticks1": [${ticks1/ /, }], "sys_busy0": $busy0, "sys_busy1": $busy1,
- "ctx0": $ctx0, "ctx1": $ctx1, "env": "${REGIONPROBE_ENV//\"/}",
+ "ctx0": $ctx0, "ctx1": $ctx1, "env": "${REGIONPROBE_ENV//\"/}", "quiet": "$QUIET_NOTE",
  "rss_kib": $rss, "hwm_kib": $hwm, "threads": $threads, "fds": $fds,
  "scrape_times": [$scrape_json], "scrape_bytes": $bytes}
 EOF
-    python3 "$HELPER" analyze "$dir/raw.json" >>"$WORK/results.jsonl" || die "analysis of $prober N=$n failed"
+    helper analyze "$dir/raw.json" >>"$WORK/results.jsonl" || die "analysis of $prober N=$n failed"
     python3 - "$WORK/results.jsonl" <<'PY' >&2
 import json, sys
 r = [json.loads(l) for l in open(sys.argv[1])][-1]
@@ -566,44 +320,17 @@ print('[icmp_scale] N=%d %s: %.4f cores (user %.4f, sys %.4f), %.1f MiB, %.1f pr
 PY
 }
 
-# One run in a background subshell (so that a signal to the script is handled at once): a
-# failure (die) ends only this run, and the subshell stops its prober on the way out.
-run_isolated() {
-    local prober=$1 n=$2 status
-    rm -f "$WORK/failure"
-    set +e
-    (
-        set -e
-        trap 'exit 143' TERM
-        trap 'while read -r p; do stop_pid "$p"; done <"$WORK/pids"; kill $(jobs -p) 2>/dev/null || true' EXIT
-        run_one "$prober" "$n"
-    ) &
-    RUN_PID=$!
-    wait "$RUN_PID"
-    status=$?
-    RUN_PID=""
-    set -e
-    ((status == 0)) && return 0
-    local reason="exited with status $status"
-    [[ -s "$WORK/failure" ]] && reason=$(<"$WORK/failure")
-    python3 "$HELPER" failed "$prober" "$n" "$reason" >>"$WORK/results.jsonl"
-    FAILED=1
-}
-
 # ---------------------------------------------------------------------------------------------
 {
     echo "# icmp_scale $STAMP"
-    echo "host: $(uname -srm), $(nproc) CPUs, Debian $(cat /etc/debian_version 2>/dev/null || echo '?')"
-    echo "regionprobe: $("$REGIONPROBE" --version) at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)')"
+    host_line
+    echo "regionprobe: $(regionprobe_version)"
     echo "smokeping_prober: $("$SMOKEPING" --version 2>&1 | head -1)"
-    echo "N_LIST=\"$N_LIST\" DURATION=$DURATION WARMUP=$WARMUP SCRAPES=$SCRAPES CLK_TCK=$CLK_TCK REGIONPROBE_ENV=\"$REGIONPROBE_ENV\""
-    echo "net.ipv4.ping_group_range: $(cat /proc/sys/net/ipv4/ping_group_range | tr '\t' ' ')"
+    echo "N_LIST=\"$N_LIST\" DURATION=$DURATION WARMUP=$WARMUP SCRAPES=$SCRAPES CLK_TCK=$CLK_TCK REGIONPROBE_ENV=\"${REGIONPROBE_ENV:-}\""
+    echo "net.ipv4.ping_group_range: $(tr '\t' ' ' </proc/sys/net/ipv4/ping_group_range)"
     echo "loadavg at start: $(cat /proc/loadavg)"
 } >"$OUT"
 
-: >"$WORK/results.jsonl"
-: >"$WORK/pids"
-FAILED=0
 for n in $N_LIST; do
     for prober in $PROBERS; do
         run_isolated "$prober" "$n"
@@ -626,7 +353,7 @@ done
     echo "## table"
 } >>"$OUT"
 
-TABLE=$(python3 "$HELPER" table "$WORK/results.jsonl" "$GOAL_N" "$GOAL_CORES" "$GOAL_RSS_MIB")
+TABLE=$(helper table "$WORK/results.jsonl" "$GOAL_N" "$GOAL_CORES" "$GOAL_RSS_MIB")
 echo "$TABLE" >>"$OUT"
 echo
 echo "ICMP scale: each prober alone, N loopback targets at 1 s, ${DURATION} s measured after ${WARMUP} s warm-up"
