@@ -29,6 +29,7 @@ pub mod ranker;
 pub mod ranking;
 pub mod resolve;
 pub mod scheduler;
+pub mod scrape;
 pub mod server;
 pub mod status_page;
 pub mod targets;
@@ -87,6 +88,7 @@ pub async fn run(
         ranking: snapshot.clone(),
         reload: reload_tx,
         web: web.clone(),
+        scrapes: scrape::Scrapes::default(),
     });
     let control = Control {
         source,
@@ -175,6 +177,7 @@ impl Control {
 
 fn mark_reload(metrics: &Metrics, ok: bool) {
     metrics.reload_successful.set(i64::from(ok));
+    metrics.bump_generation();
     if ok {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

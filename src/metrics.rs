@@ -9,7 +9,7 @@
 //! formats carry the classic buckets only, exactly as before; the protobuf format, which a
 //! scraper gets by asking for it (see [`Format::negotiate`]), carries both.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -281,6 +281,9 @@ pub struct Metrics {
     pub scheduler_skipped: Family<ProbeLabel, Counter>,
     pub reload_successful: Gauge,
     pub reload_timestamp: Gauge<f64, AtomicU64>,
+    /// Bumped by every reload: renderings of an older generation are stale (see
+    /// [`crate::scrape`]).
+    generation: AtomicU64,
 }
 
 impl Metrics {
@@ -331,11 +334,22 @@ impl Metrics {
             scheduler_skipped,
             reload_successful,
             reload_timestamp,
+            generation: AtomicU64::new(0),
         }
     }
 
     /// Renders the registry in the Prometheus text format (0.0.4), or in OpenMetrics when
     /// `openmetrics` is set (the scraper asked for it).
+    /// Which reload the metrics reflect.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Marks a reload (applied or refused): the next scrape renders anew.
+    pub fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn render(&self, openmetrics: bool) -> String {
         let mut out = String::with_capacity(64 * 1024);
         let result = if openmetrics {

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{
+    ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue,
+    VARY, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -20,6 +23,7 @@ use crate::config::Config;
 use crate::live::LiveTargets;
 use crate::metrics::{Format, Metrics};
 use crate::ranker::SharedSnapshot;
+use crate::scrape::{self, Scrapes};
 use crate::status_page;
 use crate::targets::Diff;
 use crate::web::{Accepted, Guard, Unauthorized};
@@ -40,6 +44,8 @@ pub struct State {
     pub reload: mpsc::Sender<ReloadRequest>,
     /// TLS and basic auth, as `[web]` says.
     pub web: Arc<Guard>,
+    /// `/metrics` renderings, shared among scrapers.
+    pub scrapes: Scrapes,
 }
 
 impl State {
@@ -142,13 +148,17 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Full<Bytes
     let method = request.method().clone();
     match (request.uri().path(), &method) {
         ("/metrics", &Method::GET | &Method::HEAD) => {
-            let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
-            let format = Format::negotiate(accept);
-            respond(
-                StatusCode::OK,
-                format.content_type(),
-                state.metrics.encode(format),
-            )
+            let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(header(ACCEPT));
+            let gzip = scrape::accepts_gzip(header(ACCEPT_ENCODING));
+            let body = state.scrapes.get(&state.metrics, format, gzip).await;
+            let mut response = respond(StatusCode::OK, format.content_type(), body.bytes);
+            let headers = response.headers_mut();
+            headers.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+            if body.gzip {
+                headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            response
         }
         ("/", &Method::GET | &Method::HEAD) => {
             let page = status_page::render(

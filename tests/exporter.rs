@@ -536,6 +536,28 @@ fn endpoints_and_content_negotiation() {
     assert!(headers["content-type"].starts_with("application/openmetrics-text; version=1.0.0"));
     assert!(body.ends_with("# EOF\n"), "{body}");
 
+    // gzip, as Prometheus asks for it: the same text, compressed.
+    let mut stream = std::net::TcpStream::connect(exporter.addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("vary: accept, accept-encoding"), "{head}");
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&raw[end + 4..]),
+        &mut text,
+    )
+    .expect("a gzip body");
+    assert!(text.contains("\nregionprobe_build_info{"), "{text}");
+    assert!(!text.contains("# EOF"));
+
     let (status, page) = exporter.get("/");
     assert_eq!(status, 200);
     for link in ["/metrics", "/-/healthy", "/-/ready"] {
