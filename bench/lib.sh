@@ -229,7 +229,8 @@ wait_http() {
     die "$what did not answer on $url within ${STARTUP_TIMEOUT:-120} s"
 }
 
-scrape() { curl -sf --max-time 120 -o "$2" "http://127.0.0.1:$1/metrics" || die "scrape of port $1 failed"; }
+# scrape PORT FILE [CURL_ARGS...]: /metrics of 127.0.0.1:PORT to FILE (e.g. -H "Accept: ...").
+scrape() { curl -sf --max-time 120 -o "$2" "${@:3}" "http://127.0.0.1:$1/metrics" || die "scrape of port $1 failed"; }
 
 # The i-th (0-based) loopback address 127.1.Y.Z, Z in 1..250 (all of 127/8 answers ICMP).
 loopback_ip() { echo "127.1.$(($1 / 250)).$(($1 % 250 + 1))"; }
