@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, NativeHistogramConfig};
 use prometheus_client::registry::Registry;
 
-use crate::config::{ProbeKind, Target};
+use crate::config::{DnsTransport, ProbeConfig, ProbeKind, Target};
 use crate::live::LiveTargets;
 use crate::probe::{Failure, IcmpSockets, Outcome, Phase, Reason};
 use crate::ranker::SharedSnapshot;
@@ -144,6 +144,50 @@ impl Format {
     }
 }
 
+/// One target's per-phase histograms, for the phases its probe kind reports.
+#[derive(Debug)]
+struct PhaseHistograms {
+    kind: ProbeKind,
+    histograms: Vec<(Phase, Histogram)>,
+}
+
+impl PhaseHistograms {
+    fn of(target: &Target) -> Option<Self> {
+        let phases: &[Phase] = match &target.probe {
+            ProbeConfig::Http(_) => &Phase::ALL,
+            ProbeConfig::Dns(dns) if dns.transport == DnsTransport::Tcp => {
+                &[Phase::Connect, Phase::Processing]
+            }
+            _ => return None,
+        };
+        Some(PhaseHistograms {
+            kind: target.probe.kind(),
+            histograms: phases
+                .iter()
+                .map(|phase| (*phase, latency_histogram(target.buckets.iter().copied())))
+                .collect(),
+        })
+    }
+}
+
+/// The phase histograms of the targets of `kind`, into `family`.
+fn encode_phases<'a>(
+    family: &mut MetricEncoder<'_>,
+    targets: impl Iterator<Item = &'a TargetMetrics>,
+    kind: ProbeKind,
+) -> Result<(), std::fmt::Error> {
+    for t in targets {
+        let Some(phases) = t.phases.as_ref().filter(|p| p.kind == kind) else {
+            continue;
+        };
+        for (phase, histogram) in &phases.histograms {
+            let labels = WithExtra(&t.labels, "phase", phase.as_str());
+            histogram.encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
 /// The labels every per-target series carries.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
@@ -176,8 +220,9 @@ pub struct TargetMetrics {
     probes: Counter,
     failures: Vec<(Reason, Counter)>,
     up: Gauge,
-    /// HTTP targets: one histogram per phase, in [`Phase::ALL`] order.
-    phases: Option<Vec<Histogram>>,
+    /// Per-phase histograms: HTTP targets (every phase), DNS targets over tcp (connect and
+    /// processing; over udp the round trip is the one phase, the latency itself).
+    phases: Option<PhaseHistograms>,
     /// HTTP targets: redirects followed by the last successful probe.
     redirects: Option<Gauge>,
     /// TLS targets: earliest certificate expiry seen, Unix seconds (NaN, not exported, until
@@ -202,12 +247,7 @@ impl TargetMetrics {
                 .map(|reason| (*reason, Counter::default()))
                 .collect(),
             up: Gauge::default(),
-            phases: (kind == ProbeKind::Http).then(|| {
-                Phase::ALL
-                    .iter()
-                    .map(|_| latency_histogram(target.buckets.iter().copied()))
-                    .collect()
-            }),
+            phases: PhaseHistograms::of(target),
             redirects: (kind == ProbeKind::Http).then(Gauge::default),
             cert_expiry: target.probe.uses_tls().then(|| {
                 let gauge = Gauge::<f64, AtomicU64>::default();
@@ -229,8 +269,8 @@ impl TargetMetrics {
             Ok(outcome) => {
                 self.duration.observe(outcome.latency.as_secs_f64());
                 if let (Some(histograms), Some(phases)) = (&self.phases, &outcome.phases) {
-                    for (histogram, phase) in histograms.iter().zip(Phase::ALL) {
-                        histogram.observe(phases.get(phase).as_secs_f64());
+                    for (phase, histogram) in &histograms.histograms {
+                        histogram.observe(phases.get(*phase).as_secs_f64());
                     }
                 }
                 if let Some(redirects) = &self.redirects {
@@ -448,14 +488,15 @@ impl Collector for TargetCollector {
             None,
             MetricType::Histogram,
         )?;
-        for t in all() {
-            if let Some(histograms) = &t.phases {
-                for (histogram, phase) in histograms.iter().zip(Phase::ALL) {
-                    let labels = WithExtra(&t.labels, "phase", phase.as_str());
-                    histogram.encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
+        encode_phases(&mut family, all(), ProbeKind::Http)?;
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_dns_phase_duration_seconds",
+            "Time per phase of each successful DNS probe over tcp: connect, processing (query sent to answer).",
+            None,
+            MetricType::Histogram,
+        )?;
+        encode_phases(&mut family, all(), ProbeKind::Dns)?;
 
         let mut family = encoder.encode_descriptor(
             "regionprobe_http_redirects",

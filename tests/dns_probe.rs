@@ -162,6 +162,34 @@ fn dns_targets_record_answers_rcodes_and_silence() {
         0.0
     );
 
+    // Over tcp the connect and the query are phases that add up to the latency; over udp the
+    // round trip is the only phase, and no phase series is exported.
+    let phase = |phase: &str, what: &str| {
+        value(
+            &scrape,
+            &format!("regionprobe_dns_phase_duration_seconds_{what}"),
+            &[("target", "dns-tcp"), ("phase", phase)],
+        )
+    };
+    assert_eq!(phase("connect", "count"), samples(&scrape, "dns-tcp"));
+    assert_eq!(phase("processing", "count"), samples(&scrape, "dns-tcp"));
+    assert!(phase("connect", "sum") > 0.0);
+    let total = value(
+        &scrape,
+        "regionprobe_probe_duration_seconds_sum",
+        &[("target", "dns-tcp")],
+    );
+    let phases = phase("connect", "sum") + phase("processing", "sum");
+    assert!((phases - total).abs() < 1e-6, "{phases} vs {total}");
+    assert!(
+        scrape
+            .find(
+                "regionprobe_dns_phase_duration_seconds_count",
+                &[("target", "dns-udp")]
+            )
+            .is_empty()
+    );
+
     // NXDOMAIN where NOERROR is expected: the server answered, wrongly: `validation`.
     let attempted = probes(&scrape, "dns-nx");
     let invalid = failures(&scrape, "dns-nx", "validation");

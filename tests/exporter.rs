@@ -651,3 +651,47 @@ async fn library_run_serves_until_shutdown() {
         "the listener is closed after shutdown"
     );
 }
+
+/// README's metrics reference lists exactly the families `/metrics` serves (the text format
+/// declares every family, with series or not): a metric added, renamed or removed without
+/// the docs fails here.
+#[test]
+fn the_readme_metrics_reference_matches_the_served_families() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Metrics reference")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Metrics reference section");
+    let documented: BTreeSet<String> = section
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .flat_map(|line| {
+            let first_cell = line.split('|').nth(1).unwrap_or_default();
+            first_cell
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|name| name.starts_with("regionprobe_") || name.starts_with("process_"))
+        .collect();
+
+    let exporter = Exporter::start(&config(&[]));
+    let (_, body) = exporter.get("/metrics");
+    let served: BTreeSet<String> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert!(served.len() > 20, "{body}");
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let gone: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty() && gone.is_empty(),
+        "served but not in README's metrics reference: {undocumented:?}; in the reference but not served: {gone:?}"
+    );
+}
