@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{Exporter, Scrape, TempDir};
+use common::{Exporter, Scrape, TempDir, ip, run, run_quietly};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const NEEDS_ROOT: &str = "needs root to create network namespaces";
@@ -63,38 +63,6 @@ impl Kind {
 // ---------------------------------------------------------------------------------------------
 // Topology builder
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a command that must succeed; on failure the panic carries its stderr.
-fn run(args: &[&str]) -> String {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {args:?}: {err}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Runs a cleanup command whose failure (the thing is already gone) does not matter. Never
-/// panics: it runs in `Drop`, possibly while a failed test unwinds.
-fn run_quietly(args: &[&str]) {
-    let _ = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// `ip <command>`, the command written as on a shell (words without spaces).
-fn ip(command: &str) {
-    let mut args = vec!["ip"];
-    args.extend(command.split_whitespace());
-    run(&args);
-}
 
 /// Whether this kernel has IPv6 at all (`ipv6.disable=1` removes it): the IPv6 halves of the
 /// tests need it.

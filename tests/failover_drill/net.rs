@@ -14,40 +14,8 @@
 //! created inside its namespace, so its name cannot clash. Dropping [`Topology`] deletes it
 //! all, also when the test panics.
 
+use crate::common::{ip, run, run_quietly};
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
-
-/// Runs a command that must succeed; on failure the panic carries its stderr.
-pub fn run(args: &[&str]) -> String {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {args:?}: {err}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Runs a cleanup command whose failure (the thing is already gone) does not matter. Never
-/// panics: it runs in `Drop`, possibly while a failed test unwinds.
-pub fn run_quietly(args: &[&str]) {
-    let _ = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// `ip <command>`, the command written as on a shell (words without spaces).
-fn ip(command: &str) {
-    let mut args = vec!["ip"];
-    args.extend(command.split_whitespace());
-    run(&args);
-}
 
 /// A network namespace with `lo` up, deleted (with every interface in it) on drop.
 #[derive(Debug)]
