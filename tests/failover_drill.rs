@@ -78,6 +78,8 @@ const TARGETS_PER_REGION: usize = 4;
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 const WINDOW: Duration = Duration::from_secs(20);
+/// How long the recording rules' scores may take to settle on the ranking the latencies set.
+const RULES_SETTLE: Duration = Duration::from_secs(30);
 const HOLD: Duration = Duration::from_secs(5);
 /// The sidecar recomputes its ranking this often (`ranker::PERIOD`).
 const RANKING_PERIOD: Duration = Duration::from_secs(1);
@@ -654,7 +656,27 @@ impl Drill {
                 })
                 .then_some(())
         });
-        let rules_score = scores("regionprobe:region_score_seconds:5m");
+        // The first seconds of a series are few samples, and `increase()` extrapolates the
+        // attempts and the successes each on its own: an apparent loss of a few percent, worth
+        // tens of milliseconds of score, until a few more scrapes are in. The ranking by the
+        // rules is asked for once that settles, within RULES_SETTLE.
+        let c_first = |rules: &BTreeMap<(String, String), f64>| {
+            OTHERS.iter().all(|(source, other)| {
+                let score = |target: &str| {
+                    rules
+                        .get(&(source.to_string(), target.to_string()))
+                        .copied()
+                        .unwrap_or(f64::NAN)
+                };
+                score(CUT) < score(other)
+            })
+        };
+        let deadline = Instant::now() + RULES_SETTLE;
+        let mut rules_score = scores("regionprobe:region_score_seconds:5m");
+        while !c_first(&rules_score) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            rules_score = scores("regionprobe:region_score_seconds:5m");
+        }
         let exporter_score = scores("regionprobe_region_score_seconds");
         self.clock.say(&format!(
             "{} recording rules have a finite value for each of the {} pairs; \
