@@ -19,6 +19,22 @@ use tokio::net::TcpListener;
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// The `*.hex` files of the fuzz corpus `tests/fixtures/fuzz/<kind>/`, sorted; at least four,
+/// so that a corpus that went missing fails instead of replaying nothing.
+pub fn corpus(kind: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz")
+        .join(kind);
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "hex"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 4, "the corpus is missing: {paths:?}");
+    paths
+}
+
 /// The bytes of a corpus file in hex: `#` lines are comments, whitespace is ignored.
 pub fn from_hex(text: &str) -> Vec<u8> {
     let digits: String = text

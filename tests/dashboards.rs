@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use common::{Exporter, Scrape, skip_unless, wait_for};
+use common::{Exporter, Scrape, panels, skip_unless, wait_for};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality, VectorSelector};
 use regex::Regex;
@@ -343,19 +343,6 @@ fn dashboards() -> Vec<(String, Value)> {
             (name(path), json)
         })
         .collect()
-}
-
-/// Every panel, rows' nested panels included.
-fn panels(dashboard: &Value) -> Vec<&Value> {
-    fn walk<'a>(list: &'a Value, out: &mut Vec<&'a Value>) {
-        for panel in list.as_array().into_iter().flatten() {
-            out.push(panel);
-            walk(&panel["panels"], out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dashboard["panels"], &mut out);
-    out
 }
 
 /// One PromQL expression of a dashboard, as Grafana would send it once the variables are set.

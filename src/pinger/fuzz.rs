@@ -485,14 +485,7 @@ proptest! {
 /// pinned and its quoted token read, on every run.
 #[test]
 fn fuzz_icmp_corpus_replays() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/icmp");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "hex"))
-        .collect();
-    paths.sort();
-    assert!(paths.len() >= 4, "the corpus is missing: {paths:?}");
+    let paths = crate::testing::corpus("icmp");
     for path in paths {
         let text = std::fs::read_to_string(&path).unwrap();
         let shown = path.display();

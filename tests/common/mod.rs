@@ -438,3 +438,18 @@ pub fn ip(command: &str) {
     args.extend(command.split_whitespace());
     run(&args);
 }
+
+// ---- Grafana dashboards ---------------------------------------------------------------------
+
+/// Every panel of a Grafana dashboard, rows' nested panels included.
+pub fn panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
+    fn walk<'a>(list: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+        for panel in list.as_array().into_iter().flatten() {
+            out.push(panel);
+            walk(&panel["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    out
+}

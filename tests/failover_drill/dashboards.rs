@@ -13,6 +13,8 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::Value;
 
+use crate::common::panels;
+
 /// How Grafana would run a query.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kind {
@@ -58,19 +60,6 @@ fn substitute(text: &str, values: &BTreeMap<String, String>, origin: &str) -> St
                 .clone()
         })
         .into_owned()
-}
-
-/// Every panel, rows' nested panels included.
-fn panels(dashboard: &Value) -> Vec<&Value> {
-    fn walk<'a>(list: &'a Value, out: &mut Vec<&'a Value>) {
-        for panel in list.as_array().into_iter().flatten() {
-            out.push(panel);
-            walk(&panel["panels"], out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dashboard["panels"], &mut out);
-    out
 }
 
 /// The queries of every `*.json` in `dir`. `resolve(selector, label)` lists a query

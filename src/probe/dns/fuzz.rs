@@ -183,14 +183,7 @@ proptest! {
 /// it decodes, judged under several configurations, on every run.
 #[test]
 fn fuzz_dns_corpus_replays() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/dns");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "hex"))
-        .collect();
-    paths.sort();
-    assert!(paths.len() >= 4, "the corpus is missing: {paths:?}");
+    let paths = crate::testing::corpus("dns");
     let configs: Vec<DnsConfig> = [(0, None), (1, Some("^www")), (u32::MAX, Some("(?s)."))]
         .into_iter()
         .map(|(min_answers, pattern)| DnsConfig {
