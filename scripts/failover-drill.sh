@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The failover drill (tests/failover_drill.rs), by hand.
+# The failover drill (tests/failover_drill/main.rs), by hand.
 #
 #   scripts/failover-drill.sh [TEST ARGS...]      # as yourself (asks sudo for what needs root)
 #   sudo scripts/failover-drill.sh                 # or as root, if root has cargo in its PATH

@@ -5,8 +5,6 @@
 //! are Grafana JSON models bound to a `${datasource}` variable.
 
 mod common;
-#[path = "dns_probe/server.rs"]
-mod dns;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +18,7 @@ use common::{Exporter, Scrape, panels, skip_unless, wait_for};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality, VectorSelector};
 use regex::Regex;
+use regionprobe_testkit::dns;
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 

@@ -1,9 +1,7 @@
-//! The real binary probing DNS targets on a real DNS server on 127.0.0.1 (`dns_probe/server.rs`,
-//! also used by the unit tests of `src/probe/dns.rs`), scraped and parsed.
+//! The real binary probing DNS targets on a real DNS server on 127.0.0.1 (the test kit's
+//! `regionprobe_testkit::dns`), scraped and parsed.
 
 mod common;
-#[path = "dns_probe/server.rs"]
-mod server;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -13,7 +11,7 @@ use common::{Exporter, Scrape, wait_for};
 use hickory_resolver::proto::rr::RecordType;
 use regionprobe::config::ProbeKind;
 use regionprobe::probe::Reason;
-use server::{DnsServer, Transport};
+use regionprobe_testkit::dns::{DnsServer, Transport};
 
 const WAIT: Duration = Duration::from_secs(15);
 const TARGETS: [&str; 5] = ["dns-udp", "dns-tcp", "dns-nx", "dns-silent", "dns-slow"];

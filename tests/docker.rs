@@ -9,7 +9,7 @@
 //! `regionprobe-test:<pid>-...`, labelled `org.regionprobe.test`, and removed by a guard's
 //! `Drop`, also when the test panics.
 
-// Blocking helpers on real time, as in tests/common.
+// Blocking helpers on real time, as in the test kit.
 #![allow(clippy::disallowed_types)]
 
 mod common;

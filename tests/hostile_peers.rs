@@ -9,9 +9,6 @@
 #![allow(clippy::disallowed_types)]
 
 mod common;
-#[allow(dead_code)]
-#[path = "../src/testing.rs"]
-mod testing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,8 +19,8 @@ use hickory_resolver::proto::op::{Message, MessageType};
 use rcgen::{CertificateParams, KeyPair};
 use regionprobe::config::ProbeKind;
 use regionprobe::probe::Reason;
+use regionprobe_testkit::peers::{self, Pki, ServerCert, tls_server};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use testing::{Pki, ServerCert, tls_server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -349,12 +346,12 @@ fn hostile_targets(
         let ca = dir.write("ca.pem", &pki.ca_pem).display().to_string();
         let trusted = format!("tls_ca_file = \"{ca}\"\ntls_server_name = \"localhost\"\n");
         let expired =
-            testing::http_server(Some(tls_server(pki.leaf(&["localhost"], (2021, 1, 1))))).await;
-        let wrong_name = testing::http_server(Some(tls_server(
+            peers::http_server(Some(tls_server(pki.leaf(&["localhost"], (2021, 1, 1))))).await;
+        let wrong_name = peers::http_server(Some(tls_server(
             pki.leaf(&["elsewhere.test"], (2035, 6, 1)),
         )))
         .await;
-        let self_signed = testing::http_server(Some(tls_server(self_signed()))).await;
+        let self_signed = peers::http_server(Some(tls_server(self_signed()))).await;
 
         vec![
             http(

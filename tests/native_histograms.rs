@@ -3,14 +3,7 @@
 //! `--enable-feature=native-histograms`) ingests them and answers `histogram_quantile` over the
 //! native series.
 
-// Blocking helpers (services.rs) wait with std's clock; nothing here pauses time.
-#![allow(clippy::disallowed_types)]
-
 mod common;
-
-#[allow(dead_code)]
-#[path = "failover_drill/services.rs"]
-mod services;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,7 +12,7 @@ use std::time::Duration;
 use common::{Exporter, TempDir, wait_for};
 use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
 use prost::Message as _;
-use services::Prometheus;
+use regionprobe_testkit::services::{self, Prometheus};
 
 const PROTOBUF: &str =
     "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";

@@ -3,14 +3,7 @@
 //! leave the config. Against the real binary, with a rustls client and the real Prometheus
 //! (Debian `prometheus`) as the scrapers.
 
-// Blocking helpers (services.rs) wait with std's clock; nothing here pauses time.
-#![allow(clippy::disallowed_types)]
-
 mod common;
-
-#[allow(dead_code)]
-#[path = "failover_drill/services.rs"]
-mod services;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,9 +13,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::{Exporter, TempDir, http_full, wait_for};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use regionprobe_testkit::services::{self, Prometheus};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use services::Prometheus;
 
 const PASSWORD: &str = "correct horse battery staple";
 const TARGET_PASSWORD: &str = "url-pass-7781";

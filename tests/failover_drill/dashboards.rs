@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::common::panels;
+use regionprobe_testkit::black_box::panels;
 
 /// How Grafana would run a query.
 #[derive(Clone, Debug, PartialEq)]

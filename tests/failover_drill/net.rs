@@ -14,7 +14,7 @@
 //! created inside its namespace, so its name cannot clash. Dropping [`Topology`] deletes it
 //! all, also when the test panics.
 
-use crate::common::{ip, run, run_quietly};
+use regionprobe_testkit::black_box::{ip, run, run_quietly};
 use std::net::Ipv4Addr;
 
 /// A network namespace with `lo` up, deleted (with every interface in it) on drop.

@@ -3,7 +3,7 @@
 //! the routing of `dashboards/alertmanager.yml`, then region c is cut off and restored.
 //!
 //! 1. Regions a, b, c: one namespace each, one address each on a shared L2 (see
-//!    `failover_drill/net.rs`). Each region serves its sidecar (`/metrics`, `/-/healthy`) on
+//!    `net.rs`). Each region serves its sidecar (`/metrics`, `/-/healthy`) on
 //!    :9537 and an HTTPS "app" endpoint on :8443 (this test binary re-run in the namespace,
 //!    rustls with an rcgen certificate). The app of a and b answers after 25 ms, c's at
 //!    once: c is the nearest region, and so the failover candidate, of both a and b. Each
@@ -32,20 +32,13 @@
 //! `scripts/failover-drill.sh`. Every process, namespace and interface it makes is
 //! named after the process id and removed by guards, also when the drill fails.
 
-// Blocking waits on real time, as in tests/common: there is no tokio clock to pause here.
+// Blocking waits on real time, as in the test kit: there is no tokio clock to pause here.
 #![allow(clippy::disallowed_types)]
 
-#[path = "failover_drill/clock.rs"]
 mod clock;
-mod common;
-#[path = "failover_drill/dashboards.rs"]
 mod dashboards;
-#[path = "failover_drill/mixin.rs"]
 mod mixin;
-#[path = "failover_drill/net.rs"]
 mod net;
-#[path = "failover_drill/services.rs"]
-mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -53,11 +46,16 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use clock::{Clock, both, milestone, secs};
-use common::{Exporter, TempDir};
 use mixin::{Route, repo};
 use net::{Region, Topology};
+use regionprobe_testkit::black_box::{Exporter, TempDir, is_root, skip_unless, wait_for};
+use regionprobe_testkit::services::{
+    self, Alertmanager, Daemon, Notification, Prometheus, Webhook, unix_seconds, which,
+};
 use serde_json::Value;
-use services::{Alertmanager, Daemon, Notification, Prometheus, Webhook, unix_seconds, which};
+
+/// Path of the binary under test: the sidecar of every region.
+const BIN: &str = env!("CARGO_BIN_EXE_regionprobe");
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
 /// The region the drill cuts off, and the two that lose it.
@@ -471,7 +469,7 @@ impl Drill {
                 );
                 Sidecar {
                     region: region.name,
-                    exporter: Exporter::start_with(&region.netns.prefix(), &path),
+                    exporter: Exporter::start_with(BIN, &region.netns.prefix(), &path),
                 }
             })
             .collect();
@@ -562,7 +560,7 @@ impl Drill {
     /// failover candidate of a and b.
     fn all_up(&self) {
         let targets = REGIONS.len() * (REGIONS.len() - 1) * TARGETS_PER_REGION;
-        common::wait_for(START, "three sidecars scraped, every target up", || {
+        wait_for(START, "three sidecars scraped, every target up", || {
             let up = self
                 .prometheus
                 .query(&format!("up{{job=\"{JOB}\"}} == 1"))
@@ -582,7 +580,7 @@ impl Drill {
             "reload of sidecar a: {reload:?}"
         );
 
-        common::wait_for(WINDOW + HOLD + SLACK, "c the candidate of a and b", || {
+        wait_for(WINDOW + HOLD + SLACK, "c the candidate of a and b", || {
             OTHERS
                 .iter()
                 .all(|(source, _)| {
@@ -599,7 +597,7 @@ impl Drill {
     /// every (source, target) pair; the rules' score ranks c first from a and b too.
     fn rules_on_live_data(&self) {
         let rules = mixin::rules();
-        let health = common::wait_for(START, "every rule evaluated", || {
+        let health = wait_for(START, "every rule evaluated", || {
             let data = self.prometheus.api("rules", &[]).ok()?;
             let health: Vec<(String, String, String)> = data["groups"]
                 .as_array()?
@@ -642,7 +640,7 @@ impl Drill {
             let result = self.prometheus.query(expr).unwrap_or_default();
             result.iter().map(|s| (pair(s), value(s))).collect()
         };
-        common::wait_for(START, "every recording rule for every pair", || {
+        wait_for(START, "every recording rule for every pair", || {
             records
                 .iter()
                 .all(|record| {
@@ -749,7 +747,7 @@ impl Drill {
     /// Step 3b: every dashboard query answers with data, but the event-only ones (for now).
     fn dashboards_have_data(&self) {
         let event_only: Vec<&str> = EVENT_ONLY.iter().map(|(origin, _)| *origin).collect();
-        let results = common::wait_for(START, "every dashboard query with data", || {
+        let results = wait_for(START, "every dashboard query with data", || {
             let results = self.dashboard_queries(None);
             let errors: Vec<String> = results
                 .iter()
@@ -1132,7 +1130,7 @@ fn failover_drill() {
     let prometheus = which("prometheus");
     let alertmanager = which("prometheus-alertmanager").or_else(|| which("alertmanager"));
     let mut missing = Vec::new();
-    if !common::is_root() {
+    if !is_root() {
         missing.push("root (network namespaces)");
     }
     if which("ip").is_none() {
@@ -1144,7 +1142,7 @@ fn failover_drill() {
     if alertmanager.is_none() {
         missing.push("prometheus-alertmanager (apt-get install prometheus-alertmanager)");
     }
-    if common::skip_unless(
+    if skip_unless(
         missing.is_empty(),
         &format!("the failover drill needs {}", missing.join(", ")),
     ) {

@@ -3,7 +3,7 @@
 //! input must give a `Config` that keeps the loader's promises or an error that names the file:
 //! never a panic. `tests/fixtures/fuzz/config/` replays the interesting inputs on every run.
 //!
-//! `cargo test --test fuzz_config fuzz_` runs these alone; `PROPTEST_CASES=n` sets the cases.
+//! `cargo test --test proptest_config prop_` runs these alone; `PROPTEST_CASES=n` sets the cases.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -14,20 +14,16 @@ use proptest::prelude::*;
 use proptest::string::string_regex;
 use proptest::test_runner::FileFailurePersistence;
 use regionprobe::config::{self, Config, ConfigError, ConfigSource, ProbeConfig};
+use regionprobe_testkit::corpus::proptest_cases;
 
-/// `PROPTEST_CASES` when set (CI's longer run), else `default`: quick in a plain `cargo test`.
+/// The kit's case count (`PROPTEST_CASES` when set, CI's longer run; else `default`), with the
+/// regressions saved beside the unit tests' (proptest cannot place an integration test's).
 fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default);
     ProptestConfig {
-        cases,
-        // Beside the unit tests' regressions (proptest cannot place an integration test's).
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/fuzz_config.txt",
+            "proptest-regressions/proptest_config.txt",
         ))),
-        ..ProptestConfig::default()
+        ..proptest_cases(default)
     }
 }
 
@@ -767,7 +763,7 @@ proptest! {
     #![proptest_config(cases(512))]
 
     #[test]
-    fn fuzz_config_arbitrary_text_is_an_error_naming_the_file_or_a_valid_config(
+    fn prop_config_arbitrary_text_is_an_error_naming_the_file_or_a_valid_config(
         file in file_name(),
         text in prop_oneof![any::<String>(), string_regex("[\\[\\]a-z_=\" .0-9\n{},#-]{0,80}").unwrap()],
     ) {
@@ -775,7 +771,7 @@ proptest! {
     }
 
     #[test]
-    fn fuzz_config_structured_toml_is_loaded_or_rejected_by_key(
+    fn prop_config_structured_toml_is_loaded_or_rejected_by_key(
         file in file_name(),
         (bad, document) in graded_document(),
     ) {
@@ -795,7 +791,7 @@ proptest! {
     }
 
     #[test]
-    fn fuzz_config_near_miss_toml_never_panics(
+    fn prop_config_near_miss_toml_never_panics(
         document in document(),
         edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<char>()), 1..4),
     ) {
@@ -803,7 +799,7 @@ proptest! {
     }
 
     #[test]
-    fn fuzz_config_environment_overrides_never_panic(
+    fn prop_config_environment_overrides_never_panic(
         document in prop_oneof![Just(config::BUNDLED.to_owned()), document()],
         env in environment(),
     ) {
@@ -816,7 +812,7 @@ proptest! {
     #![proptest_config(cases(64))]
 
     #[test]
-    fn fuzz_config_arbitrary_bytes_in_a_file_are_an_error_naming_the_file(
+    fn prop_config_arbitrary_bytes_in_a_file_are_an_error_naming_the_file(
         bytes in prop::collection::vec(any::<u8>(), 0..256),
     ) {
         let path = std::env::temp_dir().join(format!(
@@ -841,7 +837,7 @@ proptest! {
 /// Each starts with `# error: <message>` (exact, after the file name), `# error-contains:`, or
 /// `# ok`, and is replayed through the loader on every run.
 #[test]
-fn fuzz_config_corpus_replays() {
+fn prop_config_corpus_replays() {
     let dir = PathBuf::from("tests/fixtures/fuzz/config");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()

@@ -1,6 +1,7 @@
-//! The processes around the sidecars: the real Prometheus and Alertmanager (each in a temp
-//! dir, on 127.0.0.1 port 0), the webhook receiver the test runs, the HTTPS "app" endpoint
-//! every region serves, and a small HTTP client to talk to all of them.
+//! The services around the exporter: the real Prometheus and Alertmanager (each in a temp dir,
+//! on 127.0.0.1 port 0) as [`Daemon`]s, a webhook receiver for Alertmanager's notifications,
+//! the HTTPS "app" endpoint every region of the failover drill serves, and JSON over HTTP to
+//! talk to them.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-// ---- HTTP client ----------------------------------------------------------------------------
+use crate::black_box::try_http;
+
+// ---- HTTP -----------------------------------------------------------------------------------
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 pub fn encode(text: &str) -> String {
@@ -28,50 +31,10 @@ pub fn encode(text: &str) -> String {
         .collect()
 }
 
-/// One HTTP/1.0 request (so the server closes the connection after the response and does
-/// not chunk it; chunked bodies are decoded anyway). Returns status and body, or why not.
+/// One request (the kit's [`try_http`]: the connection closes after the response, chunked
+/// bodies are decoded). Returns status and body, or why not.
 pub fn request(addr: SocketAddr, method: &str, target: &str) -> Result<(u16, String), String> {
-    let fail = |e: std::io::Error| format!("{method} http://{addr}{target}: {e}");
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(fail)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(fail)?;
-    let head = format!("{method} {target} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
-    stream.write_all(head.as_bytes()).map_err(fail)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(fail)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{method} http://{addr}{target}: no HTTP response"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("{method} http://{addr}{target}: bad status line"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap_or(0);
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
+    try_http(addr, method, target, &[]).map(|(status, _, body)| (status, body))
 }
 
 /// GET `target` and parse the JSON body of a 200.

@@ -1,0 +1,18 @@
+//! regionprobe's test kit, shared by the unit tests in `src/` and the black-box tests in
+//! `tests/` (a dev-dependency; it does not depend on regionprobe):
+//!
+//! - [`peers`]: an HTTP(S) test server with scripted routes and a throwaway PKI;
+//! - [`dns`]: an authoritative test DNS server over UDP and TCP;
+//! - [`corpus`]: the fuzz corpus of `tests/fixtures/fuzz/` and the property tests' case count;
+//! - [`services`]: the real Prometheus and Alertmanager, a webhook receiver, an HTTPS app;
+//! - [`black_box`]: run the exporter binary, HTTP to it, parse `/metrics`, wait, skip, `ip`.
+
+// Blocking helpers on real time: there is no tokio clock to pause here (clippy.toml bans
+// std's Instant for the code under test, whose tests pause time).
+#![allow(clippy::disallowed_types)]
+
+pub mod black_box;
+pub mod corpus;
+pub mod dns;
+pub mod peers;
+pub mod services;
