@@ -1,57 +1,44 @@
 //! regionprobe: a Prometheus exporter for cross-region latency.
 //!
-//! Layout, in data-flow order:
-//! - [`config`]: `exporter.toml` + `REGIONPROBE_*` env, validated into a [`config::Config`];
-//! - [`targets`]: one task per target, diffed on reload; [`scheduler`]: when each probe runs;
-//! - [`probe`]: the probers (`icmp`, `tcp`, `http`, `dns`), on top of [`pinger`] (shared ICMP
-//!   sockets), [`resolve`] (host names, TTL-cached) and [`tls`] (rustls, certificate expiry);
-//! - [`live`]: each running target's config, series, window and last result;
-//! - [`ranking`]: sliding windows, region scores and ranks, the failover choice (pure);
-//!   [`ranker`] keeps it current, every second;
-//! - [`metrics`]: every metric family; [`server`]: `/metrics`, health, reload, and the
-//!   [`api`] (JSON) and [`status_page`] (HTML) views of the ranking and the targets, behind
-//!   [`web`] (TLS, client certificates and basic auth from `[web]`).
+//! The folders follow the data, and imports point one way, down this list:
+//! - [`control`]: the one owner of what changes at run time (reloads, the ranking's ticks);
+//! - `http`: `/metrics`, the status page, the JSON API, health and reload, behind `[web]`;
+//!   `cmd`: the `rank` and `healthcheck` commands;
+//! - `targets`: one task per target on its schedule, the live state, and its series;
+//! - `ranking`: the pure engine (windows, scores, failover hysteresis) and the task state
+//!   that keeps it current;
+//! - `probe`: the probers, one file per kind, with the shared ICMP engine, name resolution and
+//!   client TLS;
+//! - `metrics`: label sets, histogram shapes, exposition formats; [`config`]: the validated
+//!   configuration, loaded from `exporter.toml` and `REGIONPROBE_*`.
 //!
-//! - [`healthcheck`]: `regionprobe healthcheck`, for containers without curl.
-//! - [`rank`]: `regionprobe rank`, the one-shot latency benchmark: probes, no server, a ranking.
-//!
-//! The binary is thin: it parses flags, loads the config, binds, and calls [`run`].
+//! The binary is thin: it parses flags, loads the config, binds, and calls [`run`]. How one
+//! probe result travels, and why the pieces are cut as they are: `docs/design.md`.
 
-pub mod api;
+mod cmd;
 pub mod config;
-pub mod healthcheck;
-pub mod live;
-pub mod metrics;
-pub mod pinger;
-pub mod probe;
-pub mod rank;
-pub mod ranker;
-pub mod ranking;
-pub mod resolve;
-pub mod scheduler;
-pub mod scrape;
-pub mod server;
-pub mod status_page;
-pub mod targets;
-pub mod tls;
-pub mod web;
+mod control;
+mod http;
+mod metrics;
+mod probe;
+mod ranking;
+mod targets;
 
-#[cfg(test)]
-mod testing;
+pub use cmd::{healthcheck, rank};
+pub use probe::{Reason, reasons};
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, ConfigSource};
-use crate::live::LiveTargets;
-use crate::metrics::Metrics;
+use crate::control::{Control, ReloadMetrics};
+use crate::http::{Guard, RenderCache, State};
+use crate::metrics::Registry;
 use crate::probe::Shared;
-use crate::ranker::{Ranker, SharedSnapshot};
-use crate::server::{ReloadRequest, State};
-use crate::targets::Supervisor;
+use crate::ranking::Ranker;
+use crate::targets::{LiveTargets, SchedulerMetrics, Supervisor};
 
 /// Runs the exporter on `listener` with `config` (read from `source`, which reloads re-read)
 /// until `shutdown` completes. Reloads come from `POST /-/reload` and SIGHUP.
@@ -63,37 +50,44 @@ pub async fn run(
 ) -> std::io::Result<()> {
     // Installed before anything else so an early SIGHUP cannot kill the process.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+
+    // Each owner of state registers the families it exports.
+    let mut registry = Registry::default();
     let shared = Shared::default();
     let live = LiveTargets::default();
-    let snapshot = ranker::initial(&config.exporter.region);
-    let metrics = Arc::new(Metrics::new(
-        shared.icmp.clone(),
-        live.clone(),
-        snapshot.clone(),
-    ));
-    let mut supervisor = Supervisor::new(shared, metrics.clone(), live.clone());
+    targets::register(&mut registry, live.clone(), shared.icmp.clone());
+    let snapshot = ranking::initial(&config.exporter.region);
+    ranking::register(&mut registry, snapshot.clone());
+    let scheduler = SchedulerMetrics::register(&mut registry);
+    let reloads = ReloadMetrics::register(&mut registry);
+    registry.register_process();
+    let registry = Arc::new(registry);
+
+    let mut supervisor = Supervisor::new(shared, scheduler, live.clone());
     let diff = supervisor.apply(&config);
     tracing::info!(region = %config.exporter.region, targets = config.targets.len(), %diff, "configuration loaded from {}", source.name());
-    mark_reload(&metrics, true);
+    let renderings = Arc::new(RenderCache::default());
+    reloads.mark(true, &renderings);
 
     let ranker = Ranker::new(&config.exporter.region, &config.ranking);
-    let web = Arc::new(web::Guard::new(&config.web));
-    tracing::info!(web = %web::describe(&config.web), "web endpoint");
+    let web = Arc::new(Guard::new(&config.web));
+    tracing::info!(web = %http::describe_guard(&config.web), "web endpoint");
     let current = Arc::new(RwLock::new(Arc::new(config)));
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let state = Arc::new(State {
-        metrics: metrics.clone(),
+        metrics: registry,
         config: current.clone(),
         live: live.clone(),
         ranking: snapshot.clone(),
         reload: reload_tx,
         web: web.clone(),
-        scrapes: scrape::Scrapes::default(),
+        renderings: renderings.clone(),
     });
     let control = Control {
         source,
         supervisor,
-        metrics,
+        reloads,
+        renderings,
         current,
         live,
         ranker,
@@ -101,87 +95,8 @@ pub async fn run(
         web,
     };
     tokio::select! {
-        served = server::serve(listener, state, shutdown) => served,
+        served = http::serve(listener, state, shutdown) => served,
         never = control.run(reload_rx, hangup) => match never {},
     }
     // Dropping the control loop drops the supervisor, which stops every target.
-}
-
-/// The one owner of everything that changes: the targets (reloads) and the ranking (ticks).
-struct Control {
-    source: ConfigSource,
-    supervisor: Supervisor,
-    metrics: Arc<Metrics>,
-    current: Arc<RwLock<Arc<Config>>>,
-    live: LiveTargets,
-    ranker: Ranker,
-    snapshot: SharedSnapshot,
-    web: Arc<web::Guard>,
-}
-
-impl Control {
-    /// Ranks every [`ranker::PERIOD`]; applies reloads from HTTP requests and SIGHUP, one at
-    /// a time, between rankings.
-    async fn run(
-        mut self,
-        mut requests: mpsc::Receiver<ReloadRequest>,
-        mut hangup: tokio::signal::unix::Signal,
-    ) -> std::convert::Infallible {
-        let mut ticks = tokio::time::interval(ranker::PERIOD);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {
-                    let snapshot = self.ranker.rank(&self.live);
-                    *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
-                }
-                Some(reply) = requests.recv() => {
-                    let result = self.reload();
-                    let _ = reply.send(result);
-                }
-                Some(()) = hangup.recv() => {
-                    let _ = self.reload();
-                }
-            }
-        }
-    }
-
-    fn reload(&mut self) -> Result<targets::Diff, String> {
-        match self.source.load() {
-            Ok(config) => {
-                let running = self.current.read().expect("config lock").clone();
-                if config.exporter.listen != running.exporter.listen {
-                    tracing::warn!(
-                        running = %running.exporter.listen,
-                        configured = %config.exporter.listen,
-                        "exporter.listen changed; the new address takes effect after a restart"
-                    );
-                }
-                let diff = self.supervisor.apply(&config);
-                self.web.apply(&config.web);
-                self.ranker
-                    .reconfigure(&config.exporter.region, &config.ranking);
-                tracing::info!(%diff, "configuration reloaded");
-                *self.current.write().expect("config lock") = Arc::new(config);
-                mark_reload(&self.metrics, true);
-                Ok(diff)
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "reload failed; keeping the running configuration");
-                mark_reload(&self.metrics, false);
-                Err(err.to_string())
-            }
-        }
-    }
-}
-
-fn mark_reload(metrics: &Metrics, ok: bool) {
-    metrics.reload_successful.set(i64::from(ok));
-    metrics.bump_generation();
-    if ok {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
-        metrics.reload_timestamp.set(now.as_secs_f64());
-    }
 }

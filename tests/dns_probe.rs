@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::{Exporter, Scrape, wait_for};
 use hickory_resolver::proto::rr::RecordType;
 use regionprobe::config::ProbeKind;
-use regionprobe::probe::Reason;
 use regionprobe_testkit::dns::{DnsServer, Transport};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -107,7 +106,7 @@ fn dns_targets_record_answers_rcodes_and_silence() {
 
     // Every counter exists from the first scrape on, before or after the first probe: the
     // reasons a dns probe can give, each at zero unless that target failed that way.
-    let possible: BTreeSet<String> = Reason::possible(ProbeKind::Dns)
+    let possible: BTreeSet<String> = regionprobe::reasons(ProbeKind::Dns)
         .iter()
         .map(|r| r.as_str().to_owned())
         .collect();

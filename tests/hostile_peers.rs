@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use common::{Exporter, Scrape, TempDir, wait_for};
 use hickory_resolver::proto::op::{Message, MessageType};
 use rcgen::{CertificateParams, KeyPair};
+use regionprobe::Reason;
 use regionprobe::config::ProbeKind;
-use regionprobe::probe::Reason;
 use regionprobe_testkit::peers::{self, Pki, ServerCert, tls_server};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -670,7 +670,7 @@ fn hostile_peers_fail_in_time_with_their_reason_and_hurt_nothing_else() {
         if samples != 0.0 {
             problems.push(format!("{name}: {samples} failures observed a latency"));
         }
-        for reason in Reason::possible(target.probe) {
+        for reason in regionprobe::reasons(target.probe) {
             let failures = value(
                 &last,
                 "regionprobe_probe_failures_total",

@@ -4,17 +4,19 @@
 //! Every error names the file, the key path and what was expected, e.g.
 //! `exporter.toml: key `target[2].timeout`: timeout 2s is longer than the interval 1s`.
 
+mod fields;
+mod model;
 mod probes;
 mod raw;
 mod validate;
 mod web;
 
+pub use model::*;
+pub use probes::rcode_name;
 pub use web::{ClientAuth, PasswordHash, Web, WebTls};
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The `exporter.toml` shipped in the repository, compiled in so a bare `regionprobe` runs.
 pub const BUNDLED: &str = include_str!("../../exporter.toml");
@@ -22,16 +24,6 @@ pub const BUNDLED: &str = include_str!("../../exporter.toml");
 /// Environment variables with this prefix override file keys: `REGIONPROBE_EXPORTER__REGION=eu`
 /// sets `exporter.region` (`__` separates the path segments; variables without it are ignored).
 pub const ENV_PREFIX: &str = "REGIONPROBE";
-
-/// Default histogram buckets in seconds: 100 us doubling up to 13.1 s (18 buckets).
-///
-/// Doubling gives the same relative resolution at every scale, from a loopback ping to a
-/// congested intercontinental path, at 18 series per target (the shape smokeping_prober uses).
-/// Targets whose latency sits in a narrow band can set finer `buckets` of their own.
-pub const DEFAULT_BUCKETS: [f64; 18] = [
-    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048,
-    0.4096, 0.8192, 1.6384, 3.2768, 6.5536, 13.1072,
-];
 
 /// Where the configuration comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,213 +187,6 @@ pub enum ConfigError {
         key: String,
         problem: String,
     },
-}
-
-/// A validated configuration.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Config {
-    pub exporter: Exporter,
-    /// `[ranking]`: the ranking engine's own parameters.
-    pub ranking: crate::ranking::Params,
-    /// `[web]`: TLS and basic auth on the exporter's own endpoint.
-    pub web: Web,
-    pub targets: Vec<Target>,
-}
-
-/// `[exporter]`
-#[derive(Clone, Debug, PartialEq)]
-pub struct Exporter {
-    /// This sidecar's region: the `source_region` label.
-    pub region: String,
-    /// Address of the HTTP server (`/metrics`, status, reload).
-    pub listen: SocketAddr,
-}
-
-/// One `[[target]]` with the `[defaults]` applied.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Target {
-    /// Unique name: the `target` label.
-    pub name: String,
-    /// Region the target lives in: the `target_region` label.
-    pub region: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    /// Upper bounds of the latency histogram, strictly increasing, seconds.
-    pub buckets: Vec<f64>,
-    pub probe: ProbeConfig,
-}
-
-/// What to probe and how.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ProbeConfig {
-    Icmp(IcmpConfig),
-    Tcp(TcpConfig),
-    Http(HttpConfig),
-    Dns(DnsConfig),
-}
-
-impl ProbeConfig {
-    pub fn kind(&self) -> ProbeKind {
-        match self {
-            ProbeConfig::Icmp(_) => ProbeKind::Icmp,
-            ProbeConfig::Tcp(_) => ProbeKind::Tcp,
-            ProbeConfig::Http(_) => ProbeKind::Http,
-            ProbeConfig::Dns(_) => ProbeKind::Dns,
-        }
-    }
-
-    /// Whether the probe talks TLS (and so reports a certificate expiry).
-    pub fn uses_tls(&self) -> bool {
-        match self {
-            ProbeConfig::Tcp(tcp) => tcp.tls.is_some(),
-            ProbeConfig::Http(http) => http.url.scheme_str() == Some("https"),
-            _ => false,
-        }
-    }
-}
-
-/// The closed set of probe kinds: the `probe` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ProbeKind {
-    Icmp,
-    Tcp,
-    Http,
-    Dns,
-}
-
-impl ProbeKind {
-    pub const ALL: [ProbeKind; 4] = [
-        ProbeKind::Icmp,
-        ProbeKind::Tcp,
-        ProbeKind::Http,
-        ProbeKind::Dns,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeKind::Icmp => "icmp",
-            ProbeKind::Tcp => "tcp",
-            ProbeKind::Http => "http",
-            ProbeKind::Dns => "dns",
-        }
-    }
-}
-
-/// `probe = "icmp"`: echo request / reply round trip.
-#[derive(Clone, Debug, PartialEq)]
-pub struct IcmpConfig {
-    /// IP address or host name.
-    pub host: String,
-    /// Bytes of ICMP data after the 8-byte header (as `ping -s`).
-    pub payload_size: u16,
-    pub ip_version: IpVersion,
-}
-
-/// `probe = "tcp"`: time to complete the TCP handshake (and the TLS handshake with `tls`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct TcpConfig {
-    /// IP address or host name.
-    pub host: String,
-    pub port: u16,
-    pub ip_version: IpVersion,
-    /// `tls = true`: the latency includes the TLS handshake, which must validate.
-    pub tls: Option<TlsConfig>,
-}
-
-/// How a TLS peer is verified.
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct TlsConfig {
-    /// Name to send (SNI) and to verify; default: the target's host.
-    pub server_name: Option<String>,
-    /// Accept any certificate (the handshake and expiry are still measured).
-    pub skip_verify: bool,
-    /// Trust these CAs instead of the bundled web PKI roots.
-    pub ca: Option<CaFile>,
-}
-
-/// `tls_ca_file`: read when the configuration loads, so a bad file fails the load.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CaFile {
-    pub path: PathBuf,
-    pub certs: Vec<rustls_pki_types::CertificateDer<'static>>,
-}
-
-/// `probe = "http"`: one request, timed phase by phase.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HttpConfig {
-    pub url: hyper::Uri,
-    pub method: hyper::Method,
-    pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
-    pub body: String,
-    /// Accepted status codes as inclusive ranges (`"2xx"` is 200..=299).
-    pub valid_status: Vec<(u16, u16)>,
-    pub body_regex: Option<Pattern>,
-    /// Fail when `body_regex` matches instead of when it does not.
-    pub body_regex_invert: bool,
-    /// Redirects followed; 0 when `follow_redirects = false`.
-    pub max_redirects: u8,
-    /// The body is read up to this many bytes; a longer one fails as `validation`.
-    pub max_body_bytes: u64,
-    pub http_version: HttpVersion,
-    /// Reuse one connection: then only the request is measured.
-    pub keepalive: bool,
-    pub tls: TlsConfig,
-    pub ip_version: IpVersion,
-}
-
-impl HttpConfig {
-    /// Whether a response with this status passes `valid_status`.
-    pub fn accepts_status(&self, status: u16) -> bool {
-        self.valid_status
-            .iter()
-            .any(|(low, high)| (*low..=*high).contains(&status))
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpVersion {
-    Http1,
-    /// HTTP/2, negotiated with ALPN over TLS (prior knowledge over plain http).
-    Http2,
-}
-
-/// `probe = "dns"`: one query to one server, no cache, no retries.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DnsConfig {
-    pub server: SocketAddr,
-    pub query: hickory_resolver::proto::rr::Name,
-    pub record_type: hickory_resolver::proto::rr::RecordType,
-    pub transport: DnsTransport,
-    pub recursion_desired: bool,
-    pub valid_rcodes: Vec<hickory_resolver::proto::op::ResponseCode>,
-    pub min_answers: u32,
-    pub answer_regex: Option<Pattern>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DnsTransport {
-    Udp,
-    Tcp,
-}
-
-/// A compiled regular expression, compared by its source text.
-#[derive(Clone, Debug)]
-pub struct Pattern(pub regex::Regex);
-
-impl PartialEq for Pattern {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.as_str() == other.0.as_str()
-    }
-}
-
-/// Which address family a host name resolves to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum IpVersion {
-    /// Whatever the resolver returns first (IPv4 first, then IPv6).
-    #[default]
-    Any,
-    V4,
-    V6,
 }
 
 #[cfg(test)]

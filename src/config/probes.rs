@@ -9,12 +9,12 @@ use hickory_resolver::proto::rr::{Name, RecordType};
 use hyper::header::{HeaderName, HeaderValue};
 use rustls_pki_types::ServerName;
 
-use super::raw::{RawStatus, RawTarget};
-use super::validate::{Invalid, host_port, required_host};
-use super::{
+use super::fields::{Invalid, host_port, required_host};
+use super::model::{
     CaFile, DnsConfig, DnsTransport, HttpConfig, HttpVersion, IcmpConfig, IpVersion, Pattern,
     ProbeConfig, ProbeKind, TcpConfig, TlsConfig,
 };
+use super::raw::{RawStatus, RawTarget};
 
 const DEFAULT_PAYLOAD_SIZE: u16 = 56;
 /// Below this the token that ties a reply to its request does not fit.
@@ -26,44 +26,44 @@ const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 
 const TLS_KEYS: [&str; 3] = ["tls_ca_file", "tls_server_name", "tls_skip_verify"];
 
-fn allowed(kind: ProbeKind) -> &'static [&'static str] {
-    match kind {
-        ProbeKind::Icmp => &["host", "payload_size"],
-        ProbeKind::Tcp => &[
-            "address",
-            "tls",
-            "tls_ca_file",
-            "tls_server_name",
-            "tls_skip_verify",
-        ],
-        ProbeKind::Http => &[
-            "url",
-            "method",
-            "headers",
-            "body",
-            "valid_status",
-            "body_regex",
+/// Every probe-specific key: whether this target sets it, and the probe kinds it belongs
+/// to. The one table of which key goes with which kind.
+fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 27] {
+    use ProbeKind::{Dns, Http, Icmp, Tcp};
+    const TLS: &[ProbeKind] = &[Tcp, Http];
+    [
+        ("host", raw.host.is_some(), &[Icmp]),
+        ("payload_size", raw.payload_size.is_some(), &[Icmp]),
+        ("address", raw.address.is_some(), &[Tcp]),
+        ("tls", raw.tls.is_some(), &[Tcp]),
+        ("url", raw.url.is_some(), &[Http]),
+        ("method", raw.method.is_some(), &[Http]),
+        ("headers", raw.headers.is_some(), &[Http]),
+        ("body", raw.body.is_some(), &[Http]),
+        ("valid_status", raw.valid_status.is_some(), &[Http]),
+        ("body_regex", raw.body_regex.is_some(), &[Http]),
+        (
             "body_regex_invert",
-            "follow_redirects",
-            "max_redirects",
-            "max_body_bytes",
-            "http_version",
-            "keepalive",
-            "tls_ca_file",
-            "tls_server_name",
-            "tls_skip_verify",
-        ],
-        ProbeKind::Dns => &[
-            "server",
-            "query",
-            "record_type",
-            "transport",
-            "recursion_desired",
-            "valid_rcodes",
-            "min_answers",
-            "answer_regex",
-        ],
-    }
+            raw.body_regex_invert.is_some(),
+            &[Http],
+        ),
+        ("follow_redirects", raw.follow_redirects.is_some(), &[Http]),
+        ("max_redirects", raw.max_redirects.is_some(), &[Http]),
+        ("max_body_bytes", raw.max_body_bytes.is_some(), &[Http]),
+        ("http_version", raw.http_version.is_some(), &[Http]),
+        ("keepalive", raw.keepalive.is_some(), &[Http]),
+        ("tls_ca_file", raw.tls_ca_file.is_some(), TLS),
+        ("tls_server_name", raw.tls_server_name.is_some(), TLS),
+        ("tls_skip_verify", raw.tls_skip_verify.is_some(), TLS),
+        ("server", raw.server.is_some(), &[Dns]),
+        ("query", raw.query.is_some(), &[Dns]),
+        ("record_type", raw.record_type.is_some(), &[Dns]),
+        ("transport", raw.transport.is_some(), &[Dns]),
+        ("recursion_desired", raw.recursion_desired.is_some(), &[Dns]),
+        ("valid_rcodes", raw.valid_rcodes.is_some(), &[Dns]),
+        ("min_answers", raw.min_answers.is_some(), &[Dns]),
+        ("answer_regex", raw.answer_regex.is_some(), &[Dns]),
+    ]
 }
 
 /// The probe configuration of target `index`, whose kind and IP version are already known.
@@ -75,10 +75,9 @@ pub(super) fn probe(
 ) -> Result<ProbeConfig, Invalid> {
     let key = |field: &str| format!("target[{index}].{field}");
     // A key of another probe kind is a mistake worth reporting, not ignoring.
-    if let Some(foreign) = raw
-        .probe_keys()
+    if let Some((foreign, _, _)) = probe_keys(&raw)
         .into_iter()
-        .find(|field| !allowed(kind).contains(field))
+        .find(|(_, set, kinds)| *set && !kinds.contains(&kind))
     {
         return Err((
             key(foreign),
@@ -392,16 +391,29 @@ fn system_name_server() -> Result<SocketAddr, String> {
         .ok_or_else(|| "missing, and /etc/resolv.conf lists no nameserver".into())
 }
 
+/// The rcode mnemonics `valid_rcodes` accepts, indexed by code (RFC 1035, RFC 2136): the one
+/// table for reading them in the configuration and writing them in failure details.
+const RCODE_NAMES: [&str; 11] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+    "NXRRSET", "NOTAUTH", "NOTZONE",
+];
+
 fn rcode(name: &str) -> Option<ResponseCode> {
-    const NAMES: [&str; 11] = [
-        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
-        "NXRRSET", "NOTAUTH", "NOTZONE",
-    ];
     let upper = name.to_ascii_uppercase();
-    NAMES
+    RCODE_NAMES
         .iter()
         .position(|known| *known == upper)
         .map(|code| ResponseCode::from_low(code as u8))
+}
+
+/// An rcode as `valid_rcodes` spells it (NXDOMAIN, not hickory's "Non-Existent Domain"); a
+/// code without a mnemonic as its number and hickory's name.
+pub fn rcode_name(rcode: ResponseCode) -> String {
+    let code = u16::from(rcode);
+    match RCODE_NAMES.get(usize::from(code)) {
+        Some(name) => (*name).to_owned(),
+        None => format!("{code} ({rcode})"),
+    }
 }
 
 fn pattern(key: &str, text: Option<String>) -> Result<Option<Pattern>, Invalid> {
@@ -454,8 +466,11 @@ fn without_tls(
     raw: &RawTarget,
     problem: &str,
 ) -> Result<(), Invalid> {
-    match raw.probe_keys().into_iter().find(|k| TLS_KEYS.contains(k)) {
-        Some(field) => Err((key(field), problem.into())),
+    match probe_keys(raw)
+        .into_iter()
+        .find(|(field, set, _)| *set && TLS_KEYS.contains(field))
+    {
+        Some((field, _, _)) => Err((key(field), problem.into())),
         None => Ok(()),
     }
 }
@@ -499,6 +514,13 @@ mod tests {
         assert_eq!(rcode("NXDOMAIN"), Some(ResponseCode::NXDomain));
         assert_eq!(rcode("REFUSED"), Some(ResponseCode::Refused));
         assert_eq!(rcode("OK"), None);
+        for name in RCODE_NAMES {
+            assert_eq!(rcode_name(rcode(name).unwrap()), name);
+        }
+        assert_eq!(
+            rcode_name(ResponseCode::BADCOOKIE),
+            "23 (Bad server cookie)"
+        );
     }
 
     #[test]

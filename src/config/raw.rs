@@ -80,7 +80,7 @@ impl std::fmt::Debug for RawWeb {
 }
 
 /// One `[[target]]`. The keys of every probe kind live side by side; validation rejects a key
-/// that does not belong to the target's `probe`.
+/// that does not belong to the target's `probe` (the table is `probes::probe_keys`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTarget {
@@ -123,44 +123,6 @@ pub(super) struct RawTarget {
     pub valid_rcodes: Option<Vec<String>>,
     pub min_answers: Option<u32>,
     pub answer_regex: Option<String>,
-}
-
-impl RawTarget {
-    /// The probe-specific keys this target sets, for checking them against its probe kind.
-    pub fn probe_keys(&self) -> Vec<&'static str> {
-        let keys = [
-            ("host", self.host.is_some()),
-            ("payload_size", self.payload_size.is_some()),
-            ("address", self.address.is_some()),
-            ("tls", self.tls.is_some()),
-            ("url", self.url.is_some()),
-            ("method", self.method.is_some()),
-            ("headers", self.headers.is_some()),
-            ("body", self.body.is_some()),
-            ("valid_status", self.valid_status.is_some()),
-            ("body_regex", self.body_regex.is_some()),
-            ("body_regex_invert", self.body_regex_invert.is_some()),
-            ("follow_redirects", self.follow_redirects.is_some()),
-            ("max_redirects", self.max_redirects.is_some()),
-            ("max_body_bytes", self.max_body_bytes.is_some()),
-            ("http_version", self.http_version.is_some()),
-            ("keepalive", self.keepalive.is_some()),
-            ("tls_ca_file", self.tls_ca_file.is_some()),
-            ("tls_server_name", self.tls_server_name.is_some()),
-            ("tls_skip_verify", self.tls_skip_verify.is_some()),
-            ("server", self.server.is_some()),
-            ("query", self.query.is_some()),
-            ("record_type", self.record_type.is_some()),
-            ("transport", self.transport.is_some()),
-            ("recursion_desired", self.recursion_desired.is_some()),
-            ("valid_rcodes", self.valid_rcodes.is_some()),
-            ("min_answers", self.min_answers.is_some()),
-            ("answer_regex", self.answer_regex.is_some()),
-        ];
-        keys.into_iter()
-            .filter_map(|(key, set)| set.then_some(key))
-            .collect()
-    }
 }
 
 /// An entry of `valid_status`: a code (`200`) or a class (`"2xx"`).

@@ -4,13 +4,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::fields::Invalid;
+use super::model::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind, Target};
 use super::probes;
 use super::raw::{RawFile, RawTarget};
-use super::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind, Target};
 use crate::ranking::Params as RankingParams;
-
-/// `(key path, problem)`; the caller adds the file name.
-pub(super) type Invalid = (String, String);
 
 const DEFAULT_REGION: &str = "local";
 const DEFAULT_LISTEN: &str = "127.0.0.1:9537";
@@ -49,10 +47,11 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         buckets,
     };
 
+    let builtin = RankingParams::default();
     let ranking = RankingParams {
         window: match raw.ranking.window {
             Some(text) => positive_duration("ranking.window", &text)?,
-            None => Duration::from_secs(300),
+            None => builtin.window,
         },
         quantile: match raw.ranking.quantile {
             Some(q) if q > 0.0 && q < 1.0 => q,
@@ -64,11 +63,11 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
                     ),
                 ));
             }
-            None => 0.95,
+            None => builtin.quantile,
         },
         loss_penalty: match raw.ranking.loss_penalty {
             Some(text) => duration("ranking.loss_penalty", &text)?,
-            None => Duration::from_secs(1),
+            None => builtin.loss_penalty,
         },
         hysteresis: match raw.ranking.hysteresis {
             Some(h) if (0.0..1.0).contains(&h) => h,
@@ -80,11 +79,11 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
                     ),
                 ));
             }
-            None => 0.10,
+            None => builtin.hysteresis,
         },
         hold: match raw.ranking.hold {
             Some(text) => duration("ranking.hold", &text)?,
-            None => Duration::from_secs(60),
+            None => builtin.hold,
         },
     };
 
@@ -202,39 +201,6 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
     })
 }
 
-pub(super) fn required_host(
-    key: &str,
-    value: Option<String>,
-    missing: &str,
-) -> Result<String, Invalid> {
-    match value {
-        Some(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
-        Some(_) => Err((key.into(), "must not be empty".into())),
-        None => Err((key.into(), format!("missing; {missing}"))),
-    }
-}
-
-/// Splits `host:port` and `[v6]:port`.
-pub(super) fn host_port(key: &str, text: &str) -> Result<(String, u16), Invalid> {
-    let bad = || {
-        (
-            key.to_owned(),
-            format!("\"{text}\" is not host:port; expected e.g. \"10.0.0.1:443\" or \"[::1]:443\""),
-        )
-    };
-    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-    let host = match host.strip_prefix('[') {
-        Some(inner) => inner.strip_suffix(']').ok_or_else(bad)?,
-        None if host.contains(':') => return Err(bad()),
-        None => host,
-    };
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if host.is_empty() || port == 0 {
-        return Err(bad());
-    }
-    Ok((host.to_owned(), port))
-}
-
 fn listen_address(text: &str) -> Result<SocketAddr, Invalid> {
     // ":9537" means every interface, as in the Go exporters.
     let full;
@@ -339,22 +305,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_port_accepts_names_v4_and_bracketed_v6() {
-        assert_eq!(
-            host_port("k", "db.example:5432").unwrap(),
-            ("db.example".into(), 5432)
-        );
-        assert_eq!(
-            host_port("k", "10.0.0.1:80").unwrap(),
-            ("10.0.0.1".into(), 80)
-        );
-        assert_eq!(host_port("k", "[::1]:443").unwrap(), ("::1".into(), 443));
-        for bad in ["::1:443", "host", "host:0", "host:70000", ":80", "[::1:80"] {
-            assert!(host_port("k", bad).is_err(), "{bad} should be rejected");
-        }
-    }
-
-    #[test]
     fn listen_accepts_port_only_form() {
         assert_eq!(
             listen_address(":9537").unwrap(),
@@ -385,10 +335,10 @@ mod tests {
 
     #[test]
     fn the_built_in_timeout_shrinks_to_a_short_default_interval() {
-        // Found by fuzz_config_structured_toml_is_loaded_or_rejected_by_key: this failed with
+        // Found by prop_config_structured_toml_is_loaded_or_rejected_by_key: this failed with
         // "key `defaults.timeout`: timeout 1s is longer than the interval 250ms".
         let raw = RawFile {
-            defaults: super::super::raw::RawDefaults {
+            defaults: crate::config::raw::RawDefaults {
                 interval: Some("250ms".into()),
                 ..Default::default()
             },
@@ -397,7 +347,7 @@ mod tests {
         let config = validate(raw).unwrap();
         assert!(config.targets.is_empty());
         let raw = RawFile {
-            defaults: super::super::raw::RawDefaults {
+            defaults: crate::config::raw::RawDefaults {
                 interval: Some("250ms".into()),
                 timeout: Some("1s".into()),
                 ..Default::default()

@@ -8,11 +8,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::fields::Invalid;
 use super::raw::RawWeb;
-use super::validate::Invalid;
 
 /// How to make a bcrypt hash, for the error that finds a password where a hash belongs.
 const HOW_TO_HASH: &str = "store a bcrypt hash, never the password: htpasswd -nBC 10 \"\" | tr -d ':\\n' prints one (or python3 -c 'import bcrypt,getpass; print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt(10)).decode())')";
@@ -204,13 +206,13 @@ fn tls(raw: &RawWeb) -> Result<Option<WebTls>, Invalid> {
         Some(path) => certificates("web.tls_client_ca_file", path)?,
         None => Vec::new(),
     };
-    let server = crate::web::server_config(certs.clone(), key, &client_ca, client_auth).map_err(
+    let server = server_config(certs.clone(), key, &client_ca, client_auth).map_err(
         |(what, err)| match what {
-            crate::web::Part::Key => (
+            Part::Key => (
                 "web.tls_key_file".to_owned(),
                 format!("\"{key_file}\" does not fit the certificate in \"{cert_file}\": {err}"),
             ),
-            crate::web::Part::ClientCa => (
+            Part::ClientCa => (
                 "web.tls_client_ca_file".to_owned(),
                 format!(
                     "\"{}\" is not a usable CA: {err}",
@@ -251,6 +253,54 @@ pub(super) fn certificates(key: &str, path: &str) -> Result<Vec<CertificateDer<'
         ));
     }
     Ok(certs)
+}
+
+/// Which file a TLS configuration error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Key,
+    ClientCa,
+}
+
+/// The rustls server for `[web]`: HTTP/1.1 over TLS 1.2 or 1.3, client certificates verified
+/// against `client_ca` unless `client_auth` is [`ClientAuth::None`].
+fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: &[CertificateDer<'static>],
+    client_auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, (Part, String)> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::RequireAndVerify | ClientAuth::VerifyIfGiven => {
+            let mut roots = RootCertStore::empty();
+            for cert in client_ca {
+                roots
+                    .add(cert.clone())
+                    .map_err(|err| (Part::ClientCa, err.to_string()))?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let verifier = match client_auth {
+                ClientAuth::VerifyIfGiven => verifier.allow_unauthenticated(),
+                _ => verifier,
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|err| (Part::ClientCa, err.to_string()))?,
+            )
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|err| (Part::Key, err.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -11,12 +11,42 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::tcp::TcpClientStream;
 use hickory_resolver::net::udp::UdpClientStream;
 use hickory_resolver::net::xfer::{DnsExchange, DnsHandle, DnsMultiplexer};
-use hickory_resolver::proto::op::{DnsRequestOptions, Message, Query, ResponseCode};
+use hickory_resolver::proto::op::{DnsRequestOptions, Message, Query};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Failure, Outcome, Phase, Phases, Reason, connect_failure};
-use crate::config::{DnsConfig, DnsTransport};
+use super::outcome::{Failure, Outcome, Phase, Phases, Reason, connect_failure};
+use crate::config::{DnsConfig, DnsTransport, rcode_name};
+
+/// The reasons a DNS probe fails with (its server is an address: nothing to resolve).
+pub const REASONS: &[Reason] = &[
+    Reason::Timeout,
+    Reason::Refused,
+    Reason::Unreachable,
+    Reason::Validation,
+    Reason::Error,
+];
+
+/// The phases a DNS probe exports: over tcp the connect and the query; over udp none (the
+/// round trip is the one phase, the latency itself).
+pub fn phases(config: &DnsConfig) -> &'static [Phase] {
+    match config.transport {
+        DnsTransport::Udp => &[],
+        DnsTransport::Tcp => &[Phase::Connect, Phase::Processing],
+    }
+}
+
+/// The query, the record type, the server and the transport.
+pub fn endpoint(config: &DnsConfig) -> String {
+    let transport = match config.transport {
+        DnsTransport::Udp => "udp",
+        DnsTransport::Tcp => "tcp",
+    };
+    format!(
+        "{} {} @{} ({transport})",
+        config.query, config.record_type, config.server
+    )
+}
 
 /// hickory's own per-request timeout; the target's (shorter) timeout cancels us first.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -137,12 +167,17 @@ impl Dns {
         }
         let rcode = response.metadata.response_code;
         if !config.valid_rcodes.contains(&rcode) {
-            let expected: Vec<String> = config.valid_rcodes.iter().copied().map(mnemonic).collect();
+            let expected: Vec<String> = config
+                .valid_rcodes
+                .iter()
+                .copied()
+                .map(rcode_name)
+                .collect();
             return Err(Failure::new(
                 Reason::Validation,
                 format!(
                     "{what}: rcode {}, expected {}",
-                    mnemonic(rcode),
+                    rcode_name(rcode),
                     expected.join(" or ")
                 ),
             ));
@@ -172,36 +207,12 @@ impl Dns {
     }
 }
 
-/// An rcode as `valid_rcodes` spells it (NXDOMAIN, not hickory's "Non-Existent Domain").
-fn mnemonic(rcode: ResponseCode) -> String {
-    let name = match rcode {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::YXDomain => "YXDOMAIN",
-        ResponseCode::YXRRSet => "YXRRSET",
-        ResponseCode::NXRRSet => "NXRRSET",
-        ResponseCode::NotAuth => "NOTAUTH",
-        ResponseCode::NotZone => "NOTZONE",
-        other => return format!("{} ({other})", u16::from(other)),
-    };
-    name.to_owned()
-}
-
 #[cfg(test)]
-mod fuzz;
-
-/// The test DNS server, shared with the black-box tests.
-#[cfg(test)]
-#[path = "../../tests/dns_probe/server.rs"]
-mod test_server;
+mod proptests;
 
 #[cfg(test)]
 mod tests {
-    //! `Dns::run` against a real DNS server on 127.0.0.1 (`tests/dns_probe/server.rs`), with
+    //! `Dns::run` against a real DNS server on 127.0.0.1 (the test kit's `dns`), with
     //! the target's timeout applied the way the scheduler applies it.
 
     use std::collections::HashMap;
@@ -212,9 +223,7 @@ mod tests {
 
     use super::*;
     use crate::config::ProbeConfig;
-    use crate::probe::Probe;
-
-    use super::test_server::{DnsServer, Transport, closed_tcp_port};
+    use regionprobe_testkit::dns::{DnsServer, Transport, closed_tcp_port};
 
     /// A DNS target's keys through the real configuration parser, so the defaults are the
     /// shipped ones.
@@ -566,16 +575,14 @@ mod tests {
         server.set_silent(true);
         for (transport, expected) in TRANSPORTS {
             let before = server.received().len();
-            let mut probe = Probe::Dns(Dns::new(&config(
+            let mut probe = Dns::new(&config(
                 server.addr,
                 &format!("query = \"www.example.test\"\ntransport = \"{transport}\""),
-            )));
+            ));
             let started = Instant::now();
             let result = timeout(SILENT_TIMEOUT, probe.run()).await;
             assert!(result.is_err(), "{transport}: {result:?}");
             assert!(started.elapsed() >= SILENT_TIMEOUT);
-            let failure = probe.timed_out(SILENT_TIMEOUT);
-            assert_eq!(failure.reason, Reason::Timeout, "{failure}");
 
             let received = &server.received()[before..];
             assert_eq!(received.len(), 1, "{transport}: {received:?}");

@@ -16,10 +16,41 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Failure, Outcome, Phase, Phases, Reason, Shared, connect_failure};
+use super::outcome::{Failure, Outcome, Phase, Phases, Reason, connect_failure};
+use super::resolve::{Host, Resolver};
+use super::tls::TlsClient;
 use crate::config::{HttpConfig, HttpVersion};
-use crate::resolve::{Host, Resolver};
-use crate::tls::TlsClient;
+
+/// The reasons an HTTP probe fails with: all of them.
+pub const REASONS: &[Reason] = &[
+    Reason::Timeout,
+    Reason::Refused,
+    Reason::Unreachable,
+    Reason::Resolve,
+    Reason::Tls,
+    Reason::HttpStatus,
+    Reason::Validation,
+    Reason::Error,
+];
+
+/// Every phase is timed.
+pub const PHASES: &[Phase] = &Phase::ALL;
+
+/// The method and the URL without its credentials.
+pub fn endpoint(config: &HttpConfig) -> String {
+    let url = &config.url;
+    // Credentials in the URL stay out of every view.
+    let authority = url.authority().map_or("", |a| a.as_str());
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let path = url.path_and_query().map_or("/", |pq| pq.as_str());
+    format!(
+        "{} {}://{host}{path}",
+        config.method,
+        url.scheme_str().unwrap_or("http")
+    )
+}
 
 const USER_AGENT_VALUE: &str = concat!("regionprobe/", env!("CARGO_PKG_VERSION"));
 
@@ -101,14 +132,14 @@ impl Sender {
 }
 
 impl Http {
-    pub fn new(config: &HttpConfig, shared: &Shared) -> Self {
+    pub fn new(config: &HttpConfig, resolver: &Resolver) -> Self {
         let alpn: &[&[u8]] = match config.http_version {
             HttpVersion::Http1 => &[b"http/1.1"],
             HttpVersion::Http2 => &[b"h2"],
         };
         Http {
             host: Host::new(config.url.host().unwrap_or_default(), config.ip_version),
-            resolver: shared.resolver.clone(),
+            resolver: resolver.clone(),
             tls: TlsClient::new(&config.tls, alpn),
             config: config.clone(),
             kept: None,
@@ -412,7 +443,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod fuzz;
+mod proptests;
 
 #[cfg(test)]
 mod tests {
@@ -420,7 +451,7 @@ mod tests {
 
     use super::*;
     use crate::config::{ProbeConfig, parse};
-    use crate::testing::{Pki, http_server, tls_server};
+    use regionprobe_testkit::peers::{Pki, http_server, tls_server};
 
     /// An HTTP prober for `url` with extra target keys, through the real config parser.
     fn http(url: &str, extra: &str) -> Http {
@@ -431,7 +462,7 @@ mod tests {
         );
         let config = parse("test.toml", &text, Some(Default::default())).unwrap();
         match &config.targets[0].probe {
-            ProbeConfig::Http(http) => Http::new(http, &Shared::default()),
+            ProbeConfig::Http(http) => Http::new(http, &Resolver::default()),
             other => panic!("{other:?}"),
         }
     }
@@ -793,7 +824,7 @@ mod tests {
             Some("https://api.example.com:8443/v1/ready")
         );
         assert_eq!(join("ftp://x/y"), None);
-        // Found by fuzz_http_redirect_locations_resolve_to_http_urls_or_nothing: a Location
+        // Found by prop_http_redirect_locations_resolve_to_http_urls_or_nothing: a Location
         // without a host was followed to "http://:80/".
         for hostless in ["//:80", "http://:8080/x", "https:///x", "//"] {
             assert_eq!(join(hostless), None, "{hostless}");

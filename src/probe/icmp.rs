@@ -6,10 +6,23 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Failure, Outcome, Reason, Shared};
+use super::outcome::{Failure, Outcome, Reason};
+use super::pinger::{IpFamily, PingError, Pinger, SocketKind};
+use super::resolve::{Host, Resolver};
 use crate::config::IcmpConfig;
-use crate::pinger::{IpFamily, PingError, Pinger, SocketKind};
-use crate::resolve::{Host, Resolver};
+
+/// The reasons an ICMP probe fails with.
+pub const REASONS: &[Reason] = &[
+    Reason::Timeout,
+    Reason::Unreachable,
+    Reason::Resolve,
+    Reason::Error,
+];
+
+/// The host, as written.
+pub fn endpoint(config: &IcmpConfig) -> String {
+    config.host.clone()
+}
 
 /// After a failed socket open (no permission), wait this long before trying again, so a fixed
 /// `ping_group_range` or an added capability takes effect without a restart.
@@ -24,12 +37,12 @@ pub struct Icmp {
 }
 
 impl Icmp {
-    pub fn new(config: &IcmpConfig, shared: &Shared) -> Self {
+    pub fn new(config: &IcmpConfig, sockets: &IcmpSockets, resolver: &Resolver) -> Self {
         Icmp {
             host: Host::new(&config.host, config.ip_version),
             payload_size: config.payload_size,
-            resolver: shared.resolver.clone(),
-            sockets: shared.icmp.clone(),
+            resolver: resolver.clone(),
+            sockets: sockets.clone(),
         }
     }
 

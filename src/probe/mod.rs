@@ -1,203 +1,56 @@
-//! Probers: one file per protocol, one shape. A probe measures and reports an [`Outcome`] or a
-//! [`Failure`]; it never touches metrics, and the scheduler owns its timeout.
+//! Probers: one file per kind, one shape. A probe measures and reports an [`Outcome`] or a
+//! [`Failure`]; it never touches metrics, and the caller owns its timeout. Each kind's file
+//! owns what is particular to it: its prober, the reasons it can fail with, the phases it
+//! times and how its endpoint reads; this file dispatches over the closed set of kinds.
+//! Below the probers: the shared ICMP engine ([`pinger`]), name resolution ([`resolve`]) and
+//! client TLS ([`tls`]).
 
 mod dns;
 mod http;
 mod icmp;
+mod outcome;
+mod pinger;
+pub(crate) mod resolve;
 mod tcp;
+pub(crate) mod tls;
 
-use std::fmt;
-use std::io;
-use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub use icmp::IcmpSockets;
+pub use outcome::{Failure, Outcome, Phase, Reason};
 
 use crate::config::{ProbeConfig, ProbeKind};
-use crate::resolve::Resolver;
+use resolve::Resolver;
 
-/// A successful probe.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Outcome {
-    /// ICMP round trip, TCP connect (plus TLS handshake), DNS round trip, HTTP total.
-    pub latency: Duration,
-    /// HTTP: time per phase, summed over redirect hops.
-    pub phases: Option<Phases>,
-    /// TLS targets: the earliest certificate expiry in the chain served.
-    pub cert_expiry: Option<SystemTime>,
-    /// HTTP: redirects followed.
-    pub redirects: u32,
-}
-
-impl Outcome {
-    pub fn latency(latency: Duration) -> Self {
-        Outcome {
-            latency,
-            ..Outcome::default()
-        }
+/// The reasons a probe kind can fail with. Their counters start at zero so that `rate()` and
+/// alerts see the first failure.
+pub fn reasons(kind: ProbeKind) -> &'static [Reason] {
+    match kind {
+        ProbeKind::Icmp => icmp::REASONS,
+        ProbeKind::Tcp => tcp::REASONS,
+        ProbeKind::Http => http::REASONS,
+        ProbeKind::Dns => dns::REASONS,
     }
 }
 
-/// The phases of an HTTP probe: the `phase` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Host name to address.
-    Resolve,
-    /// TCP handshake.
-    Connect,
-    /// TLS handshake.
-    Tls,
-    /// Request sent until the response head arrived (server time plus one round trip).
-    Processing,
-    /// Reading the body.
-    Transfer,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 5] = [
-        Phase::Resolve,
-        Phase::Connect,
-        Phase::Tls,
-        Phase::Processing,
-        Phase::Transfer,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Resolve => "resolve",
-            Phase::Connect => "connect",
-            Phase::Tls => "tls",
-            Phase::Processing => "processing",
-            Phase::Transfer => "transfer",
-        }
+/// The phases a target's probe times (and reports in [`Outcome::phases`]); empty for kinds
+/// whose latency is one step.
+pub fn phases(config: &ProbeConfig) -> &'static [Phase] {
+    match config {
+        ProbeConfig::Icmp(_) | ProbeConfig::Tcp(_) => &[],
+        ProbeConfig::Http(_) => http::PHASES,
+        ProbeConfig::Dns(c) => dns::phases(c),
     }
 }
 
-/// Time spent per [`Phase`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Phases([Duration; 5]);
-
-impl Phases {
-    pub fn add(&mut self, phase: Phase, time: Duration) {
-        self.0[phase as usize] += time;
+/// What a target probes, in one line and without secrets (status page, API, `rank`).
+pub fn endpoint(config: &ProbeConfig) -> String {
+    match config {
+        ProbeConfig::Icmp(c) => icmp::endpoint(c),
+        ProbeConfig::Tcp(c) => tcp::endpoint(c),
+        ProbeConfig::Http(c) => http::endpoint(c),
+        ProbeConfig::Dns(c) => dns::endpoint(c),
     }
-
-    pub fn get(&self, phase: Phase) -> Duration {
-        self.0[phase as usize]
-    }
-
-    pub fn total(&self) -> Duration {
-        self.0.iter().sum()
-    }
-}
-
-/// A failed probe: a bounded `reason` for the label, and words for the log and the status API.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Failure {
-    pub reason: Reason,
-    pub detail: String,
-}
-
-impl Failure {
-    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Failure {
-            reason,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.reason.as_str(), self.detail)
-    }
-}
-
-/// Why a probe failed: the closed set of `reason` label values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    Timeout,
-    Refused,
-    Unreachable,
-    Resolve,
-    Tls,
-    HttpStatus,
-    Validation,
-    Error,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Timeout => "timeout",
-            Reason::Refused => "refused",
-            Reason::Unreachable => "unreachable",
-            Reason::Resolve => "resolve",
-            Reason::Tls => "tls",
-            Reason::HttpStatus => "http_status",
-            Reason::Validation => "validation",
-            Reason::Error => "error",
-        }
-    }
-
-    /// The reasons a probe kind can produce. Their counters start at zero so that `rate()`
-    /// and alerts see the first failure.
-    pub fn possible(kind: ProbeKind) -> &'static [Reason] {
-        match kind {
-            ProbeKind::Icmp => &[
-                Reason::Timeout,
-                Reason::Unreachable,
-                Reason::Resolve,
-                Reason::Error,
-            ],
-            ProbeKind::Tcp => &[
-                Reason::Timeout,
-                Reason::Refused,
-                Reason::Unreachable,
-                Reason::Resolve,
-                Reason::Tls,
-                Reason::Error,
-            ],
-            ProbeKind::Http => &[
-                Reason::Timeout,
-                Reason::Refused,
-                Reason::Unreachable,
-                Reason::Resolve,
-                Reason::Tls,
-                Reason::HttpStatus,
-                Reason::Validation,
-                Reason::Error,
-            ],
-            ProbeKind::Dns => &[
-                Reason::Timeout,
-                Reason::Refused,
-                Reason::Unreachable,
-                Reason::Validation,
-                Reason::Error,
-            ],
-        }
-    }
-}
-
-/// A failed TCP connect as a [`Failure`] with the matching reason.
-pub(crate) fn connect_failure(addr: SocketAddr, err: &io::Error) -> Failure {
-    use nix::libc;
-    let reason = match err.kind() {
-        io::ErrorKind::ConnectionRefused => Reason::Refused,
-        io::ErrorKind::TimedOut => Reason::Timeout,
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Reason::Unreachable,
-        _ => match err.raw_os_error() {
-            Some(
-                libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-                | libc::EADDRNOTAVAIL
-                | libc::EACCES
-                | libc::EPERM,
-            ) => Reason::Unreachable,
-            _ => Reason::Error,
-        },
-    };
-    Failure::new(reason, format!("connect {addr}: {err}"))
 }
 
 /// Resources every prober shares: the resolver and the ICMP sockets.
@@ -219,9 +72,9 @@ pub enum Probe {
 impl Probe {
     pub fn new(config: &ProbeConfig, shared: &Shared) -> Self {
         match config {
-            ProbeConfig::Icmp(c) => Probe::Icmp(icmp::Icmp::new(c, shared)),
-            ProbeConfig::Tcp(c) => Probe::Tcp(tcp::Tcp::new(c, shared)),
-            ProbeConfig::Http(c) => Probe::Http(Box::new(http::Http::new(c, shared))),
+            ProbeConfig::Icmp(c) => Probe::Icmp(icmp::Icmp::new(c, &shared.icmp, &shared.resolver)),
+            ProbeConfig::Tcp(c) => Probe::Tcp(tcp::Tcp::new(c, &shared.resolver)),
+            ProbeConfig::Http(c) => Probe::Http(Box::new(http::Http::new(c, &shared.resolver))),
             ProbeConfig::Dns(c) => Probe::Dns(dns::Dns::new(c)),
         }
     }
@@ -253,5 +106,50 @@ impl Probe {
         } else {
             Failure::new(Reason::Timeout, format!("no answer within {after}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{IpVersion, TcpConfig};
+
+    #[tokio::test]
+    async fn a_silent_dns_server_is_reason_resolve_not_timeout() {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        // A name server that receives queries and never answers.
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let mut name_server = NameServerConfig::udp(addr.ip());
+        name_server.connections[0].port = addr.port();
+        let shared = Shared {
+            resolver: Resolver::with_config(ResolverConfig::from_name_servers(vec![name_server])),
+            ..Shared::default()
+        };
+        let config = TcpConfig {
+            host: "db.regionprobe.test.".into(),
+            port: 5432,
+            ip_version: IpVersion::Any,
+            tls: None,
+        };
+        let mut probe = Probe::new(&ProbeConfig::Tcp(config), &shared);
+        let timeout = std::time::Duration::from_millis(200);
+        assert!(tokio::time::timeout(timeout, probe.run()).await.is_err());
+        let failure = probe.timed_out(timeout);
+        assert_eq!(failure.reason, Reason::Resolve, "{failure}");
+
+        // Once the name resolves from cache or literal, a timeout is a timeout again.
+        let mut literal = Probe::new(
+            &ProbeConfig::Tcp(TcpConfig {
+                host: "127.0.0.1".into(),
+                port: 1,
+                ip_version: IpVersion::Any,
+                tls: None,
+            }),
+            &shared,
+        );
+        let _ = literal.run().await;
+        assert_eq!(literal.timed_out(timeout).reason, Reason::Timeout);
+        drop(silent);
     }
 }

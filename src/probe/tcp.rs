@@ -5,10 +5,31 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Failure, Outcome, Reason, Shared, connect_failure};
+use super::outcome::{Failure, Outcome, Reason, connect_failure};
+use super::resolve::{Host, Resolver};
+use super::tls::TlsClient;
 use crate::config::TcpConfig;
-use crate::resolve::{Host, Resolver};
-use crate::tls::TlsClient;
+
+/// The reasons a TCP probe fails with.
+pub const REASONS: &[Reason] = &[
+    Reason::Timeout,
+    Reason::Refused,
+    Reason::Unreachable,
+    Reason::Resolve,
+    Reason::Tls,
+    Reason::Error,
+];
+
+/// `host:port`, IPv6 literals in brackets, and whether TLS is spoken.
+pub fn endpoint(config: &TcpConfig) -> String {
+    let host = if config.host.contains(':') {
+        format!("[{}]", config.host)
+    } else {
+        config.host.clone()
+    };
+    let tls = if config.tls.is_some() { " (tls)" } else { "" };
+    format!("{host}:{}{tls}", config.port)
+}
 
 #[derive(Debug)]
 pub struct Tcp {
@@ -19,11 +40,11 @@ pub struct Tcp {
 }
 
 impl Tcp {
-    pub fn new(config: &TcpConfig, shared: &Shared) -> Self {
+    pub fn new(config: &TcpConfig, resolver: &Resolver) -> Self {
         Tcp {
             host: Host::new(&config.host, config.ip_version),
             port: config.port,
-            resolver: shared.resolver.clone(),
+            resolver: resolver.clone(),
             tls: config.tls.as_ref().map(|tls| TlsClient::new(tls, &[])),
         }
     }
@@ -68,7 +89,7 @@ mod tests {
             ip_version: IpVersion::Any,
             tls: None,
         };
-        Tcp::new(&config, &Shared::default())
+        Tcp::new(&config, &Resolver::default())
     }
 
     #[tokio::test]
@@ -93,50 +114,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_silent_dns_server_is_reason_resolve_not_timeout() {
-        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-        // A name server that receives queries and never answers.
-        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = silent.local_addr().unwrap();
-        let mut name_server = NameServerConfig::udp(addr.ip());
-        name_server.connections[0].port = addr.port();
-        let shared = Shared {
-            resolver: crate::resolve::Resolver::with_config(ResolverConfig::from_name_servers(
-                vec![name_server],
-            )),
-            ..Shared::default()
-        };
-        let config = TcpConfig {
-            host: "db.regionprobe.test.".into(),
-            port: 5432,
-            ip_version: IpVersion::Any,
-            tls: None,
-        };
-        let mut probe = super::super::Probe::Tcp(Tcp::new(&config, &shared));
-        let timeout = std::time::Duration::from_millis(200);
-        assert!(tokio::time::timeout(timeout, probe.run()).await.is_err());
-        let failure = probe.timed_out(timeout);
-        assert_eq!(failure.reason, Reason::Resolve, "{failure}");
-
-        // Once the name resolves from cache or literal, a timeout is a timeout again.
-        let mut literal = super::super::Probe::Tcp(Tcp::new(
-            &TcpConfig {
-                host: "127.0.0.1".into(),
-                port: 1,
-                ip_version: IpVersion::Any,
-                tls: None,
-            },
-            &shared,
-        ));
-        let _ = literal.run().await;
-        assert_eq!(literal.timed_out(timeout).reason, Reason::Timeout);
-        drop(silent);
-    }
-
-    #[tokio::test]
     async fn tls_on_tcp_times_and_verifies_the_handshake() {
         use crate::config::{CaFile, TlsConfig};
-        use crate::testing::{Pki, http_server, tls_server};
+        use regionprobe_testkit::peers::{Pki, http_server, tls_server};
         let pki = Pki::new();
         let addr = http_server(Some(tls_server(pki.leaf(&["db.internal"], (2031, 1, 1))))).await;
         let tls = |ca: Option<CaFile>, server_name: Option<&str>| TcpConfig {
@@ -155,19 +135,19 @@ mod tests {
                 rustls_pki_types::pem::PemObject::from_pem_slice(pki.ca_pem.as_bytes()).unwrap(),
             ],
         };
-        let shared = Shared::default();
+        let resolver = Resolver::default();
 
-        let ok = Tcp::new(&tls(Some(ca.clone()), Some("db.internal")), &shared)
+        let ok = Tcp::new(&tls(Some(ca.clone()), Some("db.internal")), &resolver)
             .run()
             .await
             .unwrap();
         assert!(ok.cert_expiry.is_some());
-        let untrusted = Tcp::new(&tls(None, Some("db.internal")), &shared)
+        let untrusted = Tcp::new(&tls(None, Some("db.internal")), &resolver)
             .run()
             .await
             .unwrap_err();
         assert_eq!(untrusted.reason, Reason::Tls, "{untrusted}");
-        let wrong_name = Tcp::new(&tls(Some(ca), Some("other.internal")), &shared)
+        let wrong_name = Tcp::new(&tls(Some(ca), Some("other.internal")), &resolver)
             .run()
             .await
             .unwrap_err();

@@ -1,6 +1,6 @@
-//! Fuzzing the ICMP reply path (issue 7): `classify` and `quoted_token` on arbitrary and
+//! Property tests of the ICMP reply path (issue 7): `classify` and `quoted_token` on arbitrary and
 //! near-valid packets, and `Inner::dispatch` against a model of the matching rules. Run with
-//! `cargo test --lib fuzz_`; `tests/fixtures/fuzz/icmp/*.hex` is replayed on every run.
+//! `cargo test --lib prop_`; `tests/fixtures/fuzz/icmp/*.hex` is replayed on every run.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use tokio::sync::oneshot::error::TryRecvError;
 
 use super::*;
-use crate::testing::fuzz_cases;
+use regionprobe_testkit::corpus::{corpus, from_hex, proptest_cases};
 
 const OUR_IDENT: u16 = 0x4242;
 
@@ -140,10 +140,10 @@ fn packet() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(fuzz_cases(1000))]
+    #![proptest_config(proptest_cases(1000))]
 
     #[test]
-    fn fuzz_icmp_classify_never_panics_and_points_into_the_packet(
+    fn prop_icmp_classify_never_panics_and_points_into_the_packet(
         family in family(),
         kind in kind(),
         packet in packet(),
@@ -174,7 +174,7 @@ proptest! {
     }
 
     #[test]
-    fn fuzz_icmp_quoted_token_stays_within_the_quote(
+    fn prop_icmp_quoted_token_stays_within_the_quote(
         family in family(),
         icmp in prop_oneof![prop::collection::vec(any::<u8>(), 0..128), near_valid_icmp()],
     ) {
@@ -186,7 +186,7 @@ proptest! {
     /// Where surge-ping's decoder finds the quoted identifier and sequence, `quoted_token`
     /// finds the token right behind them: the two agree on the quoted IP header's length.
     #[test]
-    fn fuzz_icmp_quoted_token_follows_the_decoded_echo_header(
+    fn prop_icmp_quoted_token_follows_the_decoded_echo_header(
         family in family(),
         icmp in near_valid_icmp(),
         from in address(),
@@ -280,14 +280,14 @@ struct Probe {
 }
 
 proptest! {
-    #![proptest_config(fuzz_cases(1000))]
+    #![proptest_config(proptest_cases(1000))]
 
     /// `dispatch` against the rules it implements: a reply completes a waiting probe only from
     /// its peer, with its sequence (raw sockets: our identifier) and a payload that starts with
     /// its token; an error only if its quote holds no other bytes than the token's; at most
     /// once; everything else is counted as a duplicate or as unmatched.
     #[test]
-    fn fuzz_icmp_dispatch_answers_a_probe_only_with_its_token(
+    fn prop_icmp_dispatch_answers_a_probe_only_with_its_token(
         kind in kind(),
         probes in prop::collection::vec(
             (prop::sample::select(&["192.0.2.1", "192.0.2.2", "2001:db8::1"][..]),
@@ -406,7 +406,7 @@ proptest! {
     /// answered only by a packet that carries its sequence and token (a reply from its peer),
     /// or by an ICMP error; random and mangled packets answer nothing.
     #[test]
-    fn fuzz_icmp_random_packets_answer_no_probe_they_do_not_match(
+    fn prop_icmp_random_packets_answer_no_probe_they_do_not_match(
         family in family(),
         token in any::<[u8; TOKEN_LEN]>(),
         seq in any::<u16>(),
@@ -484,8 +484,8 @@ proptest! {
 /// then the packet in hex (whitespace and `#` comment lines ignored). Each is classified as
 /// pinned and its quoted token read, on every run.
 #[test]
-fn fuzz_icmp_corpus_replays() {
-    let paths = crate::testing::corpus("icmp");
+fn prop_icmp_corpus_replays() {
+    let paths = corpus("icmp");
     for path in paths {
         let text = std::fs::read_to_string(&path).unwrap();
         let shown = path.display();
@@ -503,7 +503,7 @@ fn fuzz_icmp_corpus_replays() {
             "raw" => SocketKind::Raw,
             other => panic!("{shown}: kind {other}"),
         };
-        let packet = crate::testing::from_hex(&text);
+        let packet = from_hex(&text);
         let received = classify(family, kind, &packet, from.parse().unwrap());
         let got = match &received {
             Received::Reply { .. } => "reply",

@@ -2,7 +2,18 @@
 //!
 //! Applying a configuration diffs it against what runs: a target whose resolved config is
 //! unchanged keeps its task, schedule and series; a removed one stops and its series vanish;
-//! a new or changed one starts fresh.
+//! a new or changed one starts fresh. Below the supervisor: [`schedule`] (when each probe
+//! runs), [`live`] (each target's state as the rest of the exporter reads it), [`series`]
+//! (its metric series) and [`collector`] (which encodes them at scrape time).
+
+mod collector;
+mod live;
+mod schedule;
+mod series;
+
+pub use collector::register;
+pub use live::{LiveTarget, LiveTargets, tally};
+pub use schedule::SchedulerMetrics;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,10 +23,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
 use crate::config::{Config, Target};
-use crate::live::{LiveTarget, LiveTargets};
-use crate::metrics::{Metrics, ProbeLabel};
 use crate::probe::{Probe, Shared};
-use crate::scheduler::{Lateness, Slot, Ticker};
+use schedule::{Lateness, Schedule, Ticker};
 
 /// What [`Supervisor::apply`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,7 +53,7 @@ pub struct Supervisor {
     region: String,
     ranking_window: Duration,
     shared: Shared,
-    metrics: Arc<Metrics>,
+    scheduler: SchedulerMetrics,
     live: LiveTargets,
     running: HashMap<String, Running>,
 }
@@ -62,16 +71,16 @@ impl Drop for Running {
 }
 
 impl Supervisor {
-    pub fn new(shared: Shared, metrics: Arc<Metrics>, live: LiveTargets) -> Self {
+    pub fn new(shared: Shared, scheduler: SchedulerMetrics, live: LiveTargets) -> Self {
         // A random phase per process: sidecars started in the same millisecond (a rollout)
         // still probe a shared target at different moments.
-        let phase = crate::scheduler::BATCH.mul_f64(rand::random::<f64>());
+        let phase = schedule::BATCH.mul_f64(rand::random::<f64>());
         Supervisor {
             anchor: Instant::now() + phase,
             region: String::new(),
             ranking_window: Duration::ZERO,
             shared,
-            metrics,
+            scheduler,
             live,
             running: HashMap::new(),
         }
@@ -115,16 +124,10 @@ impl Supervisor {
             let target_live =
                 Arc::new(LiveTarget::new(&self.region, target, config.ranking.window));
             live.insert(target.name.clone(), target_live.clone());
-            let slot = Slot::spread(self.anchor, target.interval, index, count);
-            let label = ProbeLabel {
-                probe: target.probe.kind().as_str(),
-            };
-            let lateness = Lateness {
-                lag: self.metrics.scheduler_lag.get_or_create(&label).clone(),
-                skipped: self.metrics.scheduler_skipped.get_or_create(&label).clone(),
-            };
+            let schedule = Schedule::spread(self.anchor, target.interval, index, count);
+            let lateness = self.scheduler.lateness(target.probe.kind());
             let task = tokio::spawn(target_task(
-                slot,
+                schedule,
                 lateness,
                 target_live.clone(),
                 self.shared.clone(),
@@ -143,10 +146,15 @@ impl Supervisor {
 }
 
 /// One target, forever: probe on schedule, bounded by the timeout, record, log state changes.
-async fn target_task(slot: Slot, lateness: Lateness, live: Arc<LiveTarget>, shared: Shared) {
+async fn target_task(
+    schedule: Schedule,
+    lateness: Lateness,
+    live: Arc<LiveTarget>,
+    shared: Shared,
+) {
     let target = &live.config;
     let mut probe = Probe::new(&target.probe, &shared);
-    let mut ticker = Ticker::new(slot, lateness);
+    let mut ticker = Ticker::new(schedule, lateness);
     let mut was_up: Option<bool> = None;
     loop {
         ticker.tick().await;

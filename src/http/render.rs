@@ -1,4 +1,4 @@
-//! `/metrics` responses, made cheap under many scrapers.
+//! The `/metrics` render cache: responses made cheap under many scrapers.
 //!
 //! With 1,000 targets a text scrape is about 3.4 MB and 8 ms of CPU. Three things keep that
 //! from hurting the probes or limiting the scrapers:
@@ -14,6 +14,7 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flate2::Compression;
@@ -22,7 +23,7 @@ use hyper::body::Bytes;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::metrics::{Format, Metrics};
+use crate::metrics::{Exposition, Registry};
 
 /// How long a rendering is served to further scrapes. Far below any scrape interval (the
 /// shortest usual one is 5 s), so a Prometheus scraping on its own always gets a fresh one;
@@ -31,16 +32,18 @@ pub const FRESH: Duration = Duration::from_millis(500);
 
 /// The latest rendering of each format.
 #[derive(Debug, Default)]
-pub struct Scrapes {
-    /// One per [`Format`]; the lock is held while rendering, so scrapes queue behind it.
-    slots: [Mutex<Option<Rendered>>; 3],
+pub struct RenderCache {
+    /// One per [`Exposition`]; the lock is held while rendering, so scrapes queue behind it.
+    renderings: [Mutex<Option<Rendered>>; 3],
+    /// Bumped by every reload: renderings of an older generation are stale.
+    generation: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Rendered {
     /// When the rendering started: what it shows is at least this fresh.
     at: Instant,
-    /// [`Metrics::generation`] when it started.
+    /// [`RenderCache::generation`] when it started.
     generation: u64,
     body: Bytes,
     /// Compressed on first demand.
@@ -54,18 +57,23 @@ pub struct Body {
     pub gzip: bool,
 }
 
-impl Scrapes {
+impl RenderCache {
+    /// Marks a reload (applied or refused): the next scrape renders anew.
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The metrics in `format`, gzip-compressed if `gzip`.
-    pub async fn get(&self, metrics: &Arc<Metrics>, format: Format, gzip: bool) -> Body {
-        let mut slot = self.slots[slot_of(format)].lock().await;
-        let generation = metrics.generation();
+    pub async fn get(&self, registry: &Arc<Registry>, format: Exposition, gzip: bool) -> Body {
+        let mut slot = self.renderings[index(format)].lock().await;
+        let generation = self.generation.load(Ordering::Acquire);
         let fresh = slot
             .as_ref()
             .is_some_and(|r| r.generation == generation && r.at.elapsed() < FRESH);
         if !fresh {
             let at = Instant::now();
-            let metrics = metrics.clone();
-            let body = blocking(move || metrics.encode(format)).await;
+            let registry = registry.clone();
+            let body = blocking(move || registry.encode(format)).await;
             *slot = Some(Rendered {
                 at,
                 generation,
@@ -91,11 +99,11 @@ impl Scrapes {
     }
 }
 
-fn slot_of(format: Format) -> usize {
+fn index(format: Exposition) -> usize {
     match format {
-        Format::Text => 0,
-        Format::OpenMetrics => 1,
-        Format::Protobuf => 2,
+        Exposition::Text => 0,
+        Exposition::OpenMetrics => 1,
+        Exposition::Protobuf => 2,
     }
 }
 
@@ -143,17 +151,21 @@ pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
 mod tests {
     use std::io::Read as _;
 
-    use super::*;
-    use crate::live::LiveTargets;
-    use crate::probe::Shared;
+    use prometheus_client::metrics::gauge::Gauge;
 
-    fn metrics() -> Arc<Metrics> {
-        let snapshot = crate::ranker::initial("local");
-        Arc::new(Metrics::new(
-            Shared::default().icmp,
-            LiveTargets::default(),
-            snapshot,
-        ))
+    use super::*;
+
+    /// A registry with one gauge the test sets, and the process families.
+    fn registry() -> (Arc<Registry>, Gauge) {
+        let mut registry = Registry::default();
+        let gauge = Gauge::default();
+        registry.register(
+            "regionprobe_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded",
+            gauge.clone(),
+        );
+        registry.register_process();
+        (Arc::new(registry), gauge)
     }
 
     #[test]
@@ -177,48 +189,48 @@ mod tests {
 
     #[tokio::test]
     async fn renderings_are_shared_while_fresh_and_renewed_by_a_reload() {
-        let metrics = metrics();
-        let scrapes = Scrapes::default();
-        let first = scrapes.get(&metrics, Format::Text, false).await;
+        let (metrics, gauge) = registry();
+        let scrapes = RenderCache::default();
+        let first = scrapes.get(&metrics, Exposition::Text, false).await;
         let text = String::from_utf8(first.bytes.to_vec()).unwrap();
         assert!(text.contains("regionprobe_config_last_reload_successful 0"));
         // A change within FRESH is not seen: the same bytes are served.
-        metrics.reload_successful.set(1);
-        let again = scrapes.get(&metrics, Format::Text, false).await;
+        gauge.set(1);
+        let again = scrapes.get(&metrics, Exposition::Text, false).await;
         assert_eq!(again.bytes.as_ptr(), first.bytes.as_ptr(), "shared");
         // A reload is seen at once.
-        metrics.bump_generation();
-        let after = scrapes.get(&metrics, Format::Text, false).await;
+        scrapes.invalidate();
+        let after = scrapes.get(&metrics, Exposition::Text, false).await;
         let text = String::from_utf8(after.bytes.to_vec()).unwrap();
         assert!(text.contains("regionprobe_config_last_reload_successful 1"));
         // Each format has its own rendering.
-        let open = scrapes.get(&metrics, Format::OpenMetrics, false).await;
+        let open = scrapes.get(&metrics, Exposition::OpenMetrics, false).await;
         assert!(open.bytes.ends_with(b"# EOF\n"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn renderings_expire() {
-        let metrics = metrics();
-        let scrapes = Scrapes::default();
-        let first = scrapes.get(&metrics, Format::Text, false).await;
+        let (metrics, _) = registry();
+        let scrapes = RenderCache::default();
+        let first = scrapes.get(&metrics, Exposition::Text, false).await;
         tokio::time::advance(FRESH).await;
-        let second = scrapes.get(&metrics, Format::Text, false).await;
+        let second = scrapes.get(&metrics, Exposition::Text, false).await;
         assert_ne!(first.bytes.as_ptr(), second.bytes.as_ptr(), "rendered anew");
     }
 
     #[tokio::test]
     async fn gzip_bodies_decompress_to_the_rendering() {
-        let metrics = metrics();
-        let scrapes = Scrapes::default();
-        let plain = scrapes.get(&metrics, Format::Text, false).await;
-        let gzip = scrapes.get(&metrics, Format::Text, true).await;
+        let (metrics, _) = registry();
+        let scrapes = RenderCache::default();
+        let plain = scrapes.get(&metrics, Exposition::Text, false).await;
+        let gzip = scrapes.get(&metrics, Exposition::Text, true).await;
         assert!(gzip.gzip && !plain.gzip);
         let mut decoded = Vec::new();
         flate2::read::GzDecoder::new(&gzip.bytes[..])
             .read_to_end(&mut decoded)
             .unwrap();
         assert_eq!(decoded, plain.bytes.to_vec());
-        let again = scrapes.get(&metrics, Format::Text, true).await;
+        let again = scrapes.get(&metrics, Exposition::Text, true).await;
         assert_eq!(again.bytes.as_ptr(), gzip.bytes.as_ptr(), "compressed once");
     }
 }

@@ -2,60 +2,8 @@
 //! score and rank, and the hysteresis that picks the failover candidate.
 //!
 //! Pure: no I/O, no metrics, no clock reads. Every call takes `now`, so paused-time tests (and
-//! the `rank` command) drive it as they like.
-//!
-//! ```
-//! use std::time::Duration;
-//! use regionprobe::ranking::{Failover, Params, Tally, Window};
-//! use tokio::time::Instant;
-//!
-//! let params = Params::default();
-//! // One window per target, owned by (or shared with) the target's task, which records
-//! // each probe: `window.record(now, result.as_ref().ok().map(|outcome| outcome.latency))`.
-//! let mut eu = Window::new(params.window, Duration::from_secs(1));
-//! let mut us = Window::new(params.window, Duration::from_secs(1));
-//! let now = Instant::now();
-//! eu.record(now, Some(Duration::from_millis(30)));
-//! us.record(now, None);
-//! us.record(now, Some(Duration::from_millis(90)));
-//!
-//! // Periodically: copy every window into a tally (a lock per window is held only while
-//! // copying), rank, then let the failover state decide.
-//! let mut tally = Tally::new();
-//! tally.add("eu", &eu, now);
-//! tally.add("us", &us, now);
-//! let ranking = tally.rank(&params);
-//! assert_eq!(ranking.regions[0].region, "eu");
-//! let mut failover = Failover::new("eu", &params);
-//! let change = failover.update(&ranking, now).expect("the first choice is immediate");
-//! assert_eq!(change.to.as_deref(), Some("us"));
-//! ```
-//!
-//! # Windows: a ring buffer of compact samples
-//! A [`Window`] is a `VecDeque` of 8-byte samples: the time as `u32` milliseconds since the
-//! window's epoch (rebased every ~49 days) and the latency as `u32` microseconds (`u32::MAX`
-//! marks a failure; successes saturate at ~71 minutes). A buffer rather than a streaming
-//! sketch because quantiles over the union of a region's targets are then exact, samples
-//! expire one by one (a sketch can only forget whole sub-windows), and at the default rate it
-//! is smaller than a sketch anyway: window 5m / interval 1s holds 301 samples, 2,408 bytes plus
-//! a 72-byte header, about 2.4 KiB per target and 2.4 MiB for 1,000 targets. The capacity is
-//! `ceil(window / interval) + 1` (one spare for a late tick), at most [`MAX_SAMPLES`]; when
-//! full, the oldest sample makes room. Samples older than the window expire on every
-//! [`Window::record`] and are skipped on every read.
-//!
-//! # Quantiles: nearest rank
-//! The `q` quantile of `n` successful latencies sorted ascending is the `ceil(q * n)`-th
-//! (1-based, at least the first): the smallest observed latency with at least a fraction `q`
-//! of the samples at or below it (the inverse of the empirical distribution function). It is
-//! always a latency that was measured, and it never decreases when any sample grows. Of 1..=100
-//! ms, p50 is 50 ms, p95 95 ms and p99 99 ms.
-//!
-//! # Score and rank
-//! Per target region: `score = quantile(successful latencies of all its targets, q) +
-//! loss_ratio * loss_penalty`, in seconds, where `loss_ratio = failures / samples` in the
-//! window. A region without a successful sample scores `+Inf`. Regions are ranked 1, 2, ... by
-//! score, equal scores (`+Inf` among them) by region name, so the order is total and stable.
-//! The sidecar's own region is ranked too; only [`Failover`] leaves it out.
+//! the `rank` command) drive it as they like. How windows, quantiles and scores are computed,
+//! and why: `docs/ranking.md`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -141,6 +89,7 @@ impl Window {
         self.samples.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
@@ -394,7 +343,6 @@ pub struct Failover {
     hysteresis: f64,
     hold: Duration,
     current: Option<String>,
-    changed_at: Option<Instant>,
     /// Since when each challenger has been better by the hysteresis, as seen by `update`.
     better_since: BTreeMap<String, Instant>,
 }
@@ -415,7 +363,6 @@ impl Failover {
             hysteresis: params.hysteresis,
             hold: params.hold,
             current: None,
-            changed_at: None,
             better_since: BTreeMap::new(),
         }
     }
@@ -423,12 +370,6 @@ impl Failover {
     /// The chosen region.
     pub fn current(&self) -> Option<&str> {
         self.current.as_deref()
-    }
-
-    /// When the choice last changed (the first choice included). For wall-clock time:
-    /// `SystemTime::now() - at.elapsed()`.
-    pub fn changed_at(&self) -> Option<Instant> {
-        self.changed_at
     }
 
     /// Takes new `hysteresis` and `hold` (a reload) and keeps the choice. Challengers keep
@@ -484,7 +425,6 @@ impl Failover {
             return None;
         }
         let from = std::mem::replace(&mut self.current, to.clone());
-        self.changed_at = Some(now);
         Some(Change { from, to, at: now })
     }
 }
@@ -772,7 +712,6 @@ mod tests {
                 at: later
             })
         );
-        assert_eq!(failover.changed_at(), Some(later));
     }
 
     /// Updates `failover` once a second for `seconds` with `scores`; returns the changes.
@@ -816,7 +755,6 @@ mod tests {
             at,
         };
         assert_eq!(changes, [expected]);
-        assert_eq!(failover.changed_at(), Some(at));
     }
 
     #[tokio::test(start_paused = true)]
@@ -835,7 +773,7 @@ mod tests {
         let scores = [("eu", 0.100), ("us", 0.050)];
         let changes = hold_scores(&mut failover, &scores, 11).await;
         assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].at, failover.changed_at().unwrap());
+        assert_eq!(changes[0].to.as_deref(), Some("us"));
         assert_eq!(failover.current(), Some("us"));
     }
 

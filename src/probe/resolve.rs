@@ -24,7 +24,9 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// A resolver with an explicit configuration instead of the system's.
+    /// A resolver with an explicit configuration instead of the system's (tests: a silent or
+    /// local name server).
+    #[cfg(test)]
     pub fn with_config(config: hickory_resolver::config::ResolverConfig) -> Self {
         let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
         let built = TokioResolver::builder_with_config(config, provider)

@@ -153,8 +153,9 @@ impl Endpoint {
             let host = split_host_port(&self.authority).map_or("localhost", |(host, _)| host);
             let name = ServerName::try_from(host.to_owned())
                 .map_err(|_| fail(Problem::Tls(format!("{host:?} is not a TLS server name"))))?;
-            let connection = rustls::ClientConnection::new(crate::tls::any_server_client(), name)
-                .map_err(|err| fail(Problem::Tls(err.to_string())))?;
+            let connection =
+                rustls::ClientConnection::new(crate::probe::tls::any_server_client(), name)
+                    .map_err(|err| fail(Problem::Tls(err.to_string())))?;
             let socket = socket.try_clone().map_err(io_error)?;
             Box::new(rustls::StreamOwned::new(connection, socket))
         } else {

@@ -10,21 +10,18 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::{self, IsTerminal, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::api::{self, RegionView};
 use crate::config::Config;
-use crate::live::LiveTargets;
-use crate::metrics::Metrics;
+use crate::http::api::{self, RegionView, millis};
+use crate::metrics::Registry;
 use crate::probe::Shared;
-use crate::ranker::{self, Ranker, Snapshot};
-use crate::ranking::Window;
-use crate::targets::Supervisor;
+use crate::ranking::{Ranker, Snapshot, Window};
+use crate::targets::{LiveTargets, SchedulerMetrics, Supervisor, tally};
 
 /// Added to the run's duration for the ranking window, so that no sample of the run has
 /// expired when the ranking is computed, a moment after the run ends.
@@ -60,15 +57,10 @@ pub async fn run(
 ) -> Report {
     config.ranking.window = window_for(config.ranking.window, duration);
     warn_if_capped(&config, duration);
-    let shared = Shared::default();
     let live = LiveTargets::default();
-    // Nothing scrapes these metrics; the supervisor records into them all the same.
-    let metrics = Arc::new(Metrics::new(
-        shared.icmp.clone(),
-        live.clone(),
-        ranker::initial(&config.exporter.region),
-    ));
-    let mut supervisor = Supervisor::new(shared, metrics, live.clone());
+    // Nothing scrapes the scheduler's families; the targets record into them all the same.
+    let scheduler = SchedulerMetrics::register(&mut Registry::default());
+    let mut supervisor = Supervisor::new(Shared::default(), scheduler, live.clone());
     supervisor.apply(&config);
 
     let start = Instant::now();
@@ -90,7 +82,9 @@ pub async fn run(
     // Stops every target; a probe in flight is not counted.
     drop(supervisor);
     progress.finish();
-    let snapshot = Ranker::new(&config.exporter.region, &config.ranking).rank(&live);
+    let now = Instant::now();
+    let snapshot =
+        Ranker::new(&config.exporter.region, &config.ranking).rank(tally(&live, now), now);
     Report {
         config,
         snapshot,
@@ -100,7 +94,7 @@ pub async fn run(
     }
 }
 
-/// A window keeps at most [`crate::ranking::MAX_SAMPLES`]: say so when a run would overflow it.
+/// A window keeps at most `MAX_SAMPLES` (`ranking::engine`): say so when a run would overflow it.
 fn warn_if_capped(config: &Config, duration: Duration) {
     for target in &config.targets {
         let capacity = Window::new(config.ranking.window, target.interval).capacity();
@@ -404,19 +398,6 @@ fn dash() -> String {
     "-".to_owned()
 }
 
-/// Seconds as milliseconds, to about three significant digits (latencies are measured in
-/// microseconds).
-fn millis(seconds: f64) -> String {
-    let ms = seconds * 1000.0;
-    let decimals = match ms {
-        ms if ms < 1.0 => 3,
-        ms if ms < 10.0 => 2,
-        ms if ms < 100.0 => 1,
-        _ => 0,
-    };
-    format!("{ms:.decimals$} ms")
-}
-
 /// `value` with at most `decimals` decimals and no trailing zeros: `0.0603`, `1`.
 fn trimmed(value: f64, decimals: usize) -> String {
     let text = format!("{value:.decimals$}");
@@ -526,14 +507,6 @@ mod tests {
             window_for(five_minutes, Duration::from_secs(600)),
             Duration::from_secs(600) + WINDOW_MARGIN
         );
-    }
-
-    #[test]
-    fn milliseconds_keep_about_three_digits() {
-        assert_eq!(millis(0.000_085), "0.085 ms");
-        assert_eq!(millis(0.001_234), "1.23 ms");
-        assert_eq!(millis(0.060_349), "60.3 ms");
-        assert_eq!(millis(1.503_2), "1503 ms");
     }
 
     #[test]

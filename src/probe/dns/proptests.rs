@@ -1,19 +1,18 @@
-//! Fuzzing DNS answer validation (issue 7): messages built from random parts, and random or
+//! Property tests of DNS answer validation (issue 7): messages built from random parts, and random or
 //! mangled wire bytes through hickory's decoder, judged by `Dns::validate` against the rules
-//! of `valid_rcodes`, `min_answers` and `answer_regex`. Run with `cargo test --lib fuzz_`;
+//! of `valid_rcodes`, `min_answers` and `answer_regex`. Run with `cargo test --lib prop_`;
 //! `tests/fixtures/fuzz/dns/*.hex` is replayed on every run.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use hickory_resolver::proto::op::{DnsResponse, MessageType, OpCode};
+use hickory_resolver::proto::op::{DnsResponse, MessageType, OpCode, ResponseCode};
 use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, NULL, TXT};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use proptest::prelude::*;
 
 use super::*;
 use crate::config::{DnsConfig, DnsTransport, Pattern};
-use crate::probe::Reason;
-use crate::testing::fuzz_cases;
+use regionprobe_testkit::corpus::{corpus, from_hex, proptest_cases};
 
 fn name() -> impl Strategy<Value = Name> {
     prop_oneof![
@@ -119,16 +118,16 @@ fn check(config: &DnsConfig, message: &Message) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(fuzz_cases(500))]
+    #![proptest_config(proptest_cases(500))]
 
     #[test]
-    fn fuzz_dns_validation_follows_the_rules(config in dns_config(), message in message()) {
+    fn prop_dns_validation_follows_the_rules(config in dns_config(), message in message()) {
         check(&config, &message)?;
     }
 
     /// The same message, encoded and decoded as the probe receives it, gets the same verdict.
     #[test]
-    fn fuzz_dns_a_message_off_the_wire_is_judged_as_sent(config in dns_config(), message in message()) {
+    fn prop_dns_a_message_off_the_wire_is_judged_as_sent(config in dns_config(), message in message()) {
         let Ok(bytes) = message.to_vec() else {
             return Ok(());
         };
@@ -146,7 +145,7 @@ proptest! {
     /// Random bytes, and valid messages with bytes overwritten or cut: decoded or refused,
     /// never a panic; whatever decodes is judged by the rules.
     #[test]
-    fn fuzz_dns_random_and_mangled_wire_bytes_never_panic(
+    fn prop_dns_random_and_mangled_wire_bytes_never_panic(
         config in dns_config(),
         bytes in prop_oneof![
             prop::collection::vec(any::<u8>(), 0..96),
@@ -172,8 +171,8 @@ proptest! {
     }
 
     #[test]
-    fn fuzz_dns_every_rcode_has_a_name(rcode in any::<u16>()) {
-        let shown = mnemonic(rcode.into());
+    fn prop_dns_every_rcode_has_a_name(rcode in any::<u16>()) {
+        let shown = rcode_name(rcode.into());
         prop_assert!(!shown.is_empty());
     }
 }
@@ -182,8 +181,8 @@ proptest! {
 /// but is not a response) or `# invalid`, then the message in hex. Each is decoded and, when
 /// it decodes, judged under several configurations, on every run.
 #[test]
-fn fuzz_dns_corpus_replays() {
-    let paths = crate::testing::corpus("dns");
+fn prop_dns_corpus_replays() {
+    let paths = corpus("dns");
     let configs: Vec<DnsConfig> = [(0, None), (1, Some("^www")), (u32::MAX, Some("(?s)."))]
         .into_iter()
         .map(|(min_answers, pattern)| DnsConfig {
@@ -201,7 +200,7 @@ fn fuzz_dns_corpus_replays() {
         let text = std::fs::read_to_string(&path).unwrap();
         let shown = path.display();
         let expected = text.lines().next().unwrap().trim_start_matches("# ").trim();
-        let bytes = crate::testing::from_hex(&text);
+        let bytes = from_hex(&text);
         let got = match (
             Message::from_vec(&bytes),
             DnsResponse::from_buffer(bytes.clone()),

@@ -1,59 +1,8 @@
 //! The ICMP engine: one socket per address family, shared by every ICMP target, and one receive
-//! task that hands each reply to the probe waiting for it.
-//!
-//! We use surge-ping's packet codec but not its `Client`, which (0.9.1) starts the RTT clock
-//! after the send (#63: 0 s on loopback), lets two pingers of one host collide on the sequence
-//! (#73), falls back from datagram to raw sockets silently, drops unmatched replies without a
-//! trace and never reads ICMP errors of datagram sockets. Here:
-//! - the socket kind is chosen explicitly (datagram first, raw second) and reported;
-//! - the clock starts just before `send_to`, the reply time is read right after `recv_from`;
-//! - sequence numbers come from one counter per socket, and a `(peer, sequence)` pair in flight
-//!   is never handed out twice, so any number of targets may ping one host;
-//! - a reply counts only if it echoes the random token its request carried;
-//! - ICMP errors (unreachable, time exceeded) reach the waiting probe: raw sockets receive them
-//!   as packets, datagram sockets through the `IP_RECVERR` error queue.
-//!
-//! # Spoofed, stray and duplicate ICMP
-//!
-//! Anyone can send us an echo reply or an ICMP error with any source address. What we accept:
-//! - **An echo reply** completes a probe only if it comes from the probed address and carries
-//!   the identifier (raw sockets: ours, checked by the kernel filter and again here; datagram
-//!   sockets: the kernel's, which it demultiplexes on), the sequence number of a request in
-//!   flight, and the first [`TOKEN_LEN`] bytes of the payload equal to that request's random
-//!   token. Anything else is counted as `unmatched` and leaves the probe waiting for its real
-//!   reply, so a forged reply can neither produce a sample nor shorten a measured round trip.
-//! - **A duplicate**, a second reply with the right token to a probe already answered, is
-//!   counted as `duplicate` (we remember the `(peer, sequence, token)` of the probes answered
-//!   in the last [`ANSWERED_WINDOW`], at most [`ANSWERED_MAX`] of them, whatever the peers
-//!   send) and changes nothing: the probe's waiter is gone the moment its first answer is
-//!   taken, so no probe is ever observed twice. Older duplicates count as `unmatched`.
-//! - **An ICMP error** (destination unreachable, time exceeded) fails a probe as `unreachable`
-//!   if it quotes the probed address, the identifier and the sequence number of a request in
-//!   flight, and every byte of the token that the quote contains. The quote is the error's
-//!   only link to our request and its length is the sender's choice: RFC 792 requires only the
-//!   first 8 bytes after the IP header (the echo header, no token), RFC 1812 routers and Linux
-//!   quote up to 576 bytes in all (IPv6: up to the 1280-byte minimum MTU, RFC 4443), which
-//!   holds the whole token. A quote that holds no token byte cannot be verified and is
-//!   accepted on address, identifier and sequence alone.
-//!
-//! Threat model. An attacker **on the path** sees our requests, tokens included, and can answer
-//! them, or drop them, at will: no echo protocol protects against it, only the latencies it
-//! could fake are bounded below by its own position. A **blind, off-path** attacker who spoofs
-//! the peer's address must guess, per request: the identifier (16 bits; on datagram sockets
-//! the kernel's, which is predictable and which the kernel's demultiplexing reveals to nobody,
-//! but which a sweep of 65,536 packets covers), the sequence (16 bits, random start, then one
-//! per request of the whole socket), and the token (64 bits from the OS's CSPRNG, new for
-//! every request). A forged reply therefore succeeds with probability 2^-64 per packet however
-//! well the first 32 bits are guessed: out of reach. What is **not** protected:
-//! - errors whose quote stops before the token (only RFC 792-minimal quoters send those): a
-//!   blind attacker who hits identifier and sequence (2^-32 per packet when both are unknown)
-//!   fails that probe as `unreachable`; it never produces a sample;
-//! - flooding: replies or errors sent fast enough fill the socket's receive buffer, and the
-//!   kernel then drops genuine replies too (the probes end as `timeout`). On datagram sockets
-//!   every ICMP error, forged or not, also sets the socket's pending error, which the next
-//!   `send_to` of any probe returns instead of sending: we drain the error queue and send
-//!   again, and a send that keeps failing while errors arrive ends as `error`, never as
-//!   `unreachable`. Neither is a latency: a flood costs samples, it cannot forge them.
+//! task that hands each reply to the probe waiting for it. surge-ping's packet codec, our own
+//! sockets and matching: a reply counts only with the probed peer, identifier, sequence and
+//! the request's random token; duplicates and strays are counted, never observed. Why, and the
+//! threat model: `docs/icmp.md`.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -72,6 +21,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use super::outcome::is_unreachable;
 
 /// Bytes of random token at the start of every echo payload.
 const TOKEN_LEN: usize = 8;
@@ -151,7 +102,9 @@ pub struct PingerStats {
     /// Echo replies (or errors) with the right token for a probe already answered: counted,
     /// never observed again.
     pub duplicate: AtomicU64,
-    /// Datagrams read from the socket (raw sockets: after the kernel filter).
+    /// Datagrams read from the socket (raw sockets: after the kernel filter); only a test
+    /// reads it, to prove the filter.
+    #[cfg(test)]
     pub received: AtomicU64,
 }
 
@@ -325,10 +278,6 @@ impl Pinger {
         })
     }
 
-    pub fn family(&self) -> IpFamily {
-        self.inner.family
-    }
-
     pub fn kind(&self) -> SocketKind {
         self.inner.kind
     }
@@ -473,16 +422,10 @@ impl Drop for Registration<'_> {
 }
 
 fn send_error(err: io::Error) -> PingError {
-    match err.raw_os_error() {
-        // No route, or a route or firewall that prohibits the destination.
-        Some(
-            nix::libc::EHOSTUNREACH
-            | nix::libc::ENETUNREACH
-            | nix::libc::EADDRNOTAVAIL
-            | nix::libc::EACCES
-            | nix::libc::EPERM,
-        ) => PingError::Unreachable(format!("send: {err}")),
-        _ => PingError::Other(format!("send: {err}")),
+    if is_unreachable(&err) {
+        PingError::Unreachable(format!("send: {err}"))
+    } else {
+        PingError::Other(format!("send: {err}"))
     }
 }
 
@@ -688,6 +631,7 @@ async fn receive_loop(inner: Arc<Inner>) {
             match inner.socket.try_recv_from(&mut buf) {
                 Ok((len, from)) => {
                     let received_at = Instant::now();
+                    #[cfg(test)]
                     inner.stats.received.fetch_add(1, Ordering::Relaxed);
                     let received = classify(inner.family, inner.kind, &buf[..len], from.ip());
                     inner.dispatch(received, received_at);
@@ -839,7 +783,7 @@ fn describe_queued_error(err: &nix::libc::sock_extended_err) -> String {
 }
 
 #[cfg(test)]
-mod fuzz;
+mod proptests;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,11 @@
 //! The HTTP server: `/metrics`, the status page, the JSON APIs, health, readiness and
-//! `POST /-/reload`.
+//! `POST /-/reload`, behind the [`guard`] that `[web]` configures. The views are [`api`] (JSON)
+//! and [`status_page`] (HTML); [`render`] caches `/metrics` renderings.
+
+pub(crate) mod api;
+mod guard;
+mod render;
+mod status_page;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,15 +24,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api;
+pub use guard::{Guard, describe as describe_guard};
+pub use render::RenderCache;
+
 use crate::config::Config;
-use crate::live::LiveTargets;
-use crate::metrics::{Format, Metrics};
-use crate::ranker::SharedSnapshot;
-use crate::scrape::{self, Scrapes};
-use crate::status_page;
-use crate::targets::Diff;
-use crate::web::{Accepted, Guard, Unauthorized};
+use crate::metrics::{Exposition, Registry};
+use crate::ranking::SharedSnapshot;
+use crate::targets::{Diff, LiveTargets};
+use guard::{Accepted, Unauthorized};
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +42,7 @@ pub type ReloadRequest = oneshot::Sender<Result<Diff, String>>;
 /// What the handlers read.
 #[derive(Debug)]
 pub struct State {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<Registry>,
     pub config: Arc<RwLock<Arc<Config>>>,
     pub live: LiveTargets,
     pub ranking: SharedSnapshot,
@@ -45,7 +50,7 @@ pub struct State {
     /// TLS and basic auth, as `[web]` says.
     pub web: Arc<Guard>,
     /// `/metrics` renderings, shared among scrapers.
-    pub scrapes: Scrapes,
+    pub renderings: Arc<RenderCache>,
 }
 
 impl State {
@@ -135,10 +140,9 @@ async fn guarded(
         .await
     {
         let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-        response.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static(crate::web::CHALLENGE),
-        );
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(guard::CHALLENGE));
         return response;
     }
     route(request, state).await
@@ -149,9 +153,9 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Full<Bytes
     match (request.uri().path(), &method) {
         ("/metrics", &Method::GET | &Method::HEAD) => {
             let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
-            let format = Format::negotiate(header(ACCEPT));
-            let gzip = scrape::accepts_gzip(header(ACCEPT_ENCODING));
-            let body = state.scrapes.get(&state.metrics, format, gzip).await;
+            let format = Exposition::negotiate(header(ACCEPT));
+            let gzip = render::accepts_gzip(header(ACCEPT_ENCODING));
+            let body = state.renderings.get(&state.metrics, format, gzip).await;
             let mut response = respond(StatusCode::OK, format.content_type(), body.bytes);
             let headers = response.headers_mut();
             headers.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));

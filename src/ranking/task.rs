@@ -1,4 +1,4 @@
-//! The ranking, kept current: every second the live targets' windows are ranked and the
+//! The ranking, kept current: every [`PERIOD`] the targets' windows are ranked and the
 //! failover choice updated; the result is a [`Snapshot`] that `/metrics`, the APIs and the
 //! status page read without recomputing anything.
 
@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::live::LiveTargets;
-use crate::ranking::{Failover, Params, Ranking, Tally};
+use super::engine::{Failover, Params, Ranking, Tally};
 
 /// How often the ranking is recomputed. The failover hold is judged at these updates.
 pub const PERIOD: Duration = Duration::from_secs(1);
@@ -59,13 +58,8 @@ impl Ranker {
         }
     }
 
-    /// Ranks the live targets now and updates the failover choice.
-    pub fn rank(&mut self, live: &LiveTargets) -> Snapshot {
-        let now = Instant::now();
-        let mut tally = Tally::new();
-        for target in live.read().expect("live targets lock").values() {
-            target.with_status(|status| tally.add(&target.config.region, &status.window, now));
-        }
+    /// Ranks the targets' windows as tallied at `now` and updates the failover choice.
+    pub fn rank(&mut self, tally: Tally, now: Instant) -> Snapshot {
         let ranking = tally.rank(&self.params);
         if let Some(change) = self.failover.update(&ranking, now) {
             self.best_since = Some(SystemTime::now());

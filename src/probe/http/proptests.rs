@@ -1,6 +1,6 @@
-//! Fuzzing HTTP response validation (issue 7): `valid_status` from the configuration file to
+//! Property tests of HTTP response validation (issue 7): `valid_status` from the configuration file to
 //! the check on a status, the body read under `max_body_bytes` from any stream of frames and
-//! matched with `body_regex`, and redirect `Location`s. Run with `cargo test --lib fuzz_`.
+//! matched with `body_regex`, and redirect `Location`s. Run with `cargo test --lib prop_`.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -11,8 +11,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::config::{Pattern, ProbeConfig, parse};
-use crate::probe::Shared;
-use crate::testing::fuzz_cases;
+use regionprobe_testkit::corpus::proptest_cases;
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()
@@ -87,7 +86,7 @@ fn prober() -> Http {
     let text = "[[target]]\nname = \"t\"\nregion = \"r\"\nprobe = \"http\"\nurl = \"http://127.0.0.1:1/\"\n";
     let config = parse("fuzz.toml", text, Some(HashMap::new())).unwrap();
     match &config.targets[0].probe {
-        ProbeConfig::Http(http) => Http::new(http, &Shared::default()),
+        ProbeConfig::Http(http) => Http::new(http, &Resolver::default()),
         other => panic!("{other:?}"),
     }
 }
@@ -121,12 +120,12 @@ const BODY_PATTERNS: &[&str] = &[
 ];
 
 proptest! {
-    #![proptest_config(fuzz_cases(300))]
+    #![proptest_config(proptest_cases(300))]
 
     /// `valid_status` from the file to the check on a response: classes accept exactly their
     /// hundred, codes themselves, and a list with anything else fails the load at that entry.
     #[test]
-    fn fuzz_http_valid_status_accepts_exactly_its_classes_and_codes(
+    fn prop_http_valid_status_accepts_exactly_its_classes_and_codes(
         entries in prop::collection::vec(entry(), 0..4),
     ) {
         let list: Vec<String> = entries.iter().map(Entry::toml).collect();
@@ -171,7 +170,7 @@ proptest! {
     /// longer than the limit fails as `validation`, a stream error as `error`, otherwise the
     /// body is kept (when a regex needs it) and judged by `body_regex`/`body_regex_invert`.
     #[test]
-    fn fuzz_http_body_is_bounded_and_matched_as_configured(
+    fn prop_http_body_is_bounded_and_matched_as_configured(
         parts in prop::collection::vec(part(), 0..8),
         max in prop_oneof![1u64..200, Just(u64::MAX)],
         pattern in prop::option::of(prop::sample::select(BODY_PATTERNS)),
@@ -246,7 +245,7 @@ proptest! {
     /// A `Location` resolves to an http(s) URL with a host, or is refused: never a panic,
     /// never a URL the next hop cannot connect to.
     #[test]
-    fn fuzz_http_redirect_locations_resolve_to_http_urls_or_nothing(
+    fn prop_http_redirect_locations_resolve_to_http_urls_or_nothing(
         base in prop::sample::select(&[
             "http://127.0.0.1:1/",
             "https://api.example.com:8443/v1/health?x=1",

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use super::series::TargetMetrics;
 use crate::config::Target;
-use crate::metrics::TargetMetrics;
 use crate::probe::{Failure, Outcome};
-use crate::ranking::Window;
+use crate::ranking::{Tally, Window};
 
 /// Every live target by name; the supervisor writes it, scrapes, the ranker and the APIs read.
 pub type LiveTargets = Arc<RwLock<BTreeMap<String, Arc<LiveTarget>>>>;
@@ -85,4 +85,13 @@ impl LiveTarget {
         self.status.lock().expect("status lock").window =
             Window::new(ranking_window, self.config.interval);
     }
+}
+
+/// Every live target's window, by region, for the ranking at `now`.
+pub fn tally(live: &LiveTargets, now: Instant) -> Tally {
+    let mut tally = Tally::new();
+    for target in live.read().expect("live targets lock").values() {
+        target.with_status(|status| tally.add(&target.config.region, &status.window, now));
+    }
+    tally
 }

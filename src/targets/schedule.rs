@@ -8,8 +8,12 @@
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::{Instant, sleep_until};
+
+use crate::config::ProbeKind;
+use crate::metrics::{LAG_BUCKETS, ProbeLabel, Registry, latency_histogram};
 
 /// Targets spaced closer than this share a wake-up: 1,000 targets at 1 s wake the process 100
 /// times a second in groups of 10 instead of 1,000 times one by one (timer, epoll and
@@ -18,14 +22,14 @@ pub const BATCH: Duration = Duration::from_millis(10);
 
 /// Where in its interval a target fires, relative to the shared anchor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Slot {
+pub struct Schedule {
     pub anchor: Instant,
     pub offset: Duration,
     pub interval: Duration,
 }
 
-impl Slot {
-    /// The slot of target `index` among `count` targets: evenly spread over the interval, in
+impl Schedule {
+    /// The schedule of target `index` among `count` targets: evenly spread over the interval, in
     /// steps of at least [`BATCH`]. Sidecars started together still differ: each one's anchor
     /// carries a random phase (see `Supervisor`).
     pub fn spread(anchor: Instant, interval: Duration, index: usize, count: usize) -> Self {
@@ -36,7 +40,7 @@ impl Slot {
             let batch = BATCH.as_nanos();
             offset = Duration::from_nanos((offset.as_nanos() / batch * batch) as u64);
         }
-        Slot {
+        Schedule {
             anchor,
             offset,
             interval,
@@ -55,6 +59,52 @@ impl Slot {
     }
 }
 
+/// The scheduler's self-measurement families, per probe kind.
+#[derive(Clone, Debug)]
+pub struct SchedulerMetrics {
+    lag: Family<ProbeLabel, Histogram>,
+    skipped: Family<ProbeLabel, Counter>,
+}
+
+impl SchedulerMetrics {
+    /// Registers both families, with a series for every kind from the start.
+    pub fn register(registry: &mut Registry) -> Self {
+        let lag = Family::<ProbeLabel, Histogram>::new_with_constructor(|| {
+            latency_histogram(LAG_BUCKETS)
+        });
+        registry.register(
+            "regionprobe_scheduler_lag_seconds",
+            "How late each probe started against its schedule",
+            lag.clone(),
+        );
+        let skipped = Family::<ProbeLabel, Counter>::default();
+        registry.register(
+            "regionprobe_scheduler_skipped_ticks",
+            "Probe ticks skipped because the previous probe or the runtime ran late",
+            skipped.clone(),
+        );
+        for kind in ProbeKind::ALL {
+            let label = ProbeLabel {
+                probe: kind.as_str(),
+            };
+            let _ = lag.get_or_create(&label);
+            let _ = skipped.get_or_create(&label);
+        }
+        SchedulerMetrics { lag, skipped }
+    }
+
+    /// The handles a target of `kind` reports its lateness into.
+    pub fn lateness(&self, kind: ProbeKind) -> Lateness {
+        let label = ProbeLabel {
+            probe: kind.as_str(),
+        };
+        Lateness {
+            lag: self.lag.get_or_create(&label).clone(),
+            skipped: self.skipped.get_or_create(&label).clone(),
+        }
+    }
+}
+
 /// Self-measurement handles for one target.
 #[derive(Clone, Debug)]
 pub struct Lateness {
@@ -62,19 +112,19 @@ pub struct Lateness {
     pub skipped: Counter,
 }
 
-/// Waits for a slot's ticks, measuring and reporting its own lateness.
+/// Waits for a schedule's ticks, measuring and reporting its own lateness.
 #[derive(Debug)]
 pub struct Ticker {
-    slot: Slot,
+    schedule: Schedule,
     next: Instant,
     lateness: Lateness,
 }
 
 impl Ticker {
-    pub fn new(slot: Slot, lateness: Lateness) -> Self {
+    pub fn new(schedule: Schedule, lateness: Lateness) -> Self {
         Ticker {
-            next: slot.first_tick_after(Instant::now()),
-            slot,
+            next: schedule.first_tick_after(Instant::now()),
+            schedule,
             lateness,
         }
     }
@@ -85,14 +135,14 @@ impl Ticker {
         sleep_until(self.next).await;
         let now = Instant::now();
         let mut late = now - self.next;
-        if late >= self.slot.interval {
-            let missed = (late.as_nanos() / self.slot.interval.as_nanos()) as u32;
+        if late >= self.schedule.interval {
+            let missed = (late.as_nanos() / self.schedule.interval.as_nanos()) as u32;
             self.lateness.skipped.inc_by(u64::from(missed));
-            self.next += self.slot.interval * missed;
+            self.next += self.schedule.interval * missed;
             late = now - self.next;
         }
         self.lateness.lag.observe(late.as_secs_f64());
-        self.next += self.slot.interval;
+        self.next += self.schedule.interval;
     }
 }
 
@@ -113,7 +163,7 @@ mod tests {
         let anchor = Instant::now();
         let interval = Duration::from_secs(1);
         let offsets: Vec<Duration> = (0..1000)
-            .map(|i| Slot::spread(anchor, interval, i, 1000).offset)
+            .map(|i| Schedule::spread(anchor, interval, i, 1000).offset)
             .collect();
         // 1,000 targets never fire in one burst: 10 per 10 ms batch, in every batch.
         let mut per_batch = [0u32; 100];
@@ -129,7 +179,7 @@ mod tests {
 
         // Few targets keep their even spacing.
         let few: Vec<u128> = (0..4)
-            .map(|i| Slot::spread(anchor, interval, i, 4).offset.as_millis())
+            .map(|i| Schedule::spread(anchor, interval, i, 4).offset.as_millis())
             .collect();
         assert_eq!(few, vec![0, 250, 500, 750]);
     }
@@ -137,7 +187,7 @@ mod tests {
     #[test]
     fn first_tick_is_aligned_to_the_anchor() {
         let anchor = Instant::now();
-        let slot = Slot {
+        let slot = Schedule {
             anchor,
             offset: Duration::from_millis(300),
             interval: Duration::from_secs(1),
@@ -162,7 +212,7 @@ mod tests {
         run_for: Duration,
     ) -> (Vec<Duration>, u64) {
         let anchor = Instant::now();
-        let slot = Slot {
+        let slot = Schedule {
             anchor,
             offset: Duration::from_millis(100),
             interval: Duration::from_secs(1),

@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::{Config, ProbeConfig, Target};
-use crate::live::LiveTargets;
-use crate::ranker::Snapshot;
+use crate::config::Config;
+use crate::probe;
+use crate::ranking::Snapshot;
+use crate::targets::LiveTargets;
 
 #[derive(Debug, Serialize)]
 pub struct RankingView {
@@ -147,7 +148,7 @@ pub fn targets(live: &LiveTargets) -> TargetsView {
                     name: config.name.clone(),
                     region: config.region.clone(),
                     probe: config.probe.kind().as_str(),
-                    endpoint: endpoint(config),
+                    endpoint: probe::endpoint(&config.probe),
                     interval_seconds: secs(config.interval),
                     timeout_seconds: secs(config.timeout),
                     up: status.last.as_ref().map(|last| last.failure.is_none()),
@@ -170,50 +171,28 @@ pub fn targets(live: &LiveTargets) -> TargetsView {
     }
 }
 
-/// What a target probes, in one line and without secrets.
-pub fn endpoint(target: &Target) -> String {
-    match &target.probe {
-        ProbeConfig::Icmp(icmp) => icmp.host.clone(),
-        ProbeConfig::Tcp(tcp) => {
-            let host = if tcp.host.contains(':') {
-                format!("[{}]", tcp.host)
-            } else {
-                tcp.host.clone()
-            };
-            let tls = if tcp.tls.is_some() { " (tls)" } else { "" };
-            format!("{host}:{}{tls}", tcp.port)
-        }
-        ProbeConfig::Http(http) => {
-            let url = &http.url;
-            // Credentials in the URL stay out of every view.
-            let authority = url.authority().map_or("", |a| a.as_str());
-            let host = authority
-                .rsplit_once('@')
-                .map_or(authority, |(_, host)| host);
-            let path = url.path_and_query().map_or("/", |pq| pq.as_str());
-            format!(
-                "{} {}://{host}{path}",
-                http.method,
-                url.scheme_str().unwrap_or("http")
-            )
-        }
-        ProbeConfig::Dns(dns) => {
-            let transport = match dns.transport {
-                crate::config::DnsTransport::Udp => "udp",
-                crate::config::DnsTransport::Tcp => "tcp",
-            };
-            format!(
-                "{} {} @{} ({transport})",
-                dns.query, dns.record_type, dns.server
-            )
-        }
-    }
+/// Seconds as milliseconds, to about three significant digits (latencies are measured in
+/// microseconds).
+pub fn millis(seconds: f64) -> String {
+    let ms = seconds * 1000.0;
+    let decimals = match ms {
+        ms if ms < 1.0 => 3,
+        ms if ms < 10.0 => 2,
+        ms if ms < 100.0 => 1,
+        _ => 0,
+    };
+    format!("{ms:.decimals$} ms")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    use crate::config::{Target, parse};
+
+    /// What a target's line says of it, through the real parser.
+    fn endpoint(target: &Target) -> String {
+        probe::endpoint(&target.probe)
+    }
 
     fn target(lines: &str) -> Target {
         let text = format!("[[target]]\nname = \"t\"\nregion = \"r\"\n{lines}");
@@ -247,5 +226,13 @@ mod tests {
             endpoint(&target("probe = \"icmp\"\nhost = \"10.1.2.3\"")),
             "10.1.2.3"
         );
+    }
+
+    #[test]
+    fn milliseconds_keep_about_three_digits() {
+        assert_eq!(millis(0.000_085), "0.085 ms");
+        assert_eq!(millis(0.001_234), "1.23 ms");
+        assert_eq!(millis(0.060_349), "60.3 ms");
+        assert_eq!(millis(1.503_2), "1503 ms");
     }
 }

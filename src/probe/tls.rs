@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::outcome::{Failure, Reason};
 use crate::config::TlsConfig;
-use crate::probe::{Failure, Reason};
 
 /// A target's TLS client, built once when the target starts.
 #[derive(Clone, Debug)]
@@ -54,15 +54,12 @@ fn web_roots() -> Arc<RootCertStore> {
 impl TlsClient {
     /// `alpn`: protocols to offer, most preferred first (empty: no ALPN).
     pub fn new(config: &TlsConfig, alpn: &[&[u8]]) -> Self {
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions");
         let mut client = if config.skip_verify {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
-                .with_no_client_auth()
+            accept_any()
         } else {
+            let builder = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions");
             let roots = match &config.ca {
                 Some(ca) => {
                     let mut store = RootCertStore::empty();
@@ -118,14 +115,20 @@ impl TlsClient {
 /// for `regionprobe healthcheck`, which asks its own exporter, usually over loopback where the
 /// certificate's names do not apply, and sends no secret.
 pub fn any_server_client() -> Arc<rustls::ClientConfig> {
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = accept_any();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// The one client configuration that skips certificate verification: `tls_skip_verify`
+/// targets and [`any_server_client`].
+fn accept_any() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+        .with_no_client_auth()
 }
 
 /// The earliest `notAfter` among the certificates, skipping any that do not parse.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::api::{RankingView, TargetsView};
-use crate::live::LiveTargets;
+use super::api::{RankingView, TargetsView, millis};
+use crate::targets::LiveTargets;
 
 /// Columns of a region chart: each shows the median latency of the samples in its slice of
 /// the window, and a red mark if any probe failed in it.
@@ -96,10 +96,12 @@ pub fn render(ranking: &RankingView, targets: &TargetsView, samples: &Samples) -
 <td>{p99}</td><td>{loss}</td><td>{samples}</td><td>{chart}</td></tr>",
             rank = region.rank,
             name = escape(&region.region),
-            score = region.score_seconds.map_or("unreachable".to_owned(), ms),
-            p50 = region.p50_seconds.map_or("-".to_owned(), ms),
-            p95 = region.p95_seconds.map_or("-".to_owned(), ms),
-            p99 = region.p99_seconds.map_or("-".to_owned(), ms),
+            score = region
+                .score_seconds
+                .map_or("unreachable".to_owned(), millis),
+            p50 = region.p50_seconds.map_or("-".to_owned(), millis),
+            p95 = region.p95_seconds.map_or("-".to_owned(), millis),
+            p99 = region.p99_seconds.map_or("-".to_owned(), millis),
             loss = region
                 .loss_ratio
                 .map_or("-".to_owned(), |l| format!("{:.1}%", l * 100.0)),
@@ -138,7 +140,7 @@ pub fn render(ranking: &RankingView, targets: &TargetsView, samples: &Samples) -
                 .last
                 .as_ref()
                 .and_then(|l| l.latency_seconds)
-                .map_or("-".to_owned(), ms),
+                .map_or("-".to_owned(), millis),
             success = target.last_success.as_deref().unwrap_or("never"),
         );
     }
@@ -172,7 +174,7 @@ fn chart(samples: &[(f64, Option<f64>)], window: f64) -> String {
     let mut svg = format!(
         "<svg class=\"chart\" width=\"{CHART_WIDTH}\" height=\"{CHART_HEIGHT}\" viewBox=\"0 0 {CHART_WIDTH} {CHART_HEIGHT}\" \
 role=\"img\"><title>median latency, max {}</title><rect width=\"100%\" height=\"100%\" class=\"bg\"/>",
-        ms(top),
+        millis(top),
     );
     let mut line = String::new();
     for (i, median) in medians.iter().enumerate() {
@@ -193,7 +195,7 @@ role=\"img\"><title>median latency, max {}</title><rect width=\"100%\" height=\"
         let _ = write!(
             svg,
             "<text class=\"max\" x=\"3\" y=\"11\">{}</text>",
-            ms(top)
+            millis(top)
         );
     }
     for (i, (_, failed)) in slices.iter().enumerate() {
@@ -208,16 +210,6 @@ role=\"img\"><title>median latency, max {}</title><rect width=\"100%\" height=\"
     }
     svg.push_str("</svg>");
     svg
-}
-
-/// Seconds as milliseconds, for people.
-fn ms(seconds: f64) -> String {
-    let ms = seconds * 1000.0;
-    if ms < 10.0 {
-        format!("{ms:.2} ms")
-    } else {
-        format!("{ms:.0} ms")
-    }
 }
 
 pub fn escape(text: &str) -> String {

@@ -10,9 +10,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hyper::header::HeaderValue;
-use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -36,54 +33,6 @@ pub const CHALLENGE: &str = "Basic realm=\"regionprobe\"";
 
 /// What Go's servers answer to plain HTTP on a TLS port, so curl users see the mistake.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
-
-/// Which file a TLS configuration error is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Key,
-    ClientCa,
-}
-
-/// The rustls server for `[web]`: HTTP/1.1 over TLS 1.2 or 1.3, client certificates verified
-/// against `client_ca` unless `client_auth` is [`ClientAuth::None`].
-pub fn server_config(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    client_ca: &[CertificateDer<'static>],
-    client_auth: ClientAuth,
-) -> Result<Arc<rustls::ServerConfig>, (Part, String)> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions");
-    let builder = match client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
-        ClientAuth::RequireAndVerify | ClientAuth::VerifyIfGiven => {
-            let mut roots = RootCertStore::empty();
-            for cert in client_ca {
-                roots
-                    .add(cert.clone())
-                    .map_err(|err| (Part::ClientCa, err.to_string()))?;
-            }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-            let verifier = match client_auth {
-                ClientAuth::VerifyIfGiven => verifier.allow_unauthenticated(),
-                _ => verifier,
-            };
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .map_err(|err| (Part::ClientCa, err.to_string()))?,
-            )
-        }
-    };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|err| (Part::Key, err.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
 
 /// The guard in force. Cheap to consult: one read lock and an `Arc` clone.
 #[derive(Debug)]

@@ -1,0 +1,127 @@
+//! The one owner of everything that changes while the exporter runs: the targets (reloads)
+//! and the ranking (ticks), applied one at a time, so no two changes race.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::AtomicU64;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::{Config, ConfigSource};
+use crate::http::{Guard, ReloadRequest, RenderCache};
+use crate::metrics::Registry;
+use crate::ranking::{self, Ranker, SharedSnapshot};
+use crate::targets::{self, LiveTargets, Supervisor};
+
+/// The reload gauges.
+#[derive(Debug)]
+pub struct ReloadMetrics {
+    successful: Gauge,
+    timestamp: Gauge<f64, AtomicU64>,
+}
+
+impl ReloadMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let successful = Gauge::default();
+        registry.register(
+            "regionprobe_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded, 0 if it failed and the previous configuration is still running",
+            successful.clone(),
+        );
+        let timestamp = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "regionprobe_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration (re)load",
+            timestamp.clone(),
+        );
+        ReloadMetrics {
+            successful,
+            timestamp,
+        }
+    }
+
+    /// Records a (re)load, applied or refused; either way the next scrape renders anew.
+    pub fn mark(&self, ok: bool, renderings: &RenderCache) {
+        self.successful.set(i64::from(ok));
+        if ok {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO);
+            self.timestamp.set(now.as_secs_f64());
+        }
+        renderings.invalidate();
+    }
+}
+
+/// The control loop's state.
+#[derive(Debug)]
+pub struct Control {
+    pub source: ConfigSource,
+    pub supervisor: Supervisor,
+    pub reloads: ReloadMetrics,
+    pub renderings: Arc<RenderCache>,
+    pub current: Arc<RwLock<Arc<Config>>>,
+    pub live: LiveTargets,
+    pub ranker: Ranker,
+    pub snapshot: SharedSnapshot,
+    pub web: Arc<Guard>,
+}
+
+impl Control {
+    /// Ranks every [`ranking::PERIOD`]; applies reloads from HTTP requests and SIGHUP, one at
+    /// a time, between rankings.
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<ReloadRequest>,
+        mut hangup: tokio::signal::unix::Signal,
+    ) -> std::convert::Infallible {
+        let mut ticks = tokio::time::interval(ranking::PERIOD);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    let now = Instant::now();
+                    let snapshot = self.ranker.rank(targets::tally(&self.live, now), now);
+                    *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
+                }
+                Some(reply) = requests.recv() => {
+                    let result = self.reload();
+                    let _ = reply.send(result);
+                }
+                Some(()) = hangup.recv() => {
+                    let _ = self.reload();
+                }
+            }
+        }
+    }
+
+    fn reload(&mut self) -> Result<targets::Diff, String> {
+        match self.source.load() {
+            Ok(config) => {
+                let running = self.current.read().expect("config lock").clone();
+                if config.exporter.listen != running.exporter.listen {
+                    tracing::warn!(
+                        running = %running.exporter.listen,
+                        configured = %config.exporter.listen,
+                        "exporter.listen changed; the new address takes effect after a restart"
+                    );
+                }
+                let diff = self.supervisor.apply(&config);
+                self.web.apply(&config.web);
+                self.ranker
+                    .reconfigure(&config.exporter.region, &config.ranking);
+                tracing::info!(%diff, "configuration reloaded");
+                *self.current.write().expect("config lock") = Arc::new(config);
+                self.reloads.mark(true, &self.renderings);
+                Ok(diff)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reload failed; keeping the running configuration");
+                self.reloads.mark(false, &self.renderings);
+                Err(err.to_string())
+            }
+        }
+    }
+}

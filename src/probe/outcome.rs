@@ -1,0 +1,162 @@
+//! What a probe reports: an [`Outcome`] (latency, phases, certificate expiry) or a
+//! [`Failure`] with a bounded [`Reason`]. Probers build these; they never touch metrics.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+/// A successful probe.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// ICMP round trip, TCP connect (plus TLS handshake), DNS round trip, HTTP total.
+    pub latency: Duration,
+    /// HTTP: time per phase, summed over redirect hops.
+    pub phases: Option<Phases>,
+    /// TLS targets: the earliest certificate expiry in the chain served.
+    pub cert_expiry: Option<SystemTime>,
+    /// HTTP: redirects followed.
+    pub redirects: u32,
+}
+
+impl Outcome {
+    pub fn latency(latency: Duration) -> Self {
+        Outcome {
+            latency,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// The phases of an HTTP probe: the `phase` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Host name to address.
+    Resolve,
+    /// TCP handshake.
+    Connect,
+    /// TLS handshake.
+    Tls,
+    /// Request sent until the response head arrived (server time plus one round trip).
+    Processing,
+    /// Reading the body.
+    Transfer,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Resolve,
+        Phase::Connect,
+        Phase::Tls,
+        Phase::Processing,
+        Phase::Transfer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Resolve => "resolve",
+            Phase::Connect => "connect",
+            Phase::Tls => "tls",
+            Phase::Processing => "processing",
+            Phase::Transfer => "transfer",
+        }
+    }
+}
+
+/// Time spent per [`Phase`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phases([Duration; 5]);
+
+impl Phases {
+    pub fn add(&mut self, phase: Phase, time: Duration) {
+        self.0[phase as usize] += time;
+    }
+
+    pub fn get(&self, phase: Phase) -> Duration {
+        self.0[phase as usize]
+    }
+
+    pub fn total(&self) -> Duration {
+        self.0.iter().sum()
+    }
+}
+
+/// A failed probe: a bounded `reason` for the label, and words for the log and the status API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Failure {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.as_str(), self.detail)
+    }
+}
+
+/// Why a probe failed: the closed set of `reason` label values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Timeout,
+    Refused,
+    Unreachable,
+    Resolve,
+    Tls,
+    HttpStatus,
+    Validation,
+    Error,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Timeout => "timeout",
+            Reason::Refused => "refused",
+            Reason::Unreachable => "unreachable",
+            Reason::Resolve => "resolve",
+            Reason::Tls => "tls",
+            Reason::HttpStatus => "http_status",
+            Reason::Validation => "validation",
+            Reason::Error => "error",
+        }
+    }
+}
+
+/// Whether a socket error means "no way there": no route, or a route or firewall that
+/// prohibits the destination. The one list of such errors, for connects and ICMP sends alike.
+pub(crate) fn is_unreachable(err: &io::Error) -> bool {
+    use nix::libc;
+    matches!(
+        err.kind(),
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+    ) || matches!(
+        err.raw_os_error(),
+        Some(
+            libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EADDRNOTAVAIL
+                | libc::EACCES
+                | libc::EPERM
+        )
+    )
+}
+
+/// A failed TCP connect as a [`Failure`] with the matching reason.
+pub(crate) fn connect_failure(addr: SocketAddr, err: &io::Error) -> Failure {
+    let reason = match err.kind() {
+        io::ErrorKind::ConnectionRefused => Reason::Refused,
+        io::ErrorKind::TimedOut => Reason::Timeout,
+        _ if is_unreachable(err) => Reason::Unreachable,
+        _ => Reason::Error,
+    };
+    Failure::new(reason, format!("connect {addr}: {err}"))
+}

@@ -1,0 +1,81 @@
+//! The ranking's families, encoded from the latest snapshot at scrape time.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::task::SharedSnapshot;
+use crate::metrics::Registry;
+
+/// Registers the region score, rank and failover families, read from `snapshot`.
+pub fn register(registry: &mut Registry, snapshot: SharedSnapshot) {
+    registry.register_collector(RankingCollector { snapshot });
+}
+
+/// The region ranking and the failover choice, from the latest snapshot.
+#[derive(Debug)]
+struct RankingCollector {
+    snapshot: SharedSnapshot,
+}
+
+impl Collector for RankingCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.snapshot.read().expect("snapshot lock").clone();
+        let source = snapshot.source_region.as_str();
+        let regions = &snapshot.ranking.regions;
+        let labels = |region: &str| {
+            [
+                ("source_region", source.to_owned()),
+                ("target_region", region.to_owned()),
+            ]
+        };
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_region_score_seconds",
+            "Ranking score of each target region over the window: latency quantile plus loss ratio times the loss penalty; +Inf when nothing answered.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions {
+            ConstGauge::new(region.score).encode(family.encode_family(&labels(&region.region))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_region_rank",
+            "Rank of each target region by score; 1 is the best.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions {
+            ConstGauge::new(region.rank as i64)
+                .encode(family.encode_family(&labels(&region.region))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_failover_best",
+            "1 for the chosen failover region (the best other region, held by hysteresis), 0 for the other candidates.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions.iter().filter(|r| r.region != source) {
+            let chosen = snapshot.best.as_deref() == Some(region.region.as_str());
+            ConstGauge::new(i64::from(chosen))
+                .encode(family.encode_family(&labels(&region.region))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_failover_last_change_timestamp_seconds",
+            "Unix time the failover choice last changed (the first choice included).",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Some(since) = snapshot.best_since {
+            let secs = since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            ConstGauge::new(secs).encode(family.encode_family(&[("source_region", source)])?)?;
+        }
+        Ok(())
+    }
+}
