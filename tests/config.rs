@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use regionprobe::config::{self, ConfigSource, IpVersion, ProbeConfig};
+use regionprobe::config::{
+    self, ConfigSource, HttpAuth, HttpConfig, IpVersion, ProbeConfig, Secret,
+};
 
 fn fixtures() -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir("tests/fixtures/invalid")
@@ -230,4 +232,60 @@ fn run_with_an_invalid_config_exits_non_zero_and_says_why() {
         String::from_utf8_lossy(&output.stderr).contains("unknown probe kind \"smtp\""),
         "{output:?}"
     );
+}
+
+fn http_config(lines: &str) -> HttpConfig {
+    let text = format!("[[target]]\nname = \"t\"\nregion = \"r\"\nprobe = \"http\"\n{lines}");
+    match config::parse("t.toml", &text, Some(Default::default()))
+        .unwrap_or_else(|err| panic!("{err}"))
+        .targets
+        .remove(0)
+        .probe
+    {
+        ProbeConfig::Http(http) => http,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn url_credentials_leave_the_url_and_become_basic_auth() {
+    let http = http_config("url = \"https://pr%6Fbe:p%40ss:w0rd@api.example.com:8443/h?x=1\"");
+    assert_eq!(http.url.to_string(), "https://api.example.com:8443/h?x=1");
+    assert_eq!(
+        http.auth,
+        Some(HttpAuth::Basic {
+            username: "probe".into(),
+            password: Secret::Value("p@ss:w0rd".into()),
+            from_url: true,
+        })
+    );
+    let shown = format!("{http:?}");
+    assert!(!shown.contains("w0rd"), "{shown}");
+}
+
+#[test]
+fn secrets_come_from_the_file_the_environment_or_the_value_and_debug_hides_them() {
+    // `std::env::set_var` is unsafe in edition 2024 (and `unsafe_code` is denied): PATH is
+    // a variable every test process has.
+    let path = std::env::var("PATH").unwrap();
+    let http = http_config(
+        "url = \"https://api.example.com/\"\nbasic_auth = { username = \"u\", password_env = \"PATH\" }",
+    );
+    assert_eq!(
+        http.auth,
+        Some(HttpAuth::Basic {
+            username: "u".into(),
+            password: Secret::Value(path.clone()),
+            from_url: false,
+        })
+    );
+    let headers = http_config(
+        "url = \"https://api.example.com/\"\nheaders = { X-Api-Key = \"k3y-value\" }\nbearer_token = \"t0ken-value\"",
+    );
+    let shown = format!("{headers:?}");
+    assert!(
+        !shown.contains("k3y-value") && !shown.contains("t0ken-value"),
+        "{shown}"
+    );
+    assert!(!format!("{http:?}").contains(&path));
 }

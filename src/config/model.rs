@@ -1,6 +1,7 @@
 //! The validated configuration: what the rest of the exporter reads. Every value here has
 //! passed validation and every default is applied.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -167,6 +168,53 @@ pub struct HttpConfig {
     pub keepalive: bool,
     pub tls: TlsConfig,
     pub ip_version: IpVersion,
+    /// The `Authorization` the target sends to its own origin (never to another one).
+    pub auth: Option<HttpAuth>,
+}
+
+/// How an HTTP target authenticates to its URL's origin.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HttpAuth {
+    /// `basic_auth`, or the credentials of the URL (`from_url`: shown as `user:xxxxx@`).
+    Basic {
+        username: String,
+        password: Secret,
+        from_url: bool,
+    },
+    /// `bearer_token`, `bearer_token_file` or `bearer_token_env`.
+    Bearer(Secret),
+}
+
+/// A secret value, or the file it is read from. Neither `Debug` nor any message shows a value.
+#[derive(Clone, PartialEq)]
+pub enum Secret {
+    /// Given in the file, in the URL, or read from the environment at load.
+    Value(String),
+    /// Read at every probe (trailing whitespace trimmed), so a rotated file takes effect
+    /// without a reload.
+    File(PathBuf),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Value(_) => f.write_str("Secret(<hidden>)"),
+            Secret::File(path) => write!(f, "Secret(file {})", path.display()),
+        }
+    }
+}
+
+impl Secret {
+    /// The value now. A file that cannot be read is an error naming the file, never its
+    /// contents.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Secret::Value(value) => Ok(value.clone()),
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim_end().to_owned())
+                .map_err(|err| format!("cannot read \"{}\": {err}", path.display())),
+        }
+    }
 }
 
 impl HttpConfig {

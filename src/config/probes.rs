@@ -11,8 +11,8 @@ use rustls_pki_types::ServerName;
 
 use super::fields::{Invalid, host_port, required_host};
 use super::model::{
-    CaFile, DnsConfig, DnsTransport, HttpConfig, HttpVersion, IcmpConfig, IpVersion, Pattern,
-    ProbeConfig, ProbeKind, TcpConfig, TlsConfig,
+    CaFile, DnsConfig, DnsTransport, HttpAuth, HttpConfig, HttpVersion, IcmpConfig, IpVersion,
+    Pattern, ProbeConfig, ProbeKind, Secret, TcpConfig, TlsConfig,
 };
 use super::raw::{RawStatus, RawTarget};
 
@@ -28,7 +28,7 @@ const TLS_KEYS: [&str; 3] = ["tls_ca_file", "tls_server_name", "tls_skip_verify"
 
 /// Every probe-specific key: whether this target sets it, and the probe kinds it belongs
 /// to. The one table of which key goes with which kind.
-fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 27] {
+fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 31] {
     use ProbeKind::{Dns, Http, Icmp, Tcp};
     const TLS: &[ProbeKind] = &[Tcp, Http];
     [
@@ -52,6 +52,14 @@ fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 2
         ("max_body_bytes", raw.max_body_bytes.is_some(), &[Http]),
         ("http_version", raw.http_version.is_some(), &[Http]),
         ("keepalive", raw.keepalive.is_some(), &[Http]),
+        ("basic_auth", raw.basic_auth.is_some(), &[Http]),
+        ("bearer_token", raw.bearer_token.is_some(), &[Http]),
+        (
+            "bearer_token_file",
+            raw.bearer_token_file.is_some(),
+            &[Http],
+        ),
+        ("bearer_token_env", raw.bearer_token_env.is_some(), &[Http]),
         ("tls_ca_file", raw.tls_ca_file.is_some(), TLS),
         ("tls_server_name", raw.tls_server_name.is_some(), TLS),
         ("tls_skip_verify", raw.tls_skip_verify.is_some(), TLS),
@@ -141,7 +149,7 @@ fn tcp(
 
 fn http(
     key: &dyn Fn(&str) -> String,
-    raw: RawTarget,
+    mut raw: RawTarget,
     ip_version: IpVersion,
 ) -> Result<ProbeConfig, Invalid> {
     let text = required_host(
@@ -164,6 +172,7 @@ fn http(
                 ),
             )
         })?;
+    let (url, url_credentials) = without_credentials(url);
     let tls = if url.scheme_str() == Some("https") {
         tls(key, &raw)?
     } else {
@@ -177,7 +186,7 @@ fn http(
             .map_err(|_| (key("method"), format!("\"{text}\" is not an HTTP method")))?,
     };
     let mut headers = Vec::new();
-    for (name, value) in raw.headers.unwrap_or_default() {
+    for (name, value) in raw.headers.take().unwrap_or_default() {
         let field = key(&format!("headers.{name}"));
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| (field.clone(), format!("\"{name}\" is not a header name")))?;
@@ -187,8 +196,12 @@ fn http(
                 "the value has characters a header cannot carry".into(),
             )
         })?;
+        // Any configured header may carry a secret: never shown by `Debug`.
+        let mut value = value;
+        value.set_sensitive(true);
         headers.push((header, value));
     }
+    let auth = auth(key, &mut raw, url_credentials, &headers)?;
     let valid_status = match raw.valid_status {
         None => vec![(200, 299)],
         Some(list) if list.is_empty() => {
@@ -258,7 +271,174 @@ fn http(
         keepalive: raw.keepalive.unwrap_or(false),
         tls,
         ip_version,
+        auth,
     }))
+}
+
+/// The URL without its `user:password@`, and those credentials, percent-decoded. Requests go
+/// to the URL without them (the credentials become basic auth), and every message shows it.
+fn without_credentials(url: hyper::Uri) -> (hyper::Uri, Option<(String, String)>) {
+    let Some((userinfo, host)) = url.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+        return (url, None);
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let credentials = (percent_decode(user), percent_decode(password));
+    let host = host.parse().ok();
+    let mut parts = url.into_parts();
+    parts.authority = host;
+    let url = hyper::Uri::from_parts(parts).expect("the same URL with a shorter authority");
+    (url, Some(credentials))
+}
+
+/// `%XX` escapes to bytes (RFC 3986 userinfo); anything malformed stays as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(high), Some(low)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The target's credentials: from the URL, `basic_auth` or a bearer token, at most one of
+/// them, and not beside an `Authorization` header.
+fn auth(
+    key: &dyn Fn(&str) -> String,
+    raw: &mut RawTarget,
+    url_credentials: Option<(String, String)>,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Result<Option<HttpAuth>, Invalid> {
+    let bearer = secret(
+        key,
+        "bearer_token",
+        raw.bearer_token.take(),
+        raw.bearer_token_file.take(),
+        raw.bearer_token_env.take(),
+    )?;
+    let basic = match raw.basic_auth.take() {
+        None => None,
+        Some(basic) => {
+            let username = basic
+                .username
+                .filter(|name| !name.is_empty())
+                .ok_or_else(|| (key("basic_auth.username"), "missing".to_owned()))?;
+            if username.contains(':') {
+                return Err((
+                    key("basic_auth.username"),
+                    "must not contain ':' (basic auth separates user and password with it)"
+                        .to_owned(),
+                ));
+            }
+            let password = secret(
+                &|field| key(&format!("basic_auth.{field}")),
+                "password",
+                basic.password,
+                basic.password_file,
+                basic.password_env,
+            )?
+            .unwrap_or(Secret::Value(String::new()));
+            Some((username, password))
+        }
+    };
+    let from_url = url_credentials.map(|(username, password)| HttpAuth::Basic {
+        username,
+        password: Secret::Value(password),
+        from_url: true,
+    });
+    let configured = [
+        from_url.map(|auth| ("url", auth)),
+        basic.map(|(username, password)| {
+            (
+                "basic_auth",
+                HttpAuth::Basic {
+                    username,
+                    password,
+                    from_url: false,
+                },
+            )
+        }),
+        bearer.map(|token| ("bearer_token", HttpAuth::Bearer(token))),
+    ];
+    let mut given = configured.into_iter().flatten();
+    let first = given.next();
+    if let (Some((first, _)), Some((second, _))) = (&first, given.next()) {
+        return Err((
+            key(second),
+            format!("credentials are already given by `{first}`; set them once"),
+        ));
+    }
+    if let Some((source, _)) = &first
+        && headers
+            .iter()
+            .any(|(name, _)| name == hyper::header::AUTHORIZATION)
+    {
+        return Err((
+            key("headers.Authorization"),
+            format!("credentials are already given by `{source}`; set them once"),
+        ));
+    }
+    Ok(first.map(|(_, auth)| auth))
+}
+
+/// A secret given as `<name>`, `<name>_file` or `<name>_env`: at most one of them. A file must
+/// be readable now (it is read again at every probe); a variable must be set now.
+fn secret(
+    key: &dyn Fn(&str) -> String,
+    name: &str,
+    value: Option<String>,
+    file: Option<String>,
+    env: Option<String>,
+) -> Result<Option<Secret>, Invalid> {
+    let given: Vec<&str> = [
+        value.as_ref().map(|_| ""),
+        file.as_ref().map(|_| "_file"),
+        env.as_ref().map(|_| "_env"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if given.len() > 1 {
+        return Err((
+            key(&format!("{name}{}", given[1])),
+            format!(
+                "`{name}{}` is already set; give the secret one way",
+                given[0]
+            ),
+        ));
+    }
+    if let Some(value) = value {
+        return Ok(Some(Secret::Value(value)));
+    }
+    if let Some(path) = file {
+        let secret = Secret::File(PathBuf::from(&path));
+        secret
+            .read()
+            .map_err(|problem| (key(&format!("{name}_file")), problem))?;
+        return Ok(Some(secret));
+    }
+    if let Some(variable) = env {
+        return match std::env::var(&variable) {
+            Ok(value) => Ok(Some(Secret::Value(value))),
+            Err(_) => Err((
+                key(&format!("{name}_env")),
+                format!("the environment variable {variable} is not set (or not UTF-8)"),
+            )),
+        };
+    }
+    Ok(None)
 }
 
 fn status_range(entry: &RawStatus) -> Option<(u16, u16)> {

@@ -110,6 +110,10 @@ pub(super) struct RawTarget {
     pub max_body_bytes: Option<u64>,
     pub http_version: Option<String>,
     pub keepalive: Option<bool>,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub bearer_token: Option<String>,
+    pub bearer_token_file: Option<String>,
+    pub bearer_token_env: Option<String>,
     // tls, for http and for tcp with tls = true
     pub tls_ca_file: Option<String>,
     pub tls_server_name: Option<String>,
@@ -123,6 +127,17 @@ pub(super) struct RawTarget {
     pub valid_rcodes: Option<Vec<String>>,
     pub min_answers: Option<u32>,
     pub answer_regex: Option<String>,
+}
+
+/// `basic_auth = { username = "...", password_file = "..." }` of an HTTP target: the password
+/// from exactly one of `password`, `password_file` or `password_env`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBasicAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
 }
 
 /// An entry of `valid_status`: a code (`200`) or a class (`"2xx"`).

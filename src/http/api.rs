@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn endpoints_name_the_peer_without_secrets() {
         let http = target(
-            "probe = \"http\"\nurl = \"https://user:hunter2@api.example.com/health?full=1\"\nheaders = { Authorization = \"Bearer s3cret\" }",
+            "probe = \"http\"\nurl = \"https://user:hunter2@api.example.com/health?full=1\"\nheaders = { X-Api-Key = \"s3cret\" }",
         );
         let shown = endpoint(&http);
         assert_eq!(shown, "GET https://api.example.com/health?full=1");

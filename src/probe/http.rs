@@ -5,10 +5,12 @@
 
 use std::net::SocketAddr;
 
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::{http1, http2};
-use hyper::header::{HOST, HeaderValue, LOCATION, USER_AGENT};
+use hyper::header::{AUTHORIZATION, HOST, HeaderValue, LOCATION, USER_AGENT};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -19,7 +21,7 @@ use tokio::time::Instant;
 use super::outcome::{Failure, Outcome, Phase, Phases, Reason, connect_failure};
 use super::resolve::{Host, Resolver};
 use super::tls::TlsClient;
-use crate::config::{HttpConfig, HttpVersion};
+use crate::config::{HttpAuth, HttpConfig, HttpVersion};
 
 /// The reasons an HTTP probe fails with: all of them.
 pub const REASONS: &[Reason] = &[
@@ -87,7 +89,7 @@ impl Connection {
     /// sent bytes that are no HTTP, or broke off HTTP/2) only learns "channel closed" or
     /// "canceled: connection closed"; the driver has the reason, and is ending by then. The
     /// grace only bounds the wait for it: the probe's timeout bounds everything anyway.
-    async fn failure(&mut self, url: &Uri, err: hyper::Error) -> Failure {
+    async fn failure(&mut self, url: &str, err: hyper::Error) -> Failure {
         const GRACE: std::time::Duration = std::time::Duration::from_millis(100);
         let cause = if (err.is_closed() || err.is_canceled())
             && let Ok(Ok(Err(driver_err))) = tokio::time::timeout(GRACE, &mut self.driver).await
@@ -147,6 +149,26 @@ impl Http {
         }
     }
 
+    /// `url` as messages show it: with the configured URL's credentials, the user and
+    /// `xxxxx` for the password (as Prometheus shows its own URLs) on that origin.
+    fn shown(&self, url: &Uri) -> String {
+        match &self.config.auth {
+            Some(HttpAuth::Basic {
+                username,
+                from_url: true,
+                ..
+            }) if origin(url) == origin(&self.config.url) => {
+                let scheme = url.scheme_str().unwrap_or("http");
+                url.to_string().replacen(
+                    &format!("{scheme}://"),
+                    &format!("{scheme}://{username}:xxxxx@"),
+                    1,
+                )
+            }
+            _ => url.to_string(),
+        }
+    }
+
     /// Whether the timeout cut a DNS lookup short.
     pub fn was_resolving(&self) -> bool {
         self.resolving
@@ -163,13 +185,13 @@ impl Http {
             let sent = Instant::now();
             let response = match connection.sender.send(request).await {
                 Ok(response) => response,
-                Err(err) => return Err(connection.failure(&url, err).await),
+                Err(err) => return Err(connection.failure(&self.shown(&url), err).await),
             };
             phases.add(Phase::Processing, sent.elapsed());
 
             let status = response.status();
             if status.is_redirection() && redirects < u32::from(self.config.max_redirects) {
-                url = redirect_target(&url, &response)?;
+                url = redirect_target(&url, &self.shown(&url), &response)?;
                 redirects += 1;
                 // The unread body makes the connection unusable for another request.
                 continue;
@@ -177,7 +199,11 @@ impl Http {
             if !self.config.accepts_status(status.as_u16()) {
                 return Err(Failure::new(
                     Reason::HttpStatus,
-                    format!("{url} answered {status}{}", after_redirects(redirects)),
+                    format!(
+                        "{} answered {status}{}",
+                        self.shown(&url),
+                        after_redirects(redirects)
+                    ),
                 ));
             }
 
@@ -249,15 +275,20 @@ impl Http {
             if version == HttpVersion::Http2 && handshake.alpn.as_deref() != Some(b"h2") {
                 return Err(Failure::new(
                     Reason::Error,
-                    format!("{url}: the server did not agree to HTTP/2 (ALPN)"),
+                    format!(
+                        "{}: the server did not agree to HTTP/2 (ALPN)",
+                        self.shown(url)
+                    ),
                 ));
             }
             handshake_http(handshake.stream, version, origin).await
         } else {
             handshake_http(stream, version, origin).await
         };
-        connection
-            .map_err(|err| Failure::new(Reason::Error, format!("{url}: {}", error_chain(&err))))
+        connection.map_err(|err| {
+            let shown = self.shown(url);
+            Failure::new(Reason::Error, format!("{shown}: {}", error_chain(&err)))
+        })
     }
 
     fn request(&self, url: &Uri, sender: &Sender) -> Result<Request<Full<Bytes>>, Failure> {
@@ -268,15 +299,27 @@ impl Http {
             Sender::H2(_) => builder.uri(url.clone()),
         };
         let headers = builder.headers_mut().expect("a fresh builder has headers");
-        for (name, value) in &self.config.headers {
-            headers.append(name, value.clone());
+        // The configured headers and credentials go to the configured origin only: a redirect
+        // elsewhere gets neither (as curl and browsers drop Authorization and Cookie).
+        if origin(url) == origin(&self.config.url) {
+            for (name, value) in &self.config.headers {
+                headers.append(name, value.clone());
+            }
+            if let Some(value) = self.authorization(url)? {
+                headers.insert(AUTHORIZATION, value);
+            }
         }
         if matches!(sender, Sender::H1(_))
             && !headers.contains_key(HOST)
             && let Some(authority) = url.authority()
-            && let Ok(value) = HeaderValue::from_str(authority.as_str())
         {
-            headers.insert(HOST, value);
+            let host = authority
+                .as_str()
+                .rsplit_once('@')
+                .map_or(authority.as_str(), |(_, host)| host);
+            if let Ok(value) = HeaderValue::from_str(host) {
+                headers.insert(HOST, value);
+            }
         }
         if !headers.contains_key(USER_AGENT) {
             headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
@@ -286,9 +329,39 @@ impl Http {
             .map_err(|err| {
                 Failure::new(
                     Reason::Error,
-                    format!("{url}: cannot build the request: {err}"),
+                    format!("{}: cannot build the request: {err}", self.shown(url)),
                 )
             })
+    }
+
+    /// The `Authorization` header of the target's credentials, marked sensitive (never
+    /// indexed by HTTP/2, never shown by `Debug`). A secret file is read now, so a rotated
+    /// one takes effect at the next probe; one that cannot be read fails the probe as `error`.
+    fn authorization(&self, url: &Uri) -> Result<Option<HeaderValue>, Failure> {
+        let Some(auth) = &self.config.auth else {
+            return Ok(None);
+        };
+        let unreadable = |problem: String| {
+            Failure::new(
+                Reason::Error,
+                format!("{}: credentials: {problem}", self.shown(url)),
+            )
+        };
+        let text = match auth {
+            HttpAuth::Basic {
+                username, password, ..
+            } => {
+                let password = password.read().map_err(unreadable)?;
+                let pair = format!("{username}:{password}");
+                format!("Basic {}", BASE64_STANDARD.encode(pair))
+            }
+            HttpAuth::Bearer(token) => format!("Bearer {}", token.read().map_err(unreadable)?),
+        };
+        let mut value = HeaderValue::from_str(&text).map_err(|_| {
+            unreadable("the secret has characters a header cannot carry".to_owned())
+        })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
     }
 
     /// Reads the body up to `max_body_bytes`; keeps it only when a regex needs it. Generic so
@@ -334,12 +407,17 @@ impl Http {
             (true, false) | (false, true) => Ok(()),
             (false, false) => Err(Failure::new(
                 Reason::Validation,
-                format!("the body of {url} does not match /{}/", pattern.0.as_str()),
+                format!(
+                    "the body of {} does not match /{}/",
+                    self.shown(url),
+                    pattern.0.as_str()
+                ),
             )),
             (true, true) => Err(Failure::new(
                 Reason::Validation,
                 format!(
-                    "the body of {url} matches /{}/ (body_regex_invert)",
+                    "the body of {} matches /{}/ (body_regex_invert)",
+                    self.shown(url),
                     pattern.0.as_str()
                 ),
             )),
@@ -386,8 +464,13 @@ fn after_redirects(redirects: u32) -> String {
     }
 }
 
-/// Where a redirect points, resolved against the URL that answered it.
-fn redirect_target(url: &Uri, response: &Response<hyper::body::Incoming>) -> Result<Uri, Failure> {
+/// Where a redirect points, resolved against the URL that answered it (`shown` as messages
+/// show it). Credentials in a `Location` are ignored, and never shown.
+fn redirect_target(
+    url: &Uri,
+    shown: &str,
+    response: &Response<hyper::body::Incoming>,
+) -> Result<Uri, Failure> {
     let location = response
         .headers()
         .get(LOCATION)
@@ -395,13 +478,16 @@ fn redirect_target(url: &Uri, response: &Response<hyper::body::Incoming>) -> Res
         .ok_or_else(|| {
             Failure::new(
                 Reason::Validation,
-                format!("{url} answered {} without a Location", response.status()),
+                format!("{shown} answered {} without a Location", response.status()),
             )
         })?;
     join(url, location).ok_or_else(|| {
         Failure::new(
             Reason::Validation,
-            format!("{url} redirects to an unusable Location \"{location}\""),
+            format!(
+                "{shown} redirects to an unusable Location \"{}\"",
+                without_userinfo(location)
+            ),
         )
     })
 }
@@ -423,11 +509,24 @@ fn join(base: &Uri, location: &str) -> Option<Uri> {
         let dir = if dir.is_empty() { "/" } else { dir };
         format!("{scheme}://{authority}{dir}{location}")
     };
-    let uri: Uri = joined.parse().ok()?;
+    let uri: Uri = without_userinfo(&joined).parse().ok()?;
     // `//:80` parses, with an empty host: nothing the next hop could connect to.
     (matches!(uri.scheme_str(), Some("http" | "https"))
         && uri.host().is_some_and(|h| !h.is_empty()))
     .then_some(uri)
+}
+
+/// A URL without the `user:password@` of its authority: a redirect's credentials are never
+/// used (curl and browsers drop them too) and never shown.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 /// An error and its causes on one line: hyper's top-level messages are terse.
@@ -677,7 +776,7 @@ mod tests {
         let request = probe.request(&url, &connection.sender).unwrap();
         let err = connection.sender.send(request).await.unwrap_err();
         assert!(err.is_closed(), "{err}");
-        let failure = connection.failure(&url, err).await;
+        let failure = connection.failure(&url.to_string(), err).await;
         assert_eq!(failure.reason, Reason::Error);
         assert!(failure.detail.contains("unexpected message"), "{failure}");
     }
@@ -836,5 +935,128 @@ mod tests {
         assert_eq!(after_redirects(0), "");
         assert_eq!(after_redirects(1), " after 1 redirect");
         assert_eq!(after_redirects(3), " after 3 redirects");
+    }
+
+    /// Whether a probe of `/headers` on `url` succeeds with `regex` (a `body_regex`) and
+    /// `extra` keys: the headers the server received, seen through the real prober.
+    async fn received(url: &str, regex: &str, extra: &str) -> Result<Outcome, Failure> {
+        let keys = format!("body_regex = '{regex}'\n{extra}");
+        run(&mut http(url, &keys)).await
+    }
+
+    #[tokio::test]
+    async fn url_credentials_become_basic_auth_and_stay_out_of_host_and_messages() {
+        let addr = http_server(None).await;
+        let url = format!("http://probe:p%40ss@{addr}/headers");
+        // "probe:p@ss" in base64.
+        let auth = received(&url, "(?m)^authorization: Basic cHJvYmU6cEBzcw==$", "").await;
+        assert!(auth.is_ok(), "{auth:?}");
+        let host = received(&url, &format!("(?m)^host: {addr}$"), "").await;
+        assert!(host.is_ok(), "{host:?}");
+
+        let failed = run(&mut http(
+            &format!("http://probe:p%40ss@{addr}/status/500"),
+            "",
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(
+            failed.detail,
+            format!("http://probe:xxxxx@{addr}/status/500 answered 500 Internal Server Error")
+        );
+        let refused = run(&mut http("http://probe:hunter2@127.0.0.1:1/", ""))
+            .await
+            .unwrap_err();
+        assert!(!refused.detail.contains("hunter2"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_elsewhere_carries_no_credentials_and_no_configured_header() {
+        let (first, other) = (http_server(None).await, http_server(None).await);
+        let secrets = "headers = { X-Api-Key = \"k3y\", Cookie = \"session=c00kie\" }";
+        let leaked = "(?im)^(authorization|cookie|x-api-key|proxy-authorization):";
+
+        // Same origin: everything configured is sent again.
+        let url = format!("http://probe:pw@{first}/redirect-to?/headers");
+        let kept = received(&url, "(?m)^x-api-key: k3y$", secrets).await;
+        assert!(kept.is_ok(), "{kept:?}");
+        let kept = received(&url, "(?m)^authorization: Basic ", secrets).await;
+        assert!(kept.is_ok(), "{kept:?}");
+
+        // Another origin (another port): nothing.
+        let url = format!("http://probe:pw@{first}/redirect-to?http://{other}/headers");
+        let dropped = received(
+            &url,
+            leaked,
+            &format!("{secrets}\nbody_regex_invert = true"),
+        )
+        .await;
+        assert!(dropped.is_ok(), "{dropped:?}");
+        let bearer = format!("http://{first}/redirect-to?http://{other}/headers");
+        let dropped = received(
+            &bearer,
+            leaked,
+            "bearer_token = \"t0ken\"\nbody_regex_invert = true",
+        )
+        .await;
+        assert!(dropped.is_ok(), "{dropped:?}");
+
+        // Credentials in a Location are ignored: no Authorization, and not in Host.
+        let url = format!("http://{first}/redirect-to?http://evil:pw@{other}/headers");
+        let ignored = received(
+            &url,
+            "(?im)^authorization:|evil",
+            "body_regex_invert = true",
+        )
+        .await;
+        assert!(ignored.is_ok(), "{ignored:?}");
+        let host = received(&url, &format!("(?m)^host: {other}$"), "").await;
+        assert!(host.is_ok(), "{host:?}");
+        // ... and never shown (the configured URL's query holds them only to drive the peer).
+        let unusable = format!("http://{first}/redirect-to?http://evil:s3cret@:80/");
+        let failure = run(&mut http(&unusable, "")).await.unwrap_err();
+        assert_eq!(failure.reason, Reason::Validation);
+        assert!(
+            failure
+                .detail
+                .ends_with(" redirects to an unusable Location \"http://:80/\""),
+            "{failure}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_file_is_read_at_every_probe_and_never_shown() {
+        let addr = http_server(None).await;
+        let path = std::env::temp_dir().join(format!(
+            "regionprobe-token-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::write(&path, "first-t0ken\n").unwrap();
+        let mut probe = http(
+            &format!("http://{addr}/headers"),
+            &format!(
+                "bearer_token_file = \"{}\"\nbody_regex = '(?m)^authorization: Bearer first-t0ken$'",
+                path.display()
+            ),
+        );
+        assert!(run(&mut probe).await.is_ok());
+        // Rotated: the next probe sends the new token (and the regex no longer matches).
+        std::fs::write(&path, "second-t0ken").unwrap();
+        let rotated = run(&mut probe).await.unwrap_err();
+        assert_eq!(rotated.reason, Reason::Validation, "{rotated}");
+        // Gone: the probe fails as `error`, naming the file, not a token.
+        std::fs::remove_file(&path).unwrap();
+        let gone = run(&mut probe).await.unwrap_err();
+        assert_eq!(gone.reason, Reason::Error, "{gone}");
+        assert!(gone.detail.contains(&path.display().to_string()), "{gone}");
+        assert!(!gone.detail.contains("t0ken"), "{gone}");
+    }
+
+    #[test]
+    fn userinfo_is_cut_from_shown_urls() {
+        assert_eq!(without_userinfo("http://u:p@h:1/a@b"), "http://h:1/a@b");
+        assert_eq!(without_userinfo("https://h/x?u=a@b"), "https://h/x?u=a@b");
+        assert_eq!(without_userinfo("/relative@x"), "/relative@x");
     }
 }

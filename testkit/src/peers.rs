@@ -93,7 +93,9 @@ pub fn tls_server(cert: ServerCert) -> Arc<rustls::ServerConfig> {
 /// - `/text`: `regionprobe says hello`;
 /// - `/redirect/{n}`: 302 to `/redirect/{n-1}`, `/redirect/0` is 200;
 /// - `/loop`: 302 to itself; `/no-location`: 302 without Location;
-/// - `/version`: the HTTP version the request used.
+/// - `/version`: the HTTP version the request used;
+/// - `/headers`: the request's headers, one `name: value` line each, sorted;
+/// - `/redirect-to?{location}`: 302 to the query, verbatim.
 pub async fn http_server(tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -181,6 +183,18 @@ async fn route(request: Request<Incoming>) -> Result<Response<Body>, Infallible>
         "loop" => redirect(Some("/loop".into())),
         "no-location" => redirect(None),
         "version" => with_status(200, full(format!("{:?}", request.version()))),
+        // The request's headers, one `name: value` line each (names lowercase), sorted.
+        "headers" => {
+            let mut lines: Vec<String> = request
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
+                .collect();
+            lines.sort();
+            with_status(200, full(lines.join("\n") + "\n"))
+        }
+        // A redirect to the query, verbatim: `/redirect-to?http://other:80/headers`.
+        "redirect-to" => redirect(request.uri().query().map(str::to_owned)),
         _ => with_status(404, full("not found")),
     };
     Ok(response)
