@@ -177,9 +177,14 @@ pub(super) fn mask_url_passwords(text: &str) -> String {
     // within the same word.
     while let Some(at) = rest.find('@') {
         let (before, after) = rest.split_at(at);
+        // The userinfo starts after `scheme://`, else after the start of the word; a
+        // password may hold any character but `@` (a `/` too, when mistyped unencoded).
         let word_start = before
-            .rfind(|c: char| c.is_whitespace() || matches!(c, '"' | '`' | '\'' | '(' | '<' | '/'))
+            .rfind(|c: char| c.is_whitespace() || matches!(c, '"' | '`' | '\'' | '(' | '<'))
             .map_or(0, |i| i + 1);
+        let word_start = before[word_start..]
+            .rfind("://")
+            .map_or(word_start, |i| word_start + i + 3);
         let word = &before[word_start..];
         match word.find(':') {
             Some(colon) if !word[colon + 1..].is_empty() => {
@@ -335,6 +340,10 @@ mod tests {
             "user:xxxxx@host and a@b"
         );
         assert_eq!(mask_url_passwords("no userinfo"), "no userinfo");
+        assert_eq!(
+            mask_url_passwords("\"http://u:pa/ss:w@h/p\" and https://h/a@b"),
+            "\"http://u:xxxxx@h/p\" and https://h/a@b"
+        );
         assert_eq!(
             serde_problem(
                 "target[0].headers.Authorization",
