@@ -59,6 +59,8 @@ impl ReloadMetrics {
 #[derive(Debug)]
 pub struct Control {
     pub source: ConfigSource,
+    /// `--web.listen-address`, which replaces `exporter.listen` of every reload.
+    pub listen_override: Option<std::net::SocketAddr>,
     pub supervisor: Supervisor,
     pub reloads: ReloadMetrics,
     pub renderings: Arc<RenderCache>,
@@ -98,8 +100,14 @@ impl Control {
     }
 
     fn reload(&mut self) -> Result<targets::Diff, String> {
+        // The resolver's configuration is re-read on every reload request, applied or not:
+        // it is not part of the file.
+        self.supervisor.reload_resolver();
         match self.source.load() {
-            Ok(config) => {
+            Ok(mut config) => {
+                if let Some(listen) = self.listen_override {
+                    config.exporter.listen = listen;
+                }
                 let running = self.current.read().expect("config lock").clone();
                 if config.exporter.listen != running.exporter.listen {
                     tracing::warn!(

@@ -27,6 +27,7 @@ mod targets;
 pub use cmd::{healthcheck, rank};
 pub use probe::{Reason, reasons};
 
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
@@ -48,8 +49,35 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    // Installed before anything else so an early SIGHUP cannot kill the process.
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let startup = Startup {
+        hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        listen_override: None,
+    };
+    run_with(source, config, listener, shutdown, startup).await
+}
+
+/// What the binary sets up before loading the configuration.
+#[derive(Debug)]
+pub struct Startup {
+    /// The SIGHUP handler, installed before the first load so that an early SIGHUP cannot
+    /// kill the process (it becomes a reload once running).
+    pub hangup: tokio::signal::unix::Signal,
+    /// `--web.listen-address`: replaces `exporter.listen` of every (re)loaded configuration.
+    pub listen_override: Option<SocketAddr>,
+}
+
+/// [`run`] with the SIGHUP handler and the flags' overrides given.
+pub async fn run_with(
+    source: ConfigSource,
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    startup: Startup,
+) -> std::io::Result<()> {
+    let Startup {
+        hangup,
+        listen_override,
+    } = startup;
 
     // Each owner of state registers the families it exports.
     let mut registry = Registry::default();
@@ -85,6 +113,7 @@ pub async fn run(
     });
     let control = Control {
         source,
+        listen_override,
         supervisor,
         reloads,
         renderings,

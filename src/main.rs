@@ -1,7 +1,8 @@
 //! The `regionprobe` binary: flags, logging, signals; everything else is the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,19 +13,42 @@ use regionprobe::rank::{self, Format, Progress};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
+/// The working directory's configuration file, used when there is no `--config`.
+const LOCAL_CONFIG: &str = "exporter.toml";
+
+const AFTER_HELP: &str = "\
+Reloading: SIGHUP or `POST /-/reload` re-reads the configuration file and the environment;
+an invalid file is refused and the running configuration keeps going. SIGTERM and SIGINT stop
+gracefully.
+
+Environment: REGIONPROBE_<SECTION>__<KEY> overrides a key of the file, e.g.
+REGIONPROBE_EXPORTER__REGION=eu-west-1 sets exporter.region; errors in an override name the
+variable. RUST_LOG sets the log filter when --log.level is not given.";
+
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Prometheus exporter for cross-region latency and failover ranking"
+    about = "Prometheus exporter for cross-region latency and failover ranking",
+    after_help = AFTER_HELP
 )]
 struct Cli {
-    /// Configuration file; without it the bundled exporter.toml is used.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Configuration file. Without it: ./exporter.toml when the working directory has one,
+    /// else the bundled exporter.toml.
+    #[arg(
+        long,
+        visible_alias = "config.file",
+        global = true,
+        value_name = "PATH"
+    )]
     config: Option<PathBuf>,
-    /// Log format.
+    /// Address to listen on, e.g. :9537 or 127.0.0.1:9537; overrides exporter.listen.
+    #[arg(long = "web.listen-address", global = true, value_name = "ADDRESS", value_parser = listen_address)]
+    web_listen_address: Option<SocketAddr>,
+    /// Log format: text (human-readable), logfmt (key=value) or json.
     #[arg(long = "log.format", global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log level or filter (e.g. debug, info,regionprobe=trace); overrides RUST_LOG.
+    /// Log level (trace, debug, info, warn, error, off) or filter directives such as
+    /// info,regionprobe=debug; overrides RUST_LOG.
     #[arg(long = "log.level", global = true, value_name = "FILTER")]
     log_level: Option<String>,
     #[command(subcommand)]
@@ -75,20 +99,48 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    regionprobe::config::parse_listen(text)
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Text,
+    Logfmt,
     Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let source = match &cli.config {
-        Some(path) => ConfigSource::File(path.clone()),
-        None => ConfigSource::Bundled,
+    let (source, chosen) = match &cli.config {
+        Some(path) => (ConfigSource::File(path.clone()), None),
+        None if Path::new(LOCAL_CONFIG).is_file() => (
+            ConfigSource::File(PathBuf::from(LOCAL_CONFIG)),
+            Some(format!(
+                "no --config: using {LOCAL_CONFIG} of the working directory ({})",
+                std::env::current_dir()
+                    .map(|dir| dir.join(LOCAL_CONFIG).display().to_string())
+                    .unwrap_or_else(|_| LOCAL_CONFIG.to_owned())
+            )),
+        ),
+        None => (
+            ConfigSource::Bundled,
+            Some(format!(
+                "no --config and no {LOCAL_CONFIG} in the working directory: using the bundled exporter.toml"
+            )),
+        ),
+    };
+    let listen = cli.web_listen_address;
+    let load = |source: &ConfigSource| {
+        source.load().map(|mut config| {
+            if let Some(listen) = listen {
+                config.exporter.listen = listen;
+            }
+            config
+        })
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => match source.load() {
+        Command::CheckConfig => match load(&source) {
             Ok(config) => {
                 println!(
                     "{}: OK ({} targets, region {})",
@@ -104,7 +156,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Healthcheck { url } => {
-            match regionprobe::healthcheck::check(&source, url.as_deref()) {
+            match regionprobe::healthcheck::check(&source, url.as_deref(), listen) {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS
@@ -128,7 +180,7 @@ fn main() -> ExitCode {
                 eprintln!("{err:#}");
                 return ExitCode::from(USAGE_ERROR);
             }
-            match source.load() {
+            match load(&source) {
                 Ok(config) => rank(config, duration, format, progress),
                 Err(err) => {
                     eprintln!("{err}");
@@ -146,7 +198,10 @@ fn main() -> ExitCode {
                 eprintln!("{err:#}");
                 return ExitCode::FAILURE;
             }
-            match run(source) {
+            if let Some(chosen) = chosen {
+                tracing::info!("{chosen}");
+            }
+            match run(source, listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");
@@ -170,6 +225,7 @@ where
 {
     let filter = match level {
         Some(level) => {
+            check_log_levels(level).with_context(|| format!("invalid --log.level {level:?}"))?;
             EnvFilter::try_new(level).with_context(|| format!("invalid --log.level {level:?}"))?
         }
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
@@ -180,23 +236,158 @@ where
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
+        LogFormat::Logfmt => builder.event_format(Logfmt).init(),
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
 }
 
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Every directive of a filter (`info`, `regionprobe=debug`, `regionprobe::probe[span]=trace`)
+/// must end in a known level: EnvFilter reads a bare misspelt level (`warning`) as a target
+/// name and silences everything else.
+fn check_log_levels(filter: &str) -> anyhow::Result<()> {
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // The level follows the last `=` outside a span's `[...]` field filter.
+        let mut depth = 0usize;
+        let mut split = None;
+        for (at, c) in directive.char_indices() {
+            match c {
+                '[' | '{' => depth += 1,
+                ']' | '}' => depth = depth.saturating_sub(1),
+                '=' if depth == 0 => split = Some(at),
+                _ => {}
+            }
+        }
+        let level = match split {
+            Some(at) => &directive[at + 1..],
+            None => directive,
+        };
+        if !LOG_LEVELS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(level))
+        {
+            anyhow::bail!(
+                "unknown level \"{level}\"; expected one of {}, or directives such as info,regionprobe=debug",
+                LOG_LEVELS.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// logfmt lines: `ts=... level=info target=regionprobe msg="..." key=value`.
+#[derive(Debug)]
+struct Logfmt;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Logfmt
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let mut ts = String::new();
+        tracing_subscriber::fmt::time::SystemTime
+            .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut ts))?;
+        let meta = event.metadata();
+        let mut fields = LogfmtFields::default();
+        event.record(&mut fields);
+        write!(
+            writer,
+            "ts={} level={} target={}",
+            logfmt_value(&ts),
+            meta.level().as_str().to_ascii_lowercase(),
+            logfmt_value(meta.target())
+        )?;
+        if let Some(message) = &fields.message {
+            write!(writer, " msg={}", logfmt_value(message))?;
+        }
+        writeln!(writer, "{}", fields.rest)
+    }
+}
+
+#[derive(Default)]
+struct LogfmtFields {
+    message: Option<String>,
+    rest: String,
+}
+
+impl tracing::field::Visit for LogfmtFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.push(field, value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.push(field, format!("{value:?}"));
+    }
+}
+
+impl LogfmtFields {
+    fn push(&mut self, field: &tracing::field::Field, value: String) {
+        if field.name() == "message" {
+            self.message = Some(value);
+        } else {
+            use std::fmt::Write as _;
+            let _ = write!(self.rest, " {}={}", field.name(), logfmt_value(&value));
+        }
+    }
+}
+
+/// A logfmt value: bare when it has no space, quote, `=` or control character, else quoted.
+fn logfmt_value(value: &str) -> String {
+    let bare = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c == ' ' || c == '"' || c == '=' || c == '\\' || c.is_control());
+    if bare {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[tokio::main]
-async fn run(source: ConfigSource) -> anyhow::Result<()> {
-    // Handlers first: a SIGTERM that arrives while starting up still shuts down cleanly.
+async fn run(source: ConfigSource, listen_override: Option<SocketAddr>) -> anyhow::Result<()> {
+    // Handlers first, before the (possibly long) load: a SIGHUP that arrives while starting
+    // up is kept for the control loop (a reload once running) instead of killing the process,
+    // and a SIGTERM still shuts down cleanly.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let shutdown = shutdown_signal()?;
-    let config = source.load()?;
+    let mut config = source.load()?;
+    if let Some(listen) = listen_override {
+        config.exporter.listen = listen;
+    }
     let listen = config.exporter.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
             format!(
-                "cannot listen on {listen} (exporter.listen in {})",
-                source.name()
+                "cannot listen on {listen} ({})",
+                match listen_override {
+                    Some(_) => "--web.listen-address".to_owned(),
+                    None => format!("exporter.listen in {}", source.name()),
+                }
             )
         })?;
     let bound = listener.local_addr()?;
@@ -209,7 +400,11 @@ async fn run(source: ConfigSource) -> anyhow::Result<()> {
         "regionprobe {} listening on {scheme}://{bound}",
         env!("CARGO_PKG_VERSION")
     );
-    regionprobe::run(source, config, listener, shutdown).await?;
+    let startup = regionprobe::Startup {
+        hangup,
+        listen_override,
+    };
+    regionprobe::run_with(source, config, listener, shutdown, startup).await?;
     tracing::info!("regionprobe stopped");
     Ok(())
 }

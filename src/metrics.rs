@@ -235,7 +235,12 @@ impl Collector for ProcessCollector {
             None,
             MetricType::Gauge,
         )?;
-        let labels = [("version", env!("CARGO_PKG_VERSION"))];
+        let labels = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("revision", env!("REGIONPROBE_REVISION")),
+            ("branch", env!("REGIONPROBE_BRANCH")),
+            ("rustversion", env!("REGIONPROBE_RUSTVERSION")),
+        ];
         ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
 
         let Ok(me) = procfs::process::Process::myself() else {

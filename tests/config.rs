@@ -133,10 +133,194 @@ fn a_bad_environment_override_names_the_key() {
         .load_with_env(Some(env))
         .unwrap_err()
         .to_string();
+    // The variable is to blame, not the file (issue 12, item 16).
     assert!(
-        error.contains("key `defaults.timeout`") && error.contains("\"soon\""),
+        error.starts_with(
+            "<bundled exporter.toml>: REGIONPROBE_DEFAULTS__TIMEOUT (environment override): key `defaults.timeout`: \"soon\" is not a duration"
+        ),
         "{error}"
     );
+    let env = HashMap::from([("REGIONPROBE_EXPORTER__REGOIN".to_owned(), "eu".to_owned())]);
+    let error = ConfigSource::Bundled
+        .load_with_env(Some(env))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(
+            "<bundled exporter.toml>: REGIONPROBE_EXPORTER__REGOIN (environment override)"
+        ),
+        "{error}"
+    );
+    // A mistake in the file itself still blames the file, whatever the environment sets.
+    let text = config::BUNDLED.replacen("interval = \"1s\"", "interval = \"1x\"", 1);
+    let env = HashMap::from([("REGIONPROBE_EXPORTER__REGION".to_owned(), "eu".to_owned())]);
+    let error = config::parse("exporter.toml", &text, Some(env))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("exporter.toml: key `defaults.interval`"),
+        "{error}"
+    );
+}
+
+/// Issue 12, item 3: no config error repeats a secret's value or a source line, and each is
+/// one line: loading, `check-config`, and a refused `POST /-/reload` (response and log).
+#[test]
+fn config_errors_never_repeat_a_secret() {
+    let secrets = ["s3cr3t", "hunter2"];
+    let fixtures = [
+        "http_url_password.toml",
+        "http_header_unterminated.toml",
+        "http_headers_wrong_type.toml",
+        "web_user_unterminated.toml",
+        "web_user_wrong_type.toml",
+    ];
+    for name in fixtures {
+        let path = format!("tests/fixtures/invalid/{name}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            secrets.iter().any(|secret| text.contains(secret)),
+            "{path} has no secret to leak"
+        );
+        let error = ConfigSource::File(path.clone().into())
+            .load_with_env(Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        let check = Command::new(common::BIN)
+            .args(["check-config", "--config", &path])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(1), "{path}");
+        assert_eq!(stderr.trim_end(), error, "{path}");
+        for output in [&error, stderr.trim_end()] {
+            assert!(
+                !output.contains('\n'),
+                "{path}: more than one line: {output}"
+            );
+            assert!(output.starts_with(&format!("{path}: ")), "{output}");
+            for secret in secrets {
+                assert!(!output.contains(secret), "{path} leaks {secret}: {output}");
+            }
+        }
+    }
+
+    // The same through a reload of a running exporter.
+    let good = "[exporter]\nregion = \"eu\"\nlisten = \"127.0.0.1:0\"\n";
+    let exporter = common::Exporter::start(good);
+    for name in fixtures {
+        let text = std::fs::read_to_string(format!("tests/fixtures/invalid/{name}")).unwrap();
+        std::fs::write(&exporter.config_path, text).unwrap();
+        let (status, body) = common::http(exporter.addr, "POST", "/-/reload");
+        assert_eq!(status, 500, "{name}: {body}");
+        assert!(body.contains("reload failed"), "{body}");
+        for secret in secrets {
+            assert!(
+                !body.contains(secret),
+                "{name}: the response leaks {secret}: {body}"
+            );
+        }
+    }
+    let log = common::wait_for(
+        std::time::Duration::from_secs(5),
+        "every refused reload logged",
+        || {
+            let log = exporter.log_text();
+            (log.matches("reload failed").count() == fixtures.len()).then_some(log)
+        },
+    );
+    for secret in secrets {
+        assert!(!log.contains(secret), "the log leaks {secret}:\n{log}");
+    }
+}
+
+/// Issue 12, item 11: an empty or truncated file is refused (check-config and reload) unless
+/// `exporter.allow_empty = true`; the bundled file still loads.
+#[test]
+fn an_empty_or_truncated_config_is_refused_unless_allowed() {
+    for fixture in ["empty.toml", "truncated.toml"] {
+        let path = format!("tests/fixtures/invalid/{fixture}");
+        let out = Command::new(common::BIN)
+            .args(["check-config", "--config", &path])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("allow_empty = true"),
+            "{out:?}"
+        );
+    }
+    let allowed = config::parse(
+        "t.toml",
+        "[exporter]\nallow_empty = true\n",
+        Some(HashMap::new()),
+    )
+    .unwrap();
+    assert!(allowed.targets.is_empty());
+    assert_eq!(allowed.exporter.region, "local");
+    // A region without targets is a deliberate file, not a truncated one.
+    config::parse(
+        "t.toml",
+        "[exporter]\nregion = \"eu\"\n",
+        Some(HashMap::new()),
+    )
+    .unwrap();
+
+    // A running exporter keeps its targets and reports the failed reload.
+    let good = "[exporter]\nregion = \"eu\"\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"t\"\nregion = \"us\"\nprobe = \"tcp\"\naddress = \"127.0.0.1:1\"\n";
+    let exporter = common::Exporter::start(good);
+    std::fs::write(&exporter.config_path, "").unwrap();
+    let (status, body) = common::http(exporter.addr, "POST", "/-/reload");
+    assert_eq!(status, 500, "{body}");
+    let scrape = exporter.metrics();
+    assert_eq!(
+        scrape.value("regionprobe_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        scrape.label_values("regionprobe_target_up", "target"),
+        ["t"]
+    );
+    std::fs::write(
+        &exporter.config_path,
+        "[exporter]\nlisten = \"127.0.0.1:0\"\nallow_empty = true\n",
+    )
+    .unwrap();
+    let (status, body) = common::http(exporter.addr, "POST", "/-/reload");
+    assert_eq!(status, 200, "{body}");
+    let scrape = exporter.metrics();
+    assert_eq!(
+        scrape.value("regionprobe_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    assert!(
+        scrape
+            .label_values("regionprobe_target_up", "target")
+            .is_empty()
+    );
+}
+
+/// Issue 12, item 17: host values that can only fail at run time fail `check-config`.
+#[test]
+fn hosts_that_cannot_resolve_fail_check_config() {
+    for (probe, key, value) in [
+        ("icmp", "host", "10.0.0.300"),
+        ("icmp", "host", "bad host"),
+        ("tcp", "address", "10.0.0.256:80"),
+        ("tcp", "address", "[fe80::zz]:80"),
+        ("http", "url", "http://10.0.0.300/"),
+    ] {
+        let text = format!(
+            "[[target]]\nname = \"a\"\nregion = \"eu\"\nprobe = \"{probe}\"\n{key} = \"{value}\"\n"
+        );
+        let error = config::parse("t.toml", &text, Some(HashMap::new()))
+            .expect_err(value)
+            .to_string();
+        assert!(
+            error.starts_with(&format!("t.toml: key `target[0].{key}`: ")),
+            "{error}"
+        );
+    }
 }
 
 #[test]

@@ -1195,3 +1195,152 @@ fn dashboards_are_grafana_models_bound_to_a_datasource_variable() {
         }
     }
 }
+
+/// Every document of the Kubernetes example, rendered as `kubectl apply -k` would see it: the
+/// kustomization's resources plus the alternative monitor (podmonitor.yaml), each with the
+/// kustomization's namespace, if any.
+fn kubernetes_objects() -> Vec<(String, Yaml)> {
+    let dir = repo("deploy/kubernetes");
+    let kustomization = yaml(&dir.join("kustomization.yaml"));
+    let namespace = kustomization["namespace"].as_str().map(str::to_owned);
+    let mut paths: Vec<String> = kustomization["resources"]
+        .as_vec()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    if !paths.iter().any(|p| p == "podmonitor.yaml") {
+        paths.push("podmonitor.yaml".to_owned());
+    }
+    let mut objects = Vec::new();
+    for file in paths {
+        let text = std::fs::read_to_string(dir.join(&file)).unwrap();
+        for doc in YamlLoader::load_from_str(&text).unwrap() {
+            let namespace = doc["metadata"]["namespace"]
+                .as_str()
+                .map(str::to_owned)
+                .or(namespace.clone())
+                .unwrap_or_else(|| "default".to_owned());
+            objects.push((namespace, doc));
+        }
+    }
+    objects
+}
+
+/// `labels` has every pair of `selector`.
+fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A monitor's relabelings that set `job` to a constant (no source labels) win over the
+/// operator's default.
+fn relabeled_job(endpoint: &Yaml, job: String) -> String {
+    endpoint["relabelings"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            r["targetLabel"].as_str() == Some("job")
+                && r["sourceLabels"].is_badvalue()
+                && r["action"].as_str().is_none_or(|a| a == "replace")
+        })
+        .filter_map(|r| r["replacement"].as_str().map(str::to_owned))
+        .next_back()
+        .unwrap_or(job)
+}
+
+/// Issue 12, item 19: the job label each monitor of deploy/kubernetes/ produces, computed by
+/// the Prometheus Operator's rules, is the one every `job="..."` selector of the rules (and of
+/// dashboards/README.md's `JOB`) names.
+///
+/// The operator's rules: a ServiceMonitor's job is the Service's name, or the value of the
+/// Service's label named by `spec.jobLabel` when it has one; a PodMonitor's job is
+/// `<namespace>/<PodMonitor name>`, or the value of the pod's label named by `spec.jobLabel`;
+/// an endpoint's relabeling of `job` comes after either.
+#[test]
+fn the_kubernetes_monitors_give_the_job_the_rules_select() {
+    let objects = kubernetes_objects();
+    let of_kind = |kind: &'static str| {
+        objects
+            .iter()
+            .filter(move |(_, doc)| doc["kind"].as_str() == Some(kind))
+    };
+    let mut produced = BTreeMap::new();
+    for (namespace, monitor) in of_kind("ServiceMonitor") {
+        let name = monitor["metadata"]["name"].as_str().unwrap();
+        let selector = string_map(&monitor["spec"]["selector"]["matchLabels"]);
+        let job_label = monitor["spec"]["jobLabel"].as_str();
+        let services: Vec<_> = of_kind("Service")
+            .filter(|(ns, svc)| {
+                ns == namespace && matches(&selector, &string_map(&svc["metadata"]["labels"]))
+            })
+            .collect();
+        assert!(
+            !services.is_empty(),
+            "ServiceMonitor {name} selects no Service"
+        );
+        for (_, service) in services {
+            let labels = string_map(&service["metadata"]["labels"]);
+            let job = job_label
+                .and_then(|label| labels.get(label).cloned())
+                .unwrap_or_else(|| service["metadata"]["name"].as_str().unwrap().to_owned());
+            for endpoint in monitor["spec"]["endpoints"].as_vec().unwrap() {
+                produced.insert(
+                    format!("ServiceMonitor {name}"),
+                    relabeled_job(endpoint, job.clone()),
+                );
+            }
+        }
+    }
+    for (namespace, monitor) in of_kind("PodMonitor") {
+        let name = monitor["metadata"]["name"].as_str().unwrap();
+        let selector = string_map(&monitor["spec"]["selector"]["matchLabels"]);
+        let job_label = monitor["spec"]["jobLabel"].as_str();
+        let pods: Vec<_> = of_kind("Deployment")
+            .filter(|(ns, dep)| {
+                ns == namespace
+                    && matches(
+                        &selector,
+                        &string_map(&dep["spec"]["template"]["metadata"]["labels"]),
+                    )
+            })
+            .collect();
+        assert!(!pods.is_empty(), "PodMonitor {name} selects no pod");
+        for (_, deployment) in pods {
+            let labels = string_map(&deployment["spec"]["template"]["metadata"]["labels"]);
+            let job = job_label
+                .and_then(|label| labels.get(label).cloned())
+                .unwrap_or_else(|| format!("{namespace}/{name}"));
+            for endpoint in monitor["spec"]["podMetricsEndpoints"].as_vec().unwrap() {
+                produced.insert(
+                    format!("PodMonitor {name}"),
+                    relabeled_job(endpoint, job.clone()),
+                );
+            }
+        }
+    }
+    assert_eq!(
+        produced.len(),
+        2,
+        "one ServiceMonitor and one PodMonitor: {produced:?}"
+    );
+
+    let selector = Regex::new(r#"\bjob\s*=\s*"([^"]*)""#).unwrap();
+    let mut selected = BTreeSet::new();
+    for rule in rules() {
+        for caps in selector.captures_iter(&rule.expr) {
+            selected.insert(caps[1].to_owned());
+        }
+    }
+    assert_eq!(
+        selected,
+        BTreeSet::from([JOB.to_owned()]),
+        "the rules select one job"
+    );
+    for (monitor, job) in &produced {
+        assert_eq!(
+            job, JOB,
+            "{monitor} gives job=\"{job}\" but the rules select job=\"{JOB}\""
+        );
+    }
+}

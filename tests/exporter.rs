@@ -694,4 +694,32 @@ fn the_readme_metrics_reference_matches_the_served_families() {
         undocumented.is_empty() && gone.is_empty(),
         "served but not in README's metrics reference: {undocumented:?}; in the reference but not served: {gone:?}"
     );
+
+    // The labels too, for families the table lists with their label names (per-target
+    // families say "per target"): every served series has exactly the documented ones.
+    let scrape = Scrape::parse(&body);
+    for line in section.lines().filter(|line| line.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let names: Vec<&str> = cells[1].split('`').skip(1).step_by(2).collect();
+        let labels_cell = cells[3];
+        if names.len() != 1 || labels_cell.contains("per target") {
+            continue;
+        }
+        let documented: BTreeSet<&str> = labels_cell.split('`').skip(1).step_by(2).collect();
+        for sample in scrape.samples.iter().filter(|sample| {
+            sample.name == names[0]
+                || sample
+                    .name
+                    .strip_prefix(names[0])
+                    .is_some_and(|suffix| ["_total", "_bucket", "_sum", "_count"].contains(&suffix))
+        }) {
+            let served: BTreeSet<&str> = sample
+                .labels
+                .keys()
+                .map(String::as_str)
+                .filter(|label| *label != "le")
+                .collect();
+            assert_eq!(served, documented, "labels of {} in README", names[0]);
+        }
+    }
 }

@@ -322,6 +322,7 @@ fn pools(key: &'static str) -> (BoxedStrategy<String>, BoxedStrategy<String>) {
         | "follow_redirects"
         | "keepalive"
         | "recursion_desired"
+        | "allow_empty"
         | "health_without_auth" => (
             any::<bool>().prop_map(|b| b.to_string()).boxed(),
             quoted_one_of(&["true", "yes"]).boxed(),
@@ -521,7 +522,7 @@ fn value_for(key: &'static str, bad: u32) -> BoxedStrategy<String> {
     prop_oneof![100 - bad => good, bad => refused, (bad / 4).max(1) => any_value()].boxed()
 }
 
-const EXPORTER_KEYS: &[&str] = &["region", "listen"];
+const EXPORTER_KEYS: &[&str] = &["region", "listen", "allow_empty"];
 const DEFAULTS_KEYS: &[&str] = &["interval", "timeout", "buckets"];
 const RANKING_KEYS: &[&str] = &["window", "quantile", "loss_penalty", "hysteresis", "hold"];
 const WEB_KEYS: &[&str] = &[
@@ -775,12 +776,23 @@ proptest! {
         file in file_name(),
         (bad, document) in graded_document(),
     ) {
-        if let Err(message) = load(&file, &document, HashMap::new()) {
+        // A file with no region and no target is refused as empty or truncated unless it
+        // sets allow_empty = true (issue 12, item 11).
+        let empty = !document.contains("[[target]]")
+            && !document.lines().any(|line| line.starts_with("region = "))
+            && !document.contains("allow_empty = true");
+        let outcome = load(&file, &document, HashMap::new());
+        if bad == 0 && empty {
+            prop_assert!(outcome.is_err(), "an empty file was loaded:\n{}", document);
+        }
+        if let Err(message) = outcome {
+            let refused_as_empty = message.contains("the file looks empty or truncated");
+            prop_assert!(!refused_as_empty || empty, "{}\n{}", message, document);
             // Values each key accepts make a file that loads, but for combinations the
             // generator does not avoid.
             let allowed = ["duplicate target name", "body_regex_invert", "max_redirects"];
             prop_assert!(
-                bad > 0 || allowed.iter().any(|problem| message.contains(problem)),
+                bad > 0 || refused_as_empty || allowed.iter().any(|problem| message.contains(problem)),
                 "a file of accepted values was refused: {}",
                 message
             );

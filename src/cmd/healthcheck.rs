@@ -24,14 +24,19 @@ pub const PATH: &str = "/-/healthy";
 
 /// Checks the exporter at `url`, or at the `exporter.listen` of `source` when `url` is `None`.
 /// Returns the line to print on success.
-pub fn check(source: &ConfigSource, url: Option<&str>) -> Result<String, HealthError> {
+/// `listen` (`--web.listen-address`) replaces the configuration's `exporter.listen`.
+pub fn check(
+    source: &ConfigSource,
+    url: Option<&str>,
+    listen: Option<SocketAddr>,
+) -> Result<String, HealthError> {
     let endpoint = match url {
         Some(url) => Endpoint::parse_url(url)?,
         None => {
             let config = source.load()?;
             Endpoint {
                 tls: config.web.tls.is_some(),
-                ..Endpoint::from_listen(config.exporter.listen)
+                ..Endpoint::from_listen(listen.unwrap_or(config.exporter.listen))
             }
         }
     };

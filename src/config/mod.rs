@@ -13,6 +13,7 @@ mod web;
 
 pub use model::*;
 pub use probes::rcode_name;
+pub use validate::parse_listen;
 pub use web::{ClientAuth, PasswordHash, Web, WebTls};
 
 use std::collections::HashMap;
@@ -68,11 +69,27 @@ impl ConfigSource {
 }
 
 /// Parses and validates configuration text; `file` is only used in messages.
+///
+/// No error repeats a secret: syntax errors give a position and the key, never the line
+/// itself; values of secret-bearing keys are left out of messages and URL passwords are
+/// masked. Every message is one line.
 pub fn parse(
     file: &str,
     text: &str,
     env: Option<HashMap<String, String>>,
 ) -> Result<Config, ConfigError> {
+    parse_unredacted(file, text, env).map_err(ConfigError::redacted)
+}
+
+fn parse_unredacted(
+    file: &str,
+    text: &str,
+    env: Option<HashMap<String, String>>,
+) -> Result<Config, ConfigError> {
+    fields::check_syntax(text).map_err(|message| ConfigError::Syntax {
+        file: file.to_owned(),
+        message,
+    })?;
     // Only `REGIONPROBE_<SECTION>__<KEY>` variables are overrides; other REGIONPROBE_*
     // variables (a CI switch, an image's version tag) are not configuration. Sorted, so that
     // of several bad overrides the same one is always reported.
@@ -87,12 +104,30 @@ pub fn parse(
         })
         .collect();
     overrides.sort();
-    let overrides: config::Map<String, String> = overrides.into_iter().collect();
+    // An error in a key an override sets blames the variable, not the file.
+    let blame = |key: String, problem: String| match overrides
+        .iter()
+        .map(|(name, _)| name)
+        .find(|name| override_covers(name, &key))
+    {
+        Some(variable) => ConfigError::Override {
+            variable: variable.clone(),
+            file: file.to_owned(),
+            key,
+            problem,
+        },
+        None => ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            problem,
+        },
+    };
+    let config_overrides: config::Map<String, String> = overrides.iter().cloned().collect();
     let environment = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("_")
         .separator("__")
         .try_parsing(true)
-        .source(Some(overrides));
+        .source(Some(config_overrides));
     let layered = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(environment)
@@ -110,17 +145,23 @@ pub fn parse(
     let raw: raw::RawFile = serde_path_to_error::deserialize(value).map_err(|err| {
         let key = err.path().to_string();
         let problem = explain_unknown_key(&strip_key_suffix(&err.inner().to_string()));
-        ConfigError::Invalid {
-            file: file.to_owned(),
-            key,
-            problem,
-        }
+        let problem = fields::serde_problem(&key, &problem);
+        blame(key, problem)
     })?;
-    validate::validate(raw).map_err(|(key, problem)| ConfigError::Invalid {
-        file: file.to_owned(),
-        key,
-        problem,
-    })
+    validate::validate(raw).map_err(|(key, problem)| blame(key, problem))
+}
+
+/// Whether the variable `REGIONPROBE_A__B` sets the key `key` (`a.b`, or a key inside it).
+fn override_covers(variable: &str, key: &str) -> bool {
+    let Some(path) = variable
+        .strip_prefix(ENV_PREFIX)
+        .and_then(|rest| rest.strip_prefix('_'))
+    else {
+        return false;
+    };
+    let path = path.to_ascii_lowercase().replace("__", ".");
+    let key = key.to_ascii_lowercase();
+    key == path || key.starts_with(&format!("{path}.")) || path.starts_with(&format!("{key}."))
 }
 
 /// The `config` crate appends its own (sometimes mangled) " for key `...`" to serde messages;
@@ -187,6 +228,44 @@ pub enum ConfigError {
         key: String,
         problem: String,
     },
+    /// A bad value set by a `REGIONPROBE_*` variable: the variable is named, not the file.
+    #[error("{file}: {variable} (environment override): key `{key}`: {problem}")]
+    Override {
+        variable: String,
+        file: String,
+        key: String,
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    /// The same error, one line, without the value of a secret-bearing key and with URL
+    /// passwords masked.
+    fn redacted(self) -> Self {
+        match self {
+            ConfigError::Read { .. } => self,
+            ConfigError::Syntax { file, message } => ConfigError::Syntax {
+                file,
+                message: fields::one_line(&fields::mask_url_passwords(&message)),
+            },
+            ConfigError::Invalid { file, key, problem } => ConfigError::Invalid {
+                problem: fields::problem(&problem),
+                file,
+                key,
+            },
+            ConfigError::Override {
+                variable,
+                file,
+                key,
+                problem,
+            } => ConfigError::Override {
+                problem: fields::problem(&problem),
+                variable,
+                file,
+                key,
+            },
+        }
+    }
 }
 
 #[cfg(test)]

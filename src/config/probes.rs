@@ -9,7 +9,7 @@ use hickory_resolver::proto::rr::{Name, RecordType};
 use hyper::header::{HeaderName, HeaderValue};
 use rustls_pki_types::ServerName;
 
-use super::fields::{Invalid, host_port, required_host};
+use super::fields::{Invalid, check_host, host_port, required_host};
 use super::model::{
     CaFile, DnsConfig, DnsTransport, HttpAuth, HttpConfig, HttpVersion, IcmpConfig, IpVersion,
     Pattern, ProbeConfig, ProbeKind, Secret, TcpConfig, TlsConfig,
@@ -106,6 +106,7 @@ fn icmp(
     ip_version: IpVersion,
 ) -> Result<ProbeConfig, Invalid> {
     let host = required_host(&key("host"), raw.host, "an icmp target needs a host")?;
+    check_host(&key("host"), &host)?;
     let payload_size = raw.payload_size.unwrap_or(DEFAULT_PAYLOAD_SIZE);
     if !(MIN_PAYLOAD_SIZE..=MAX_PAYLOAD_SIZE).contains(&payload_size) {
         return Err((
@@ -172,6 +173,13 @@ fn http(
                 ),
             )
         })?;
+    if let Some(host) = url.host() {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .unwrap_or(host);
+        check_host(&key("url"), host)?;
+    }
     let (url, url_credentials) = without_credentials(url);
     let tls = if url.scheme_str() == Some("https") {
         tls(key, &raw)?

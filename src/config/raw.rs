@@ -27,6 +27,7 @@ pub(super) struct RawFile {
 pub(super) struct RawExporter {
     pub region: Option<String>,
     pub listen: Option<String>,
+    pub allow_empty: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

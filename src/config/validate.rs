@@ -18,6 +18,12 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
+    // An empty or truncated file would otherwise load "successfully", stop every target and
+    // reset the region: running without targets must be asked for. Checked after the other
+    // keys, so a file with a mistake reports the mistake.
+    let empty = raw.exporter.region.is_none()
+        && raw.targets.is_empty()
+        && raw.exporter.allow_empty != Some(true);
     let region = label_value("exporter.region", raw.exporter.region, DEFAULT_REGION)?;
     let listen = listen_address(raw.exporter.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
 
@@ -103,6 +109,13 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
             ));
         }
         targets.push(target);
+    }
+
+    if empty {
+        return Err((
+            "exporter.region".into(),
+            "missing, and no [[target]] either: the file looks empty or truncated; set exporter.allow_empty = true to run without targets".into(),
+        ));
     }
 
     Ok(Config {
@@ -199,6 +212,11 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
         buckets,
         probe,
     })
+}
+
+/// `exporter.listen`'s syntax, for `--web.listen-address`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    listen_address(text).map_err(|(_, problem)| problem)
 }
 
 fn listen_address(text: &str) -> Result<SocketAddr, Invalid> {
@@ -337,7 +355,12 @@ mod tests {
     fn the_built_in_timeout_shrinks_to_a_short_default_interval() {
         // Found by prop_config_structured_toml_is_loaded_or_rejected_by_key: this failed with
         // "key `defaults.timeout`: timeout 1s is longer than the interval 250ms".
+        let exporter = || crate::config::raw::RawExporter {
+            region: Some("r".into()),
+            ..Default::default()
+        };
         let raw = RawFile {
+            exporter: exporter(),
             defaults: crate::config::raw::RawDefaults {
                 interval: Some("250ms".into()),
                 ..Default::default()
@@ -347,6 +370,7 @@ mod tests {
         let config = validate(raw).unwrap();
         assert!(config.targets.is_empty());
         let raw = RawFile {
+            exporter: exporter(),
             defaults: crate::config::raw::RawDefaults {
                 interval: Some("250ms".into()),
                 timeout: Some("1s".into()),
@@ -355,6 +379,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(validate(raw).unwrap_err().0, "defaults.timeout");
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_unless_allowed() {
+        let error = validate(RawFile::default()).unwrap_err();
+        assert_eq!(error.0, "exporter.region");
+        assert!(error.1.contains("allow_empty"), "{}", error.1);
+        let allowed = RawFile {
+            exporter: crate::config::raw::RawExporter {
+                allow_empty: Some(true),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(validate(allowed).unwrap().targets.is_empty());
     }
 
     #[test]

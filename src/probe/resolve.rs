@@ -5,10 +5,12 @@
 //! probe tries again, so a target recovers as soon as DNS does.
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use hickory_resolver::TokioResolver;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::time::Instant;
 
 use crate::config::IpVersion;
@@ -16,45 +18,128 @@ use crate::config::IpVersion;
 /// Longest time a resolved address is reused, whatever the TTL says.
 const MAX_CACHE: Duration = Duration::from_secs(3600);
 
-/// The process-wide resolver, built on first use (a config with only IP literals never reads
-/// `/etc/resolv.conf`).
-#[derive(Clone, Debug, Default)]
+/// The system's resolver configuration.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// How often a lookup may look at the resolver configuration's modification time.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The process-wide resolver. Built from `/etc/resolv.conf` on first use (a config with only
+/// IP literals never reads it), and built again when the file changes (its modification time
+/// or size, looked at most once a second) or on a reload ([`Resolver::reload`]): a file that
+/// had no nameserver at start is picked up once fixed.
+#[derive(Clone, Debug)]
 pub struct Resolver {
-    inner: Arc<OnceLock<Result<TokioResolver, String>>>,
+    inner: Arc<Mutex<State>>,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver::from_file(PathBuf::from(RESOLV_CONF), None)
+    }
+}
+
+/// A resolv.conf; `port` replaces 53 (tests: a name server on a free loopback port).
+#[derive(Debug)]
+struct Source {
+    path: PathBuf,
+    port: Option<u16>,
+}
+
+/// What the file looked like when the resolver was built.
+type Stamp = Option<(SystemTime, u64)>;
+
+#[derive(Debug)]
+struct State {
+    /// None: a fixed configuration (tests).
+    source: Option<Source>,
+    built: Option<Result<TokioResolver, String>>,
+    stamp: Stamp,
+    checked: Option<Instant>,
 }
 
 impl Resolver {
+    /// A resolver reading `path` in resolv.conf format; `port`, when given, is the name
+    /// servers' port instead of 53.
+    pub fn from_file(path: PathBuf, port: Option<u16>) -> Self {
+        Resolver {
+            inner: Arc::new(Mutex::new(State {
+                source: Some(Source { path, port }),
+                built: None,
+                stamp: None,
+                checked: None,
+            })),
+        }
+    }
+
     /// A resolver with an explicit configuration instead of the system's (tests: a silent or
     /// local name server).
     #[cfg(test)]
     pub fn with_config(config: hickory_resolver::config::ResolverConfig) -> Self {
-        let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
-        let built = TokioResolver::builder_with_config(config, provider)
+        let built = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .build()
             .map_err(|err| format!("cannot set up the resolver: {err}"));
         Resolver {
-            inner: Arc::new(OnceLock::from(built)),
+            inner: Arc::new(Mutex::new(State {
+                source: None,
+                built: Some(built),
+                stamp: None,
+                checked: None,
+            })),
         }
     }
 
-    fn get(&self) -> Result<&TokioResolver, String> {
-        self.inner
-            .get_or_init(|| {
-                TokioResolver::builder_tokio()
-                    .and_then(|builder| builder.build())
-                    .map_err(|err| format!("cannot set up the system resolver: {err}"))
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+    /// Forgets the resolver (and its cache): the next lookup reads the configuration again.
+    pub fn reload(&self) {
+        let mut state = self.inner.lock().expect("resolver lock");
+        if state.source.is_some() {
+            state.built = None;
+        }
+    }
+
+    fn get(&self) -> Result<TokioResolver, String> {
+        let mut state = self.inner.lock().expect("resolver lock");
+        let State {
+            source,
+            built,
+            stamp,
+            checked,
+        } = &mut *state;
+        if let Some(Source { path, port }) = source {
+            let now = Instant::now();
+            let due = checked.is_none_or(|at| now.duration_since(at) >= RECHECK);
+            if built.is_none() || due {
+                *checked = Some(now);
+                let current = file_stamp(path);
+                if built.is_none() || current != *stamp {
+                    if built.is_some() {
+                        tracing::info!(file = %path.display(), "resolver configuration changed; reading it again");
+                    }
+                    *stamp = current;
+                    *built = Some(build(path, *port));
+                }
+            }
+        }
+        match built {
+            Some(built) => built.clone(),
+            None => Err("no resolver".to_owned()),
+        }
     }
 
     /// Resolves `host`, returning the first address of the wanted family and its lifetime.
     async fn lookup(&self, host: &str, version: IpVersion) -> Result<(IpAddr, Duration), String> {
         let resolver = self.get()?;
-        let lookup = resolver
-            .lookup_ip(host)
-            .await
-            .map_err(|err| format!("resolving {host}: {err}"))?;
+        let lookup = resolver.lookup_ip(host).await.map_err(|err| {
+            // lookup_ip asks A and AAAA: whichever failed last is reported, but NXDOMAIN
+            // says the name itself does not exist, for every type.
+            if err.is_nx_domain() {
+                format!("resolving {host}: NXDOMAIN (the name does not exist)")
+            } else if err.is_no_records_found() {
+                format!("resolving {host}: the name has no A or AAAA records")
+            } else {
+                format!("resolving {host}: {err}")
+            }
+        })?;
         let ttl = lookup
             .as_lookup()
             .answers()
@@ -68,6 +153,37 @@ impl Resolver {
             .map(|addr| (addr, ttl.min(MAX_CACHE)))
             .ok_or_else(|| format!("resolving {host}: no {} address", version_name(version)))
     }
+}
+
+fn file_stamp(path: &std::path::Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn build(path: &std::path::Path, port: Option<u16>) -> Result<TokioResolver, String> {
+    let text = std::fs::read(path).map_err(|err| {
+        format!(
+            "cannot read the resolver configuration {}: {err}",
+            path.display()
+        )
+    })?;
+    let (mut config, options) = hickory_resolver::system_conf::parse_resolv_conf(text)
+        .map_err(|err| format!("cannot set up the resolver from {}: {err}", path.display()))?;
+    if let Some(port) = port {
+        let (domain, search, mut servers) = config.into_parts();
+        for connection in servers
+            .iter_mut()
+            .flat_map(|server| &mut server.connections)
+        {
+            connection.port = port;
+        }
+        config = hickory_resolver::config::ResolverConfig::from_parts(domain, search, servers);
+    }
+    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    *builder.options_mut() = options;
+    builder
+        .build()
+        .map_err(|err| format!("cannot set up the resolver from {}: {err}", path.display()))
 }
 
 fn version_matches(version: IpVersion, addr: &IpAddr) -> bool {
@@ -165,7 +281,7 @@ mod tests {
                 .contains("not an IPv6")
         );
         assert!(
-            resolver.inner.get().is_none(),
+            resolver.inner.lock().unwrap().built.is_none(),
             "a literal must not build the resolver"
         );
     }
@@ -250,6 +366,68 @@ mod tests {
             IpAddr::from([127, 0, 0, 8])
         );
         assert_eq!(queries.load(Ordering::SeqCst), 2);
+    }
+
+    /// A resolv.conf in a temp dir naming the test kit's DNS server (on its free port).
+    fn resolv_conf(tag: &str) -> (PathBuf, impl Drop) {
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir =
+            std::env::temp_dir().join(format!("regionprobe-resolv-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        (dir.join("resolv.conf"), Remove(dir))
+    }
+
+    #[tokio::test]
+    async fn the_resolver_configuration_is_read_again_when_it_changes_and_on_reload() {
+        let server = regionprobe_testkit::dns::DnsServer::start().await;
+        let (path, _dir) = resolv_conf("reread");
+        std::fs::write(&path, "# no nameserver yet\noptions ndots:1\n").unwrap();
+        let resolver = Resolver::from_file(path.clone(), Some(server.addr.port()));
+        let www = || Host::new("www.example.test.", IpVersion::V4);
+
+        let err = www().address(&resolver).await.unwrap_err();
+        assert!(err.contains("resolv.conf"), "{err}");
+
+        // Fixed: picked up by the modification time check, without a reload.
+        std::fs::write(&path, "nameserver 127.0.0.1\n").unwrap();
+        tokio::time::sleep(RECHECK + Duration::from_millis(100)).await;
+        assert_eq!(
+            www().address(&resolver).await.unwrap(),
+            IpAddr::from([192, 0, 2, 10])
+        );
+
+        // Broken again, and a reload reads it at once.
+        std::fs::write(&path, "# the nameservers moved\n").unwrap();
+        resolver.reload();
+        assert!(www().address(&resolver).await.is_err());
+        std::fs::write(&path, "nameserver 127.0.0.1\n").unwrap();
+        resolver.reload();
+        assert_eq!(
+            www().address(&resolver).await.unwrap(),
+            IpAddr::from([192, 0, 2, 10])
+        );
+    }
+
+    #[tokio::test]
+    async fn nxdomain_is_reported_as_such_whatever_type_was_asked_last() {
+        let server = regionprobe_testkit::dns::DnsServer::start().await;
+        let (path, _dir) = resolv_conf("nxdomain");
+        std::fs::write(&path, "nameserver 127.0.0.1\n").unwrap();
+        let resolver = Resolver::from_file(path, Some(server.addr.port()));
+        for version in [IpVersion::Any, IpVersion::V4, IpVersion::V6] {
+            let mut host = Host::new("nosuch.example.test.", version);
+            let err = host.address(&resolver).await.unwrap_err();
+            assert_eq!(
+                err, "resolving nosuch.example.test.: NXDOMAIN (the name does not exist)",
+                "{version:?}"
+            );
+        }
+        assert!(!server.received().is_empty(), "the server was asked");
     }
 
     #[tokio::test]

@@ -87,6 +87,11 @@ impl Supervisor {
     }
 
     /// Makes the running targets match `config`.
+    /// Makes the probes' resolver read its configuration (`/etc/resolv.conf`) again.
+    pub fn reload_resolver(&self) {
+        self.shared.resolver.reload();
+    }
+
     pub fn apply(&mut self, config: &Config) -> Diff {
         let mut diff = Diff::default();
         let region_changed = self.region != config.exporter.region;

@@ -27,7 +27,93 @@ pub fn skip_unless(needed: bool, reason: &str) -> bool {
         panic!("required test cannot run: {reason}");
     }
     eprintln!("SKIP: {reason}");
+    // libtest names each test's thread after the test.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_owned();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| {
+            stem.rsplit_once('-')
+                .map_or(stem.clone(), |(name, _)| name.to_owned())
+        })
+        .unwrap_or_default();
+    if let Some((dir, run)) = skip_log() {
+        record_skip(&dir, &run, &format!("{binary}::{test}"), reason);
+    }
     true
+}
+
+// ---- Skipped tests: one summary line at the end of `cargo test` ----------------------------
+//
+// libtest reports a skipped test as `ok`. Each skip appends a line to a file of this cargo run
+// under target/ (the test binaries of one `cargo test` share their parent, cargo: its pid and
+// start time name the file); the last test binary, tests/zz_skipped_tests.rs (harness = false,
+// so its output is not captured), prints the count and the reasons.
+
+/// The directory of the skip records (`target/<profile>/regionprobe-skipped-tests/`) and this
+/// cargo run's name in it; None when it cannot be told.
+pub fn skip_log() -> Option<(PathBuf, String)> {
+    // target/<profile>/deps/<binary>-<hash>
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?.join("regionprobe-skipped-tests");
+    let parent = std::os::unix::process::parent_id();
+    // Field 22 of /proc/<pid>/stat, after the parenthesised command name: the start time,
+    // so that a reused pid is another run.
+    let stat = std::fs::read_to_string(format!("/proc/{parent}/stat")).ok()?;
+    let started = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .to_owned();
+    Some((dir, format!("{parent}-{started}")))
+}
+
+/// Appends `test<TAB>reason` to the record of run `run` in `dir` (one short `O_APPEND` write per
+/// line: parallel tests and binaries do not interleave within a line).
+pub fn record_skip(dir: &Path, run: &str, test: &str, reason: &str) {
+    let line = format!("{test}\t{}\n", reason.replace(['\n', '\t'], " "));
+    let _ = std::fs::create_dir_all(dir);
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(run))
+    {
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// The summary of run `run`'s skips, and removes its record: a line with the count, then one
+/// line per reason with its tests. With no skip, says so.
+pub fn take_skip_summary(dir: &Path, run: &str) -> String {
+    let path = dir.join(run);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((test, reason)) = line.split_once('\t') {
+            by_reason.entry(reason).or_default().push(test);
+        }
+    }
+    let total: usize = by_reason.values().map(Vec::len).sum();
+    if total == 0 {
+        return "regionprobe: no test was skipped".to_owned();
+    }
+    let mut out = format!(
+        "regionprobe: {total} test{} SKIPPED (reported as ok above; REGIONPROBE_REQUIRE_PRIVILEGED_TESTS=1 makes them fail instead):",
+        if total == 1 { " was" } else { "s were" }
+    );
+    for (reason, tests) in by_reason {
+        out.push_str(&format!(
+            "\n  {} x {reason}: {}",
+            tests.len(),
+            tests.join(", ")
+        ));
+    }
+    out
 }
 
 /// A directory removed on drop.
@@ -481,4 +567,57 @@ pub fn panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
     let mut out = Vec::new();
     walk(&dashboard["panels"], &mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_are_recorded_per_run_and_summed_up_once() {
+        let dir = TempDir::new("skips");
+        assert_eq!(
+            take_skip_summary(&dir.0, "run-1"),
+            "regionprobe: no test was skipped"
+        );
+        std::thread::scope(|scope| {
+            for i in 0..8 {
+                let dir = &dir.0;
+                scope.spawn(move || {
+                    let reason = if i % 2 == 0 {
+                        "needs root"
+                    } else {
+                        "needs\tip"
+                    };
+                    record_skip(dir, "run-1", &format!("bin::t{i}"), reason);
+                });
+            }
+        });
+        record_skip(&dir.0, "run-2", "other::t", "needs root");
+        let summary = take_skip_summary(&dir.0, "run-1");
+        let mut lines = summary.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "regionprobe: 8 tests were SKIPPED (reported as ok above; REGIONPROBE_REQUIRE_PRIVILEGED_TESTS=1 makes them fail instead):"
+        );
+        let rest: Vec<&str> = lines.collect();
+        assert_eq!(rest.len(), 2, "{summary}");
+        assert!(rest[0].starts_with("  4 x needs ip: "), "{summary}");
+        assert!(rest[1].starts_with("  4 x needs root: bin::t"), "{summary}");
+        // Taken once; the other run is untouched.
+        assert_eq!(
+            take_skip_summary(&dir.0, "run-1"),
+            "regionprobe: no test was skipped"
+        );
+        assert!(take_skip_summary(&dir.0, "run-2").starts_with("regionprobe: 1 test was SKIPPED"));
+    }
+
+    #[test]
+    fn a_run_is_named_after_its_parent_process() {
+        let (dir, run) = skip_log().unwrap();
+        assert!(dir.ends_with("regionprobe-skipped-tests"), "{dir:?}");
+        let parent = std::os::unix::process::parent_id();
+        assert!(run.starts_with(&format!("{parent}-")), "{run}");
+        assert_eq!(skip_log().unwrap().1, run, "stable within a run");
+    }
 }
