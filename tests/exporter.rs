@@ -366,6 +366,7 @@ fn http_targets_export_phases_redirects_and_their_failure_reasons() {
         vec![
             "error",
             "http_status",
+            "local",
             "refused",
             "resolve",
             "timeout",

@@ -1220,3 +1220,65 @@ fn forged_replies_never_count_raw() {
     }
     forged_replies(Kind::Raw, "for", 13);
 }
+
+/// Issue 14: a sidecar whose ICMP permission is missing (no ping sockets for its group, no
+/// CAP_NET_RAW) blames itself. Its ICMP probes fail with `reason="local"`, which is nobody's
+/// loss: every region stays at 0% loss and up (its TCP target answers), and the sidecar says it
+/// is impaired, naming the ICMP targets.
+#[test]
+fn a_sidecar_without_icmp_permission_blames_itself() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let netns = Netns::new("nop");
+    netns.ping_sockets(Kind::Raw); // "1 0": no ping sockets for gid 0 ...
+    let uplink = netns.uplink(14);
+    // ... and no CAP_NET_RAW: root without it opens neither kind of ICMP socket.
+    let mut prefix: Vec<&str> = netns.prefix().to_vec();
+    prefix.extend(["setpriv", "--bounding-set", "-net_raw", "--"]);
+    // The exporter's own port answers the TCP targets (a fixed port: the namespace is ours).
+    let listen = format!("{}:9537", uplink.inside);
+    let mut text = format!(
+        "[exporter]\nregion = \"ns\"\nlisten = \"{listen}\"\n[defaults]\ninterval = \"200ms\"\ntimeout = \"200ms\"\n"
+    );
+    for region in ["b", "c"] {
+        text.push_str(&format!(
+            "[[target]]\nname = \"{region}-ping\"\nregion = \"{region}\"\nprobe = \"icmp\"\nhost = \"127.0.0.1\"\n\
+             [[target]]\nname = \"{region}-tcp\"\nregion = \"{region}\"\nprobe = \"tcp\"\naddress = \"{listen}\"\n"
+        ));
+    }
+    let dir = TempDir::new("nop");
+    let path = dir.write("exporter.toml", &text);
+    let exporter = Exporter::start_with(&prefix, &path);
+
+    let ranking = common::wait_for(WAIT, "an impaired sidecar with both regions ranked", || {
+        let (status, body) = exporter.get("/api/v1/ranking");
+        let ranking: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let ranked = ranking["regions"]
+            .as_array()?
+            .iter()
+            .all(|r| r["samples"].as_u64() >= Some(5));
+        (status == 200 && ranking["source_impaired"].is_string() && ranked).then_some(ranking)
+    });
+    let impaired = ranking["source_impaired"].as_str().unwrap();
+    assert!(
+        impaired.contains("b-ping") && impaired.contains("c-ping"),
+        "{impaired}"
+    );
+    for region in ranking["regions"].as_array().unwrap() {
+        assert_eq!(region["loss_ratio"], 0.0, "{region}");
+        assert_eq!(region["up"], true, "{region}");
+        assert!(region["score_seconds"].is_f64(), "{region}");
+    }
+    let (_, body) = exporter.get("/metrics");
+    let s = Scrape::parse(&body);
+    assert_eq!(
+        s.value("regionprobe_source_impaired", &[]),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(failures(&s, "b-ping", "local") > 0.0);
+    assert_eq!(failures(&s, "b-ping", "error"), 0.0);
+    assert_eq!(all_failures(&s, "b-tcp"), 0.0);
+    drop(dir);
+}

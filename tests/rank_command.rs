@@ -215,6 +215,8 @@ fn json_has_every_field_and_ranks_fast_above_slow_above_unreachable() {
                 "score_seconds",
                 "successes",
                 "targets",
+                "up",
+                "worst_target",
             ],
         );
         assert_eq!(region["rank"], index + 1);

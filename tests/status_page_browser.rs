@@ -449,7 +449,8 @@ fn the_status_page_in_a_browser_shows_the_ranking_in_order_and_draws_the_charts(
         down.class.split(' ').any(|c| c == "unreachable"),
         "{down:?}"
     );
-    assert_eq!(down.cells[2], "unreachable", "{down:?}");
+    assert_eq!(down.cells[2], "down", "state column: {down:?}");
+    assert_eq!(down.cells[3], "unreachable", "score column: {down:?}");
     assert!(down.lines.is_empty(), "nothing answered, no line: {down:?}");
     assert!(down.failures >= 1, "failures are marked: {down:?}");
     for row in &rows[..3] {

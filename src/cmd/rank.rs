@@ -166,10 +166,9 @@ pub struct RankView {
 
 #[derive(Debug, Serialize)]
 pub struct RankedRegionView {
+    /// The region, its own-region mark included.
     #[serde(flatten)]
     pub view: RegionView,
-    /// The sidecar's own region: ranked, never the candidate.
-    pub own: bool,
     pub candidate: bool,
 }
 
@@ -222,13 +221,13 @@ impl Report {
             loss_penalty_seconds,
             best,
             regions,
+            ..
         } = api::ranking(&self.snapshot, &self.config);
         let candidate = best.map(|best| best.region);
         RankView {
             regions: regions
                 .into_iter()
                 .map(|view| RankedRegionView {
-                    own: view.region == source_region,
                     candidate: candidate.as_ref() == Some(&view.region),
                     view,
                 })
@@ -283,7 +282,7 @@ fn table(view: &RankView, loss_penalty: Duration) -> String {
         .iter()
         .map(|r| {
             let v = &r.view;
-            let region = if r.own {
+            let region = if r.view.own {
                 format!("{} (own)", v.region)
             } else {
                 v.region.clone()
@@ -335,7 +334,7 @@ fn table(view: &RankView, loss_penalty: Duration) -> String {
                 "Failover candidate: {region} (the best other region that answered)"
             );
         }
-        None if view.regions.iter().all(|r| r.own) => {
+        None if view.regions.iter().all(|r| r.view.own) => {
             out.push_str("Failover candidate: none (no other region is configured)\n");
         }
         None => out.push_str("Failover candidate: none (no other region answered)\n"),
@@ -368,7 +367,7 @@ fn csv(view: &RankView) -> String {
         let fields = [
             csv_field(&v.region),
             v.rank.to_string(),
-            r.own.to_string(),
+            r.view.own.to_string(),
             r.candidate.to_string(),
             number(v.score_seconds),
             number(v.p50_seconds),

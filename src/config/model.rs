@@ -49,6 +49,9 @@ pub struct Target {
     pub timeout: Duration,
     /// Upper bounds of the latency histogram, strictly increasing, seconds.
     pub buckets: Vec<f64>,
+    /// Failed probes in a row after which the target is down (`[ranking] down_after` unless
+    /// the target sets its own).
+    pub down_after: usize,
     pub probe: ProbeConfig,
 }
 

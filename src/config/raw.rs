@@ -46,6 +46,7 @@ pub(super) struct RawRanking {
     pub loss_penalty: Option<String>,
     pub hysteresis: Option<f64>,
     pub hold: Option<String>,
+    pub down_after: Option<u32>,
 }
 
 /// `[web]`: the exporter toolkit's web configuration keys.
@@ -91,6 +92,7 @@ pub(super) struct RawTarget {
     pub interval: Option<String>,
     pub timeout: Option<String>,
     pub buckets: Option<Vec<f64>>,
+    pub down_after: Option<u32>,
     pub ip_version: Option<u8>,
     // icmp
     pub host: Option<String>,

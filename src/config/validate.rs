@@ -47,12 +47,6 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         Some(buckets) => check_buckets("defaults.buckets", buckets)?,
         None => DEFAULT_BUCKETS.to_vec(),
     };
-    let defaults = Defaults {
-        interval,
-        timeout,
-        buckets,
-    };
-
     let builtin = RankingParams::default();
     let ranking = RankingParams {
         window: match raw.ranking.window {
@@ -91,9 +85,19 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
             Some(text) => duration("ranking.hold", &text)?,
             None => builtin.hold,
         },
+        down_after: match raw.ranking.down_after {
+            Some(n) => check_down_after("ranking.down_after", n)?,
+            None => builtin.down_after,
+        },
     };
 
     let web = super::web::validate(raw.web)?;
+    let defaults = Defaults {
+        interval,
+        timeout,
+        buckets,
+        down_after: ranking.down_after,
+    };
 
     let mut targets = Vec::with_capacity(raw.targets.len());
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -130,6 +134,19 @@ struct Defaults {
     interval: Duration,
     timeout: Duration,
     buckets: Vec<f64>,
+    down_after: usize,
+}
+
+/// Between 1 and 100 probes: more would take minutes to notice a dead target.
+fn check_down_after(key: &str, n: u32) -> Result<usize, Invalid> {
+    if (1..=100).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err((
+            key.to_owned(),
+            format!("{n} is out of range; expected 1 to 100 failed probes in a row"),
+        ))
+    }
 }
 
 fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Target, Invalid> {
@@ -190,6 +207,10 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
         Some(buckets) => check_buckets(&key("buckets"), buckets)?,
         None => defaults.buckets.clone(),
     };
+    let down_after = match raw.down_after.take() {
+        Some(n) => check_down_after(&key("down_after"), n)?,
+        None => defaults.down_after,
+    };
     let ip_version = match raw.ip_version {
         None => IpVersion::Any,
         Some(4) => IpVersion::V4,
@@ -210,6 +231,7 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
         interval,
         timeout,
         buckets,
+        down_after,
         probe,
     })
 }
@@ -346,6 +368,7 @@ mod tests {
             interval: DEFAULT_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
             buckets: DEFAULT_BUCKETS.to_vec(),
+            down_after: 3,
         };
         let target = target(0, raw, &defaults).unwrap();
         assert_eq!(target.timeout, Duration::from_millis(200));

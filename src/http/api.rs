@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::probe;
-use crate::ranking::Snapshot;
+use crate::ranking::{Snapshot, describe};
 use crate::targets::LiveTargets;
 
 #[derive(Debug, Serialize)]
@@ -22,6 +22,13 @@ pub struct RankingView {
     pub quantile: f64,
     pub loss_penalty_seconds: f64,
     pub best: Option<BestView>,
+    /// Is there a healthy place to go if this region failed now: a candidate that is up and
+    /// has been the candidate for at least `[ranking] hold`.
+    pub failover_ready: bool,
+    /// `null` unless this sidecar cannot probe properly; then why, in words. Its failures of
+    /// reason `local` count as no one's loss, and while every other region is down at once
+    /// the candidate is kept.
+    pub source_impaired: Option<String>,
     /// Best first.
     pub regions: Vec<RegionView>,
 }
@@ -31,12 +38,33 @@ pub struct BestView {
     pub region: String,
     /// When this region became the candidate.
     pub since: Option<String>,
+    /// Why it is the candidate: `first region to answer`, `previous candidate down`,
+    /// `previous candidate removed` or `better for the whole hold`.
+    pub why: Option<&'static str>,
+    /// A better region that is waiting out the hold; `null` when none is.
+    pub challenger: Option<ChallengerView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChallengerView {
+    pub region: String,
+    /// How much lower its score is than the candidate's, as a fraction of the candidate's.
+    pub better_by: f64,
+    /// Seconds it must stay that much better before it takes over.
+    pub takes_over_in_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct RegionView {
     pub region: String,
     pub rank: usize,
+    /// This sidecar's own region: ranked, never the candidate.
+    pub own: bool,
+    /// `false` when every target of the region is down (its last `down_after` probes
+    /// failed), `true` when one is up, `null` before that is known.
+    pub up: Option<bool>,
+    /// The target whose score is the region's (the worst one).
+    pub worst_target: Option<String>,
     /// `null` when nothing answered in the window (the score is +Inf).
     pub score_seconds: Option<f64>,
     pub p50_seconds: Option<f64>,
@@ -116,7 +144,15 @@ pub fn ranking(snapshot: &Snapshot, config: &Config) -> RankingView {
         best: snapshot.best.as_ref().map(|region| BestView {
             region: region.clone(),
             since: snapshot.best_since.map(time),
+            why: snapshot.why.map(|why| why.as_str()),
+            challenger: snapshot.challenger.as_ref().map(|c| ChallengerView {
+                region: c.region.clone(),
+                better_by: c.better_by,
+                takes_over_in_seconds: secs(c.hold_left),
+            }),
         }),
+        failover_ready: snapshot.ready,
+        source_impaired: snapshot.ranking.impaired.as_ref().map(describe),
         regions: snapshot
             .ranking
             .regions
@@ -124,6 +160,9 @@ pub fn ranking(snapshot: &Snapshot, config: &Config) -> RankingView {
             .map(|r| RegionView {
                 region: r.region.clone(),
                 rank: r.rank,
+                own: r.region == snapshot.source_region,
+                up: r.up,
+                worst_target: r.worst_target.clone(),
                 score_seconds: r.score.is_finite().then_some(r.score),
                 p50_seconds: r.p50.map(secs),
                 p95_seconds: r.p95.map(secs),

@@ -53,14 +53,38 @@ pub fn render(ranking: &RankingView, targets: &TargetsView, samples: &Samples) -
         computed = ranking.computed_at.as_deref().unwrap_or("not yet"),
     );
 
+    if let Some(impaired) = &ranking.source_impaired {
+        let _ = write!(
+            page,
+            "<p id=\"impaired\" class=\"best none\">This sidecar cannot probe properly: {}. \
+Its own failures count as no one's loss, and the candidate is kept while every other region looks down.</p>",
+            escape(impaired),
+        );
+    }
     match &ranking.best {
         Some(best) => {
+            let ready = if ranking.failover_ready {
+                "ready: up and stable for the hold"
+            } else {
+                "not ready: down, or the candidate for less than the hold"
+            };
             let _ = write!(
                 page,
-                "<p id=\"best\" class=\"best\">Failover candidate: <b>{}</b> (since {})</p>",
+                "<p id=\"best\" class=\"best\">Failover candidate: <b>{}</b> (since {}; {}; {})</p>",
                 escape(&best.region),
                 best.since.as_deref().unwrap_or("-"),
+                best.why.unwrap_or("-"),
+                ready,
             );
+            if let Some(challenger) = &best.challenger {
+                let _ = write!(
+                    page,
+                    "<p id=\"challenger\" class=\"note\">Challenger: <b>{}</b>, {:.0}% better, takes over in {:.0} s if it stays that much better.</p>",
+                    escape(&challenger.region),
+                    challenger.better_by * 100.0,
+                    challenger.takes_over_in_seconds,
+                );
+            }
         }
         None => page.push_str(
             "<p id=\"best\" class=\"best none\">No failover candidate: no other region answered in the window.</p>",
@@ -69,8 +93,9 @@ pub fn render(ranking: &RankingView, targets: &TargetsView, samples: &Samples) -
 
     let _ = write!(
         page,
-        "<h2>Ranking</h2><p class=\"note\">score = p{q} latency + loss &times; {penalty} s over the last {window}</p>\
-<table id=\"ranking\"><thead><tr><th>rank</th><th>region</th><th>score</th><th>p50</th><th>p95</th><th>p99</th>\
+        "<h2>Ranking</h2><p class=\"note\">score = the worst target's p{q} latency + its loss &times; {penalty} s over the last {window}; \
+a region whose every target is down ranks last</p>\
+<table id=\"ranking\"><thead><tr><th>rank</th><th>region</th><th>state</th><th>score</th><th>p50</th><th>p95</th><th>p99</th>\
 <th>loss</th><th>samples</th><th>latency over the window</th></tr></thead><tbody>",
         q = (ranking.quantile * 100.0).round(),
         penalty = ranking.loss_penalty_seconds,
@@ -81,18 +106,25 @@ pub fn render(ranking: &RankingView, targets: &TargetsView, samples: &Samples) -
             .best
             .as_ref()
             .is_some_and(|b| b.region == region.region);
-        let class = match (region.score_seconds, best) {
-            (None, _) => " class=\"unreachable\"",
-            (_, true) => " class=\"chosen\"",
+        let class = match (region.score_seconds, best, region.own) {
+            (None, _, _) => " class=\"unreachable\"",
+            (_, true, _) => " class=\"chosen\"",
+            (_, _, true) => " class=\"own\"",
             _ => "",
         };
+        let state = match region.up {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "pending",
+        };
+        let own = if region.own { " (own)" } else { "" };
         let chart = chart(
             samples.get(&region.region).map_or(&[][..], Vec::as_slice),
             ranking.window_seconds,
         );
         let _ = write!(
             page,
-            "<tr{class} data-region=\"{name}\"><td>{rank}</td><td>{name}</td><td>{score}</td><td>{p50}</td><td>{p95}</td>\
+            "<tr{class} data-region=\"{name}\"><td>{rank}</td><td>{name}{own}</td><td class=\"{state}\">{state}</td><td>{score}</td><td>{p50}</td><td>{p95}</td>\
 <td>{p99}</td><td>{loss}</td><td>{samples}</td><td>{chart}</td></tr>",
             rank = region.rank,
             name = escape(&region.region),

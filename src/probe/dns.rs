@@ -25,6 +25,7 @@ pub const REASONS: &[Reason] = &[
     Reason::Unreachable,
     Reason::Validation,
     Reason::Error,
+    Reason::Local,
 ];
 
 /// The phases a DNS probe exports: over tcp the connect and the query; over udp none (the

@@ -33,6 +33,7 @@ pub const REASONS: &[Reason] = &[
     Reason::HttpStatus,
     Reason::Validation,
     Reason::Error,
+    Reason::Local,
 ];
 
 /// Every phase is timed.

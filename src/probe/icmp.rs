@@ -17,6 +17,7 @@ pub const REASONS: &[Reason] = &[
     Reason::Unreachable,
     Reason::Resolve,
     Reason::Error,
+    Reason::Local,
 ];
 
 /// The host, as written.
@@ -59,10 +60,11 @@ impl Icmp {
         let pinger = self
             .sockets
             .get(IpFamily::of(&addr))
-            .map_err(|detail| Failure::new(Reason::Error, detail))?;
+            .map_err(|detail| Failure::new(Reason::Local, detail))?;
         match pinger.ping(addr, self.payload_size).await {
             Ok(latency) => Ok(Outcome::latency(latency)),
             Err(PingError::Unreachable(detail)) => Err(Failure::new(Reason::Unreachable, detail)),
+            Err(PingError::Local(detail)) => Err(Failure::new(Reason::Local, detail)),
             Err(PingError::Other(detail)) => Err(Failure::new(Reason::Error, detail)),
         }
     }

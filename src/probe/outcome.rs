@@ -114,9 +114,18 @@ pub enum Reason {
     HttpStatus,
     Validation,
     Error,
+    /// Our side could not probe: no ICMP socket (permission), no file descriptor, no buffer
+    /// space. Says nothing of the destination.
+    Local,
 }
 
 impl Reason {
+    /// Whether the failure is ours rather than the destination's: the ranking does not count
+    /// it as the destination's loss.
+    pub fn is_local(self) -> bool {
+        self == Reason::Local
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Timeout => "timeout",
@@ -127,6 +136,7 @@ impl Reason {
             Reason::HttpStatus => "http_status",
             Reason::Validation => "validation",
             Reason::Error => "error",
+            Reason::Local => "local",
         }
     }
 }
@@ -150,11 +160,21 @@ pub(crate) fn is_unreachable(err: &io::Error) -> bool {
     )
 }
 
+/// Whether a socket error is our own shortage: out of file descriptors or buffer space.
+pub(crate) fn is_local(err: &io::Error) -> bool {
+    use nix::libc;
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// A failed TCP connect as a [`Failure`] with the matching reason.
 pub(crate) fn connect_failure(addr: SocketAddr, err: &io::Error) -> Failure {
     let reason = match err.kind() {
         io::ErrorKind::ConnectionRefused => Reason::Refused,
         io::ErrorKind::TimedOut => Reason::Timeout,
+        _ if is_local(err) => Reason::Local,
         _ if is_unreachable(err) => Reason::Unreachable,
         _ => Reason::Error,
     };

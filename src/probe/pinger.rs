@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::outcome::is_unreachable;
+use super::outcome::{is_local, is_unreachable};
 
 /// Bytes of random token at the start of every echo payload.
 const TOKEN_LEN: usize = 8;
@@ -91,6 +91,8 @@ pub enum PingError {
     Unreachable(String),
     /// Anything else that prevented the probe: socket errors, too many probes in flight.
     Other(String),
+    /// Our own shortage: no file descriptor or buffer space for the send.
+    Local(String),
 }
 
 /// Counters the receive task keeps; read by the metrics collector at scrape time.
@@ -424,6 +426,8 @@ impl Drop for Registration<'_> {
 fn send_error(err: io::Error) -> PingError {
     if is_unreachable(&err) {
         PingError::Unreachable(format!("send: {err}"))
+    } else if is_local(&err) {
+        PingError::Local(format!("send: {err}"))
     } else {
         PingError::Other(format!("send: {err}"))
     }

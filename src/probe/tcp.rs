@@ -18,6 +18,7 @@ pub const REASONS: &[Reason] = &[
     Reason::Resolve,
     Reason::Tls,
     Reason::Error,
+    Reason::Local,
 ];
 
 /// `host:port`, IPv6 literals in brackets, and whether TLS is spoken.

@@ -65,6 +65,37 @@ impl Collector for RankingCollector {
         }
 
         let mut family = encoder.encode_descriptor(
+            "regionprobe_region_up",
+            "1 while a target of the region answers, 0 once every target is down (its last down_after probes failed); absent until known.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions {
+            if let Some(up) = region.up {
+                ConstGauge::new(i64::from(up))
+                    .encode(family.encode_family(&labels(&region.region))?)?;
+            }
+        }
+
+        let own = [("source_region", source)];
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_source_impaired",
+            "1 while this sidecar cannot probe properly: probes fail on its side (reason=\"local\"), or every other region is down at once.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(snapshot.ranking.impaired.is_some()))
+            .encode(family.encode_family(&own)?)?;
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_failover_ready",
+            "1 if there is a healthy place to go now: a failover candidate that is up and has been the candidate for at least the hold.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(snapshot.ready)).encode(family.encode_family(&own)?)?;
+
+        let mut family = encoder.encode_descriptor(
             "regionprobe_failover_last_change_timestamp_seconds",
             "Unix time the failover choice last changed (the first choice included).",
             None,

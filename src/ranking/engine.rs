@@ -27,6 +27,9 @@ pub struct Params {
     pub hysteresis: f64,
     /// How long a challenger must stay that much better before it takes over.
     pub hold: Duration,
+    /// A target is down once this many of its probes in a row failed; a region is down when
+    /// every target it has is down, and then ranks last at once.
+    pub down_after: usize,
 }
 
 impl Default for Params {
@@ -37,18 +40,24 @@ impl Default for Params {
             loss_penalty: Duration::from_secs(1),
             hysteresis: 0.10,
             hold: Duration::from_secs(60),
+            down_after: 3,
         }
     }
 }
 
-/// Marks a failed probe in [`Sample::latency`].
+/// Marks a failed probe in [`Sample::latency`]: the destination did not answer.
 const FAILED: u32 = u32::MAX;
+/// Marks a probe that failed on our side (`reason="error"`: no socket, no file descriptor,
+/// ...): it says nothing of the destination, so it is neither a success nor a loss.
+const LOCAL: u32 = u32::MAX - 1;
+/// The largest latency a sample holds, microseconds (~71 minutes).
+const MAX_LATENCY: u32 = u32::MAX - 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Sample {
     /// Milliseconds since [`Window::epoch`].
     at: u32,
-    /// Microseconds, or [`FAILED`].
+    /// Microseconds, or [`FAILED`] or [`LOCAL`].
     latency: u32,
 }
 
@@ -94,16 +103,26 @@ impl Window {
         self.samples.is_empty()
     }
 
-    /// Records a probe at `at`: its latency, or `None` if it failed (the reason does not
-    /// matter to the score). One target's probes are sequential, so `at` should not go
-    /// backwards; if it does, the sample is filed at the latest time already held.
+    /// Records a probe at `at`: its latency, or `None` if the destination did not answer.
+    /// One target's probes are sequential, so `at` should not go backwards; if it does, the
+    /// sample is filed at the latest time already held.
     pub fn record(&mut self, at: Instant, latency: Option<Duration>) {
         let latency = match latency {
             Some(latency) => u32::try_from(latency.as_micros())
-                .unwrap_or(FAILED)
-                .min(FAILED - 1),
+                .unwrap_or(MAX_LATENCY)
+                .min(MAX_LATENCY),
             None => FAILED,
         };
+        self.push(at, latency);
+    }
+
+    /// Records a probe at `at` that failed on our side: it counts neither as a success nor
+    /// as the destination's loss, and marks the target as failing locally.
+    pub fn record_local_failure(&mut self, at: Instant) {
+        self.push(at, LOCAL);
+    }
+
+    fn push(&mut self, at: Instant, latency: u32) {
         self.expire(at);
         let offset = self.offset(at);
         let at = self
@@ -136,14 +155,39 @@ impl Window {
         let epoch = self.epoch;
         self.live(now).map(move |sample| {
             let at = epoch.map_or(now, |e| e + Duration::from_millis(sample.at.into()));
-            let latency =
-                (sample.latency != FAILED).then(|| Duration::from_micros(sample.latency.into()));
+            let latency = (sample.latency <= MAX_LATENCY)
+                .then(|| Duration::from_micros(sample.latency.into()));
             (now.saturating_duration_since(at), latency)
         })
     }
 
+    /// Whether the destination is down at `now`: its last `down_after` answers (local
+    /// failures skipped) are all failures. `None` before that many probes reached it.
+    pub fn down(&self, now: Instant, down_after: usize) -> Option<bool> {
+        let mut recent = self
+            .live(now)
+            .rev()
+            .filter(|s| s.latency != LOCAL)
+            .take(down_after.max(1));
+        let mut seen = 0;
+        for sample in recent.by_ref() {
+            seen += 1;
+            if sample.latency != FAILED {
+                return Some(false);
+            }
+        }
+        (seen >= down_after.max(1)).then_some(true)
+    }
+
+    /// Whether our side fails this target at `now`: its newest sample is a local failure.
+    pub fn failing_locally(&self, now: Instant) -> bool {
+        self.live(now)
+            .next_back()
+            .is_some_and(|s| s.latency == LOCAL)
+    }
+
     /// The samples younger than a window at `now`.
-    fn live(&self, now: Instant) -> impl Iterator<Item = &Sample> {
+    fn live(&self, now: Instant) -> impl DoubleEndedIterator<Item = &Sample> {
         self.samples.range(self.expired(now)..)
     }
 
@@ -179,15 +223,20 @@ impl Window {
 /// Collects the live samples of every target's window by region, then ranks the regions.
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
-    regions: BTreeMap<String, RegionSamples>,
+    regions: BTreeMap<String, Vec<TargetSamples>>,
 }
 
+/// One target's live samples, as the tally took them.
 #[derive(Clone, Debug, Default)]
-struct RegionSamples {
+struct TargetSamples {
+    name: String,
     /// Successful latencies, microseconds.
     latencies: Vec<u32>,
     failures: usize,
-    targets: usize,
+    /// Its last `down_after` answers failed.
+    down: Option<bool>,
+    /// Its newest probe failed on our side.
+    failing_locally: bool,
 }
 
 impl Tally {
@@ -195,59 +244,148 @@ impl Tally {
         Tally::default()
     }
 
-    /// Adds one target of `region`: its samples live at `now`. A target without samples still
-    /// counts, so a configured region shows up (at `+Inf`) before anything answered.
-    pub fn add(&mut self, region: &str, window: &Window, now: Instant) {
-        if !self.regions.contains_key(region) {
-            self.regions
-                .insert(region.to_owned(), RegionSamples::default());
-        }
-        let entry = self.regions.get_mut(region).expect("inserted above");
-        entry.targets += 1;
+    /// Adds target `name` of `region`: its samples live at `now`, and whether it is down after
+    /// `down_after` failures in a row. A target without samples still counts, so a configured
+    /// region shows up (at `+Inf`) before anything answered.
+    pub fn add(
+        &mut self,
+        region: &str,
+        name: &str,
+        window: &Window,
+        now: Instant,
+        down_after: usize,
+    ) {
+        let mut target = TargetSamples {
+            name: name.to_owned(),
+            down: window.down(now, down_after),
+            failing_locally: window.failing_locally(now),
+            ..TargetSamples::default()
+        };
         for sample in window.live(now) {
-            if sample.latency == FAILED {
-                entry.failures += 1;
-            } else {
-                entry.latencies.push(sample.latency);
+            match sample.latency {
+                FAILED => target.failures += 1,
+                LOCAL => {}
+                latency => target.latencies.push(latency),
             }
         }
+        if !self.regions.contains_key(region) {
+            self.regions.insert(region.to_owned(), Vec::new());
+        }
+        self.regions
+            .get_mut(region)
+            .expect("inserted above")
+            .push(target);
     }
 
-    /// Scores and ranks the regions added so far.
-    pub fn rank(self, params: &Params) -> Ranking {
-        let regions = self
+    /// Scores and ranks the regions added so far; `own_region` (this sidecar's) is ranked too,
+    /// but only other regions tell whether the sidecar itself is impaired.
+    pub fn rank(self, params: &Params, own_region: &str) -> Ranking {
+        let mut failing_locally = Vec::new();
+        let regions: Vec<RegionRank> = self
             .regions
             .into_iter()
-            .map(|(region, mut tally)| {
-                let [p50, p95, p99, q] =
-                    quantiles(&mut tally.latencies, [0.50, 0.95, 0.99, params.quantile])
-                        .map(|us| us.map(|us| Duration::from_micros(us.into())));
-                let successes = tally.latencies.len();
-                let samples = successes + tally.failures;
-                let loss_ratio = (samples > 0).then(|| tally.failures as f64 / samples as f64);
-                let score = match q {
-                    Some(latency) => {
-                        latency.as_secs_f64()
-                            + loss_ratio.unwrap_or(0.0) * params.loss_penalty.as_secs_f64()
-                    }
-                    None => f64::INFINITY,
-                };
-                RegionRank {
-                    region,
-                    rank: 0,
-                    score,
-                    p50,
-                    p95,
-                    p99,
-                    loss_ratio,
-                    samples,
-                    successes,
-                    targets: tally.targets,
-                }
+            .map(|(region, mut targets)| {
+                failing_locally.extend(
+                    targets
+                        .iter()
+                        .filter(|t| t.failing_locally)
+                        .map(|t| t.name.clone()),
+                );
+                region_rank(region, &mut targets, params)
             })
             .collect();
-        ordered(regions)
+        let others: Vec<&RegionRank> = regions.iter().filter(|r| r.region != own_region).collect();
+        let cut_off = others.len() >= 2 && others.iter().all(|r| r.up == Some(false));
+        failing_locally.sort();
+        let impaired = match (cut_off, failing_locally.is_empty()) {
+            (true, _) => Some(Impairment::CutOff),
+            (false, false) => Some(Impairment::LocalFailures(failing_locally)),
+            (false, true) => None,
+        };
+        let mut ranking = ordered(regions);
+        ranking.impaired = impaired;
+        ranking
     }
+}
+
+/// One region from its targets' samples. Its score is the worst of its targets' scores, so a
+/// fast target of another kind (an ICMP echo beside an HTTP check) never makes the region look
+/// better than its slowest one; a target with no sample of the destination in the window has
+/// no say, and a region where no target has one scores `+Inf`. Its quantiles, loss and counts
+/// are over every target's samples.
+fn region_rank(region: String, targets: &mut [TargetSamples], params: &Params) -> RegionRank {
+    let mut worst: Option<(f64, &str)> = None;
+    for target in targets.iter_mut() {
+        let samples = target.latencies.len() + target.failures;
+        // Nothing of the destination in the window (no probe yet, or only our own local
+        // failures): no say in the score.
+        if samples == 0 {
+            continue;
+        }
+        let [q] = quantiles(&mut target.latencies, [params.quantile]);
+        let loss = if samples > 0 {
+            target.failures as f64 / samples as f64
+        } else {
+            0.0
+        };
+        let score = match q {
+            Some(us) => {
+                Duration::from_micros(us.into()).as_secs_f64()
+                    + loss * params.loss_penalty.as_secs_f64()
+            }
+            None => f64::INFINITY,
+        };
+        if worst.is_none_or(|(w, _)| score > w) {
+            worst = Some((score, &target.name));
+        }
+    }
+    let worst_target = worst.map(|(_, name)| name.to_owned());
+    let mut score = worst.map_or(f64::INFINITY, |(score, _)| score);
+    // Down when every target is: the region ranks last at once, whatever its window holds.
+    let up = if targets.iter().all(|t| t.down == Some(true)) && !targets.is_empty() {
+        Some(false)
+    } else if targets.iter().any(|t| t.down == Some(false)) {
+        Some(true)
+    } else {
+        None
+    };
+    if up == Some(false) {
+        score = f64::INFINITY;
+    }
+    let mut pooled: Vec<u32> = targets
+        .iter()
+        .flat_map(|t| t.latencies.iter().copied())
+        .collect();
+    let failures: usize = targets.iter().map(|t| t.failures).sum();
+    let [p50, p95, p99] = quantiles(&mut pooled, [0.50, 0.95, 0.99])
+        .map(|us| us.map(|us| Duration::from_micros(us.into())));
+    let successes = pooled.len();
+    let samples = successes + failures;
+    RegionRank {
+        region,
+        rank: 0,
+        score,
+        up,
+        worst_target,
+        p50,
+        p95,
+        p99,
+        loss_ratio: (samples > 0).then(|| failures as f64 / samples as f64),
+        samples,
+        successes,
+        targets: targets.len(),
+    }
+}
+
+/// Why this sidecar's view cannot be trusted right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Impairment {
+    /// Every other region is down at once (at least two of them): the fault is most likely
+    /// ours (our network, our uplink), not the world's.
+    CutOff,
+    /// These targets fail on our side (`reason="error"`: no ICMP permission, no file
+    /// descriptor, ...); their failures are not counted as anyone's loss.
+    LocalFailures(Vec<String>),
 }
 
 /// Sorts by score, then name, and numbers the ranks.
@@ -260,7 +398,10 @@ fn ordered(mut regions: Vec<RegionRank>) -> Ranking {
     for (index, region) in regions.iter_mut().enumerate() {
         region.rank = index + 1;
     }
-    Ranking { regions }
+    Ranking {
+        regions,
+        impaired: None,
+    }
 }
 
 /// The nearest-rank quantiles `qs` of `latencies`, which it reorders; `None` when empty.
@@ -294,6 +435,8 @@ fn quantiles<const N: usize>(latencies: &mut [u32], qs: [f64; N]) -> [Option<u32
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ranking {
     pub regions: Vec<RegionRank>,
+    /// Set when this sidecar's own view is impaired.
+    pub impaired: Option<Impairment>,
 }
 
 impl Ranking {
@@ -308,8 +451,15 @@ pub struct RegionRank {
     pub region: String,
     /// 1 is the best.
     pub rank: usize,
-    /// Seconds; `+Inf` when no probe of the region succeeded in the window.
+    /// Seconds: the worst of its targets' scores (a target's: its latency quantile plus its
+    /// loss ratio times the loss penalty); `+Inf` when a target never succeeded in the window,
+    /// or when the region is down.
     pub score: f64,
+    /// `Some(false)` when every target is down (its last `down_after` probes failed),
+    /// `Some(true)` when one is up, `None` before any target had that many probes.
+    pub up: Option<bool>,
+    /// The target whose score is the region's.
+    pub worst_target: Option<String>,
     /// Quantiles of the successful latencies; `None` without a success.
     pub p50: Option<Duration>,
     pub p95: Option<Duration>,
@@ -353,6 +503,38 @@ pub struct Change {
     pub from: Option<String>,
     pub to: Option<String>,
     pub at: Instant,
+    pub why: Why,
+}
+
+/// Why the failover choice is what it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// The first region that answered.
+    First,
+    /// The previous choice is down, or never answered in the window.
+    PreviousDown,
+    /// The previous choice left the configuration.
+    PreviousRemoved,
+    /// Better by the hysteresis for the whole hold.
+    Better,
+}
+
+impl Why {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::First => "first region to answer",
+            Why::PreviousDown => "previous candidate down",
+            Why::PreviousRemoved => "previous candidate removed",
+            Why::Better => "better for the whole hold",
+        }
+    }
+}
+
+/// The region that would take over if it stays better, and since when it has been.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Challenger {
+    pub region: String,
+    pub since: Instant,
 }
 
 impl Failover {
@@ -379,21 +561,48 @@ impl Failover {
         self.hold = params.hold;
     }
 
+    /// The best-ranked challenger on its way through the hold, if any.
+    pub fn challenger(&self, ranking: &Ranking) -> Option<Challenger> {
+        ranking.regions.iter().find_map(|r| {
+            self.better_since.get(&r.region).map(|since| Challenger {
+                region: r.region.clone(),
+                since: *since,
+            })
+        })
+    }
+
+    /// The hold a challenger must last.
+    pub fn hold(&self) -> Duration {
+        self.hold
+    }
+
     /// Takes in a new ranking computed at `now`; returns the change it caused, if any.
+    ///
+    /// While the ranking says this sidecar is cut off (every other region down at once), the
+    /// choice stays and no challenger advances: the fault is most likely ours.
     pub fn update(&mut self, ranking: &Ranking, now: Instant) -> Option<Change> {
+        if ranking.impaired == Some(Impairment::CutOff) && self.current.is_some() {
+            self.better_since.clear();
+            return None;
+        }
         let mut candidates = ranking
             .regions
             .iter()
             .filter(|r| r.region != self.own_region && r.score.is_finite());
         let Some(current) = self.current.as_deref() else {
             let best = candidates.next()?;
-            return self.change(Some(best.region.clone()), now);
+            return self.change(Some(best.region.clone()), now, Why::First);
         };
         let current_score = ranking.get(current).map_or(f64::INFINITY, |r| r.score);
         if current_score == f64::INFINITY {
+            let why = if ranking.get(current).is_none() {
+                Why::PreviousRemoved
+            } else {
+                Why::PreviousDown
+            };
             return match candidates.next() {
-                Some(best) => self.change(Some(best.region.clone()), now),
-                None if ranking.get(current).is_none() => self.change(None, now),
+                Some(best) => self.change(Some(best.region.clone()), now, why),
+                None if ranking.get(current).is_none() => self.change(None, now, why),
                 None => {
                     self.better_since.clear();
                     None
@@ -416,16 +625,21 @@ impl Failover {
                 winner = Some(challenger.region.clone());
             }
         }
-        winner.and_then(|region| self.change(Some(region), now))
+        winner.and_then(|region| self.change(Some(region), now, Why::Better))
     }
 
-    fn change(&mut self, to: Option<String>, now: Instant) -> Option<Change> {
+    fn change(&mut self, to: Option<String>, now: Instant, why: Why) -> Option<Change> {
         self.better_since.clear();
         if to == self.current {
             return None;
         }
         let from = std::mem::replace(&mut self.current, to.clone());
-        Some(Change { from, to, at: now })
+        Some(Change {
+            from,
+            to,
+            at: now,
+            why,
+        })
     }
 }
 
@@ -443,14 +657,15 @@ mod tests {
 
     const FAILURE: Option<Duration> = None;
 
-    /// A window holding `latencies` (ms) and `failures`, all recorded at `now`.
+    /// A window holding `failures` then `latencies` (ms), all recorded at `now`: up unless
+    /// nothing succeeded.
     fn window(latencies: &[u64], failures: usize, now: Instant) -> Window {
         let mut window = Window::new(Duration::from_secs(300), Duration::from_millis(1));
-        for latency in latencies {
-            window.record(now, ms(*latency));
-        }
         for _ in 0..failures {
             window.record(now, FAILURE);
+        }
+        for latency in latencies {
+            window.record(now, ms(*latency));
         }
         window
     }
@@ -460,9 +675,9 @@ mod tests {
         let now = Instant::now();
         let mut tally = Tally::new();
         for (region, latencies, failures) in regions {
-            tally.add(region, &window(latencies, *failures, now), now);
+            tally.add(region, region, &window(latencies, *failures, now), now, 3);
         }
-        tally.rank(params)
+        tally.rank(params, "local")
     }
 
     /// A ranking with the given scores and nothing else.
@@ -474,6 +689,8 @@ mod tests {
                     region: (*region).to_owned(),
                     rank: 0,
                     score: *score,
+                    up: Some(score.is_finite()),
+                    worst_target: None,
                     p50: None,
                     p95: None,
                     p99: None,
@@ -531,24 +748,52 @@ mod tests {
     }
 
     #[test]
-    fn the_score_adds_the_loss_penalty_over_all_targets_of_a_region() {
+    fn the_score_is_the_worst_of_the_targets_scores() {
         let now = Instant::now();
         let mut tally = Tally::new();
-        tally.add("eu", &window(&(1..=50).collect::<Vec<_>>(), 5, now), now);
-        tally.add("eu", &window(&(51..=100).collect::<Vec<_>>(), 20, now), now);
+        tally.add(
+            "eu",
+            "fast",
+            &window(&(1..=50).collect::<Vec<_>>(), 5, now),
+            now,
+            3,
+        );
+        tally.add(
+            "eu",
+            "slow",
+            &window(&(51..=100).collect::<Vec<_>>(), 20, now),
+            now,
+            3,
+        );
         let params = Params {
             loss_penalty: Duration::from_secs(2),
             ..Params::default()
         };
-        let ranking = tally.rank(&params);
+        let ranking = tally.rank(&params, "local");
         let eu = ranking.get("eu").unwrap();
         assert_eq!((eu.samples, eu.successes, eu.targets), (125, 100, 2));
         assert_eq!(eu.loss_ratio, Some(0.2));
-        assert!(
-            (eu.score - (0.095 + 0.2 * 2.0)).abs() < 1e-12,
-            "{}",
-            eu.score
-        );
+        // slow: p95 of 51..=100 ms is 98 ms, loss 20/70; fast: 48 ms + 5/55 of the penalty.
+        let slow = 0.098 + 20.0 / 70.0 * 2.0;
+        assert!((eu.score - slow).abs() < 1e-12, "{}", eu.score);
+        assert_eq!(eu.worst_target.as_deref(), Some("slow"));
+        // The pooled quantiles stay what the region's probes measured.
+        assert_eq!(eu.p95, Some(Duration::from_millis(95)));
+    }
+
+    #[test]
+    fn a_faster_target_of_another_kind_never_makes_a_region_look_better() {
+        let now = Instant::now();
+        let params = Params::default();
+        let mut http_only = Tally::new();
+        http_only.add("eu", "http", &window(&[190; 100], 0, now), now, 3);
+        let alone = http_only.rank(&params, "local").get("eu").unwrap().score;
+        let mut mixed = Tally::new();
+        mixed.add("eu", "http", &window(&[190; 100], 0, now), now, 3);
+        mixed.add("eu", "icmp", &window(&[1; 1000], 0, now), now, 3);
+        let with_icmp = mixed.rank(&params, "local").get("eu").unwrap().score;
+        assert_eq!(alone, with_icmp);
+        assert!((alone - 0.190).abs() < 1e-12);
     }
 
     #[test]
@@ -597,9 +842,9 @@ mod tests {
         // Now start + 65 s: the samples taken at 6..=9 s are younger than 60 s.
         let tally = |now| {
             let mut tally = Tally::new();
-            tally.add("old", &old, now);
-            tally.add("fresh", &fresh, now);
-            tally.rank(&params)
+            tally.add("old", "old", &old, now, 3);
+            tally.add("fresh", "fresh", &fresh, now, 3);
+            tally.rank(&params, "local")
         };
         let ranking = tally(Instant::now());
         assert_eq!(ranking.get("old").unwrap().samples, 4);
@@ -650,8 +895,8 @@ mod tests {
         assert_eq!(window.samples.capacity(), 301);
         let now = start + Duration::from_millis(100_000);
         let mut tally = Tally::new();
-        tally.add("eu", &window, now);
-        let eu = &tally.rank(&Params::default()).regions[0];
+        tally.add("eu", "eu", &window, now, 3);
+        let eu = &tally.rank(&Params::default(), "local").regions[0];
         assert_eq!((eu.samples, eu.p50), (301, ms(99_849)));
     }
 
@@ -669,8 +914,8 @@ mod tests {
         assert_eq!(window.len(), 3);
         let live = |now| {
             let mut tally = Tally::new();
-            tally.add("eu", &window, now);
-            tally.rank(&Params::default()).regions[0].samples
+            tally.add("eu", "eu", &window, now, 3);
+            tally.rank(&Params::default(), "local").regions[0].samples
         };
         assert_eq!(live(times[2]), 3);
         assert_eq!(live(times[0] + window_length - Duration::from_millis(1)), 3);
@@ -709,7 +954,8 @@ mod tests {
             Some(Change {
                 from: None,
                 to: Some("us".into()),
-                at: later
+                at: later,
+                why: Why::First,
             })
         );
     }
@@ -753,6 +999,7 @@ mod tests {
             from: Some("eu".into()),
             to: Some("us".into()),
             at,
+            why: Why::Better,
         };
         assert_eq!(changes, [expected]);
     }
@@ -798,7 +1045,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_region_that_stops_answering_loses_the_choice_after_the_hold() {
+    async fn a_region_that_stops_answering_loses_the_choice_once_it_is_down() {
         let params = Params::default();
         let mut windows: Vec<(&str, Window)> = ["eu", "local", "us"]
             .into_iter()
@@ -816,9 +1063,9 @@ mod tests {
                     ms(50)
                 };
                 window.record(now, result);
-                tally.add(region, window, now);
+                tally.add(region, region, window, now, 3);
             }
-            failover.update(&tally.rank(&params), now)
+            failover.update(&tally.rank(&params, "local"), now)
         };
         for _ in 0..300 {
             tick(true, &mut windows, &mut failover);
@@ -838,11 +1085,88 @@ mod tests {
             advance(SECOND).await;
         };
         assert_eq!(change.to.as_deref(), Some("us"));
-        let after = change.at - down;
-        assert!(
-            after >= params.hold && after < params.window / 2,
-            "{after:?}"
+        assert_eq!(change.why, Why::PreviousDown);
+        // Down after `down_after` failures in a row: the third probe, two seconds in.
+        assert_eq!(change.at - down, SECOND * (params.down_after as u32 - 1));
+
+        // Coming back goes through hysteresis and hold like any challenger: equal scores
+        // never take over.
+        for _ in 0..120 {
+            assert_eq!(tick(true, &mut windows, &mut failover), None);
+            advance(SECOND).await;
+        }
+        assert_eq!(failover.current(), Some("us"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn local_failures_are_nobodys_loss_and_mark_the_sidecar_impaired() {
+        let params = Params::default();
+        let now = Instant::now();
+        let mut icmp = Window::new(params.window, SECOND);
+        let mut http = Window::new(params.window, SECOND);
+        for _ in 0..100 {
+            icmp.record_local_failure(now);
+            http.record(now, ms(20));
+        }
+        let mut tally = Tally::new();
+        tally.add("eu", "eu-icmp", &icmp, now, 3);
+        tally.add("eu", "eu-http", &http, now, 3);
+        let ranking = tally.rank(&params, "local");
+        let eu = ranking.get("eu").unwrap();
+        assert_eq!(eu.loss_ratio, Some(0.0));
+        assert_eq!(eu.samples, 100);
+        assert_eq!(eu.up, Some(true));
+        assert_eq!(
+            icmp.down(now, 3),
+            None,
+            "local failures say nothing of the target"
         );
+        assert_eq!(
+            ranking.impaired,
+            Some(Impairment::LocalFailures(vec!["eu-icmp".into()]))
+        );
+    }
+
+    #[test]
+    fn a_sidecar_cut_off_from_every_region_keeps_its_candidate() {
+        let params = Params::default();
+        let now = Instant::now();
+        let up = window(&[30; 10], 0, now);
+        let mut dead = window(&[30; 10], 0, now);
+        for _ in 0..params.down_after {
+            dead.record(now, FAILURE);
+        }
+        let rank = |eu: &Window, us: &Window| {
+            let mut tally = Tally::new();
+            tally.add("eu", "eu", eu, now, 3);
+            tally.add("us", "us", us, now, 3);
+            tally.add("local", "local", &up, now, 3);
+            tally.rank(&params, "local")
+        };
+        let mut failover = Failover::new("local", &params);
+        assert!(failover.update(&rank(&up, &up), now).is_some());
+        assert_eq!(
+            failover.current(),
+            Some("eu"),
+            "equal scores: the first by name"
+        );
+
+        // One region down: a destination's fault; the other takes over at once.
+        let one = rank(&dead, &up);
+        assert_eq!(one.impaired, None);
+        assert_eq!(one.get("eu").unwrap().up, Some(false));
+        let mut switched = failover.clone();
+        let change = switched.update(&one, now).unwrap();
+        assert_eq!(
+            (change.to.as_deref(), change.why),
+            (Some("us"), Why::PreviousDown)
+        );
+
+        // Both down while our own region answers: we are cut off; nothing changes.
+        let both = rank(&dead, &dead);
+        assert_eq!(both.impaired, Some(Impairment::CutOff));
+        assert_eq!(failover.update(&both, now), None);
+        assert_eq!(failover.current(), Some("eu"));
     }
 
     /// A region's successful latencies in ms (often none) and its failures.

@@ -7,4 +7,4 @@ mod task;
 
 pub use collector::register;
 pub use engine::{Params, Tally, Window};
-pub use task::{PERIOD, Ranker, SharedSnapshot, Snapshot, initial};
+pub use task::{PERIOD, Ranker, SharedSnapshot, Snapshot, describe, initial};

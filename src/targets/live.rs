@@ -63,7 +63,13 @@ impl LiveTarget {
         let now = SystemTime::now();
         let mut status = self.status.lock().expect("status lock");
         let latency = result.as_ref().ok().map(|outcome| outcome.latency);
-        status.window.record(Instant::now(), latency);
+        match result {
+            // Our own failure (no socket, no file descriptor): not the destination's loss.
+            Err(failure) if failure.reason.is_local() => {
+                status.window.record_local_failure(Instant::now());
+            }
+            _ => status.window.record(Instant::now(), latency),
+        }
         match result {
             Ok(_) => status.last_success = Some(now),
             Err(failure) => status.last_failure = Some((now, failure.clone())),
@@ -91,7 +97,16 @@ impl LiveTarget {
 pub fn tally(live: &LiveTargets, now: Instant) -> Tally {
     let mut tally = Tally::new();
     for target in live.read().expect("live targets lock").values() {
-        target.with_status(|status| tally.add(&target.config.region, &status.window, now));
+        let config = &target.config;
+        target.with_status(|status| {
+            tally.add(
+                &config.region,
+                &config.name,
+                &status.window,
+                now,
+                config.down_after,
+            );
+        });
     }
     tally
 }
