@@ -101,7 +101,7 @@ fn secret_target(health: &str) -> String {
     format!(
         "\n[[target]]\nname = \"self\"\nregion = \"local\"\nprobe = \"http\"\ninterval = \"200ms\"\n\
          url = \"http://probe:{TARGET_PASSWORD}@{health}/-/healthy\"\n\
-         headers = {{ Authorization = \"Bearer {TARGET_TOKEN}\" }}\n"
+         headers = {{ X-Api-Key = \"Bearer {TARGET_TOKEN}\" }}\n"
     )
 }
 
