@@ -27,6 +27,15 @@ struct Cli {
     /// Log level or filter (e.g. debug, info,regionprobe=trace); overrides RUST_LOG.
     #[arg(long = "log.level", global = true, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Most HTTP connections open at once (at most a quarter of the open-files limit is used,
+    /// the rest is left to the probes). At the cap a new connection closes the longest-idle
+    /// one, or gets a 503 if every connection has a request in flight.
+    #[arg(long = "web.max-connections", global = true, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Whether POST /-/reload reloads the configuration (false: it answers 403). SIGHUP always
+    /// reloads.
+    #[arg(long = "web.enable-lifecycle", global = true, value_name = "BOOL", default_value_t = true, default_missing_value = "true", num_args = 0..=1, require_equals = true, action = clap::ArgAction::Set)]
+    enable_lifecycle: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -146,7 +155,12 @@ fn main() -> ExitCode {
                 eprintln!("{err:#}");
                 return ExitCode::FAILURE;
             }
-            match run(source) {
+            let options = regionprobe::Options {
+                max_connections: cli.max_connections as usize,
+                lifecycle: cli.enable_lifecycle,
+                ..regionprobe::Options::default()
+            };
+            match run(source, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");
@@ -186,7 +200,7 @@ where
 }
 
 #[tokio::main]
-async fn run(source: ConfigSource) -> anyhow::Result<()> {
+async fn run(source: ConfigSource, options: regionprobe::Options) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives while starting up still shuts down cleanly.
     let shutdown = shutdown_signal()?;
     let config = source.load()?;
@@ -209,7 +223,7 @@ async fn run(source: ConfigSource) -> anyhow::Result<()> {
         "regionprobe {} listening on {scheme}://{bound}",
         env!("CARGO_PKG_VERSION")
     );
-    regionprobe::run(source, config, listener, shutdown).await?;
+    regionprobe::run_with(source, config, listener, shutdown, options).await?;
     tracing::info!("regionprobe stopped");
     Ok(())
 }
