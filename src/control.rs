@@ -73,7 +73,8 @@ pub struct Control {
 
 impl Control {
     /// Ranks every [`ranking::PERIOD`]; applies reloads from HTTP requests and SIGHUP, one at
-    /// a time, between rankings.
+    /// a time, between rankings. HTTP requests that arrive during a reload get its result
+    /// rather than a reload each, so a client cannot keep the loop reloading.
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<ReloadRequest>,
@@ -89,7 +90,12 @@ impl Control {
                     *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
                 }
                 Some(reply) = requests.recv() => {
+                    // Requests that arrived while this one ran join it: one reload, one
+                    // answer for all of them.
                     let result = self.reload();
+                    while let Ok(joined) = requests.try_recv() {
+                        let _ = joined.send(result.clone());
+                    }
                     let _ = reply.send(result);
                 }
                 Some(()) = hangup.recv() => {

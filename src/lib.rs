@@ -25,6 +25,7 @@ mod ranking;
 mod targets;
 
 pub use cmd::{healthcheck, rank};
+pub use http::Options;
 pub use probe::{Reason, reasons};
 
 use std::net::SocketAddr;
@@ -42,7 +43,8 @@ use crate::ranking::Ranker;
 use crate::targets::{LiveTargets, SchedulerMetrics, Supervisor};
 
 /// Runs the exporter on `listener` with `config` (read from `source`, which reloads re-read)
-/// until `shutdown` completes. Reloads come from `POST /-/reload` and SIGHUP.
+/// until `shutdown` completes, with the endpoint's default [`Options`]. Reloads come from
+/// `POST /-/reload` and SIGHUP.
 pub async fn run(
     source: ConfigSource,
     config: Config,
@@ -52,11 +54,12 @@ pub async fn run(
     let startup = Startup {
         hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
         listen_override: None,
+        options: Options::default(),
     };
     run_with(source, config, listener, shutdown, startup).await
 }
 
-/// What the binary sets up before loading the configuration.
+/// What the binary sets up before loading the configuration, and the endpoint's options.
 #[derive(Debug)]
 pub struct Startup {
     /// The SIGHUP handler, installed before the first load so that an early SIGHUP cannot
@@ -64,9 +67,20 @@ pub struct Startup {
     pub hangup: tokio::signal::unix::Signal,
     /// `--web.listen-address`: replaces `exporter.listen` of every (re)loaded configuration.
     pub listen_override: Option<SocketAddr>,
+    /// The endpoint's connection cap, timeouts and `/-/reload` switch.
+    pub options: Options,
 }
 
-/// [`run`] with the SIGHUP handler and the flags' overrides given.
+/// Listen backlog: a burst of connections waits in the kernel instead of retrying SYNs after
+/// a second (the kernel caps it at `net.core.somaxconn`, 4096 by default).
+const BACKLOG: i32 = 4096;
+
+/// [`run`] with the SIGHUP handler, the flags' overrides and the endpoint's options given.
+///
+/// The probes, the ranking and reloads run on the caller's runtime; the HTTP server runs on a
+/// runtime of its own (one worker and its own blocking pool, threads named `http`), so nothing
+/// a client does (the status page in a loop, slow readers, password floods) queues behind or
+/// in front of a probe's timers and sockets.
 pub async fn run_with(
     source: ConfigSource,
     config: Config,
@@ -77,7 +91,9 @@ pub async fn run_with(
     let Startup {
         hangup,
         listen_override,
+        options,
     } = startup;
+    let fd_limit = http::raise_fd_limit();
 
     // Each owner of state registers the families it exports.
     let mut registry = Registry::default();
@@ -88,6 +104,8 @@ pub async fn run_with(
     ranking::register(&mut registry, snapshot.clone());
     let scheduler = SchedulerMetrics::register(&mut registry);
     let reloads = ReloadMetrics::register(&mut registry);
+    let web = Arc::new(Guard::new(&config.web));
+    web.refusals().register(&mut registry);
     registry.register_process();
     let registry = Arc::new(registry);
 
@@ -98,10 +116,10 @@ pub async fn run_with(
     reloads.mark(true, &renderings);
 
     let ranker = Ranker::new(&config.exporter.region, &config.ranking);
-    let web = Arc::new(Guard::new(&config.web));
     tracing::info!(web = %http::describe_guard(&config.web), "web endpoint");
     let current = Arc::new(RwLock::new(Arc::new(config)));
-    let (reload_tx, reload_rx) = mpsc::channel(4);
+    // Room for every request that can be in flight: those that queue during a reload join it.
+    let (reload_tx, reload_rx) = mpsc::channel(1024);
     let state = Arc::new(State {
         metrics: registry,
         config: current.clone(),
@@ -110,6 +128,7 @@ pub async fn run_with(
         reload: reload_tx,
         web: web.clone(),
         renderings: renderings.clone(),
+        options,
     });
     let control = Control {
         source,
@@ -123,9 +142,54 @@ pub async fn run_with(
         snapshot,
         web,
     };
-    tokio::select! {
-        served = http::serve(listener, state, shutdown) => served,
+    // The server's runtime: the listener moves to its reactor.
+    let server = ServerRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(16)
+            .thread_name("http")
+            .enable_all()
+            .build()?,
+    ));
+    let server = server.0.as_ref().expect("built above");
+    let listener = listener.into_std()?;
+    socket2::SockRef::from(&listener).listen(BACKLOG)?;
+    let listener = {
+        let _entered = server.enter();
+        TcpListener::from_std(listener)?
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut served = server.spawn(http::serve(listener, state, fd_limit, async move {
+        let _ = stopped.await;
+    }));
+    let finished = tokio::select! {
+        () = shutdown => None,
+        joined = &mut served => Some(joined),
         never = control.run(reload_rx, hangup) => match never {},
+    };
+    let joined = match finished {
+        Some(joined) => joined,
+        None => {
+            let _ = stop.send(());
+            served.await
+        }
+    };
+    match joined {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(std::io::Error::other(err)),
     }
     // Dropping the control loop drops the supervisor, which stops every target.
+}
+
+/// The server's runtime, shut down without waiting when `run` returns or is dropped (a
+/// runtime dropped inside another one's task would panic).
+struct ServerRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }

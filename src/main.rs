@@ -51,6 +51,15 @@ struct Cli {
     /// info,regionprobe=debug; overrides RUST_LOG.
     #[arg(long = "log.level", global = true, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Most HTTP connections open at once (at most a quarter of the open-files limit is used,
+    /// the rest is left to the probes). At the cap a new connection closes the longest-idle
+    /// one, or gets a 503 if every connection has a request in flight.
+    #[arg(long = "web.max-connections", global = true, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Whether POST /-/reload reloads the configuration (false: it answers 403). SIGHUP always
+    /// reloads.
+    #[arg(long = "web.enable-lifecycle", global = true, value_name = "BOOL", default_value_t = true, default_missing_value = "true", num_args = 0..=1, require_equals = true, action = clap::ArgAction::Set)]
+    enable_lifecycle: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -201,7 +210,12 @@ fn main() -> ExitCode {
             if let Some(chosen) = chosen {
                 tracing::info!("{chosen}");
             }
-            match run(source, listen) {
+            let options = regionprobe::Options {
+                max_connections: cli.max_connections as usize,
+                lifecycle: cli.enable_lifecycle,
+                ..regionprobe::Options::default()
+            };
+            match run(source, listen, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");
@@ -367,7 +381,11 @@ fn logfmt_value(value: &str) -> String {
 }
 
 #[tokio::main]
-async fn run(source: ConfigSource, listen_override: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn run(
+    source: ConfigSource,
+    listen_override: Option<SocketAddr>,
+    options: regionprobe::Options,
+) -> anyhow::Result<()> {
     // Handlers first, before the (possibly long) load: a SIGHUP that arrives while starting
     // up is kept for the control loop (a reload once running) instead of killing the process,
     // and a SIGTERM still shuts down cleanly.
@@ -403,6 +421,7 @@ async fn run(source: ConfigSource, listen_override: Option<SocketAddr>) -> anyho
     let startup = regionprobe::Startup {
         hangup,
         listen_override,
+        options,
     };
     regionprobe::run_with(source, config, listener, shutdown, startup).await?;
     tracing::info!("regionprobe stopped");

@@ -181,7 +181,7 @@ impl Registry {
     /// Registers the exporter's own families: `regionprobe_build_info` and `process_*`.
     /// Registered last, they come last in every rendering.
     pub fn register_process(&mut self) {
-        self.register_collector(ProcessCollector);
+        self.register_collector(ProcessCollector::open());
     }
 
     /// Renders every family in `format`.
@@ -223,9 +223,87 @@ impl Registry {
     }
 }
 
-/// Build info and the standard `process_*` metrics, read from /proc at scrape time.
+/// Build info and the standard `process_*` metrics, read from /proc at scrape time through
+/// files opened once at start: when the process is out of file descriptors (exactly when
+/// `process_open_fds` matters) nothing new needs to be opened. If the fd directory cannot be
+/// read for lack of descriptors, `process_open_fds` is the soft limit: the table is full.
 #[derive(Debug)]
-struct ProcessCollector;
+struct ProcessCollector {
+    files: std::sync::Mutex<ProcFiles>,
+}
+
+#[derive(Debug)]
+struct ProcFiles {
+    stat: Option<std::fs::File>,
+    limits: Option<std::fs::File>,
+    fds: Option<nix::dir::Dir>,
+}
+
+impl ProcessCollector {
+    fn open() -> Self {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let _ = boot_time();
+        ProcessCollector {
+            files: std::sync::Mutex::new(ProcFiles {
+                stat: std::fs::File::open("/proc/self/stat").ok(),
+                limits: std::fs::File::open("/proc/self/limits").ok(),
+                fds: nix::dir::Dir::open("/proc/self/fd", flags, Mode::empty()).ok(),
+            }),
+        }
+    }
+}
+
+/// The whole of a /proc file, read again from its start (`pread` at 0 regenerates it).
+fn reread(file: Option<&std::fs::File>) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt as _;
+    let file = file?;
+    let mut out = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == out.len() {
+            out.resize(out.len() * 2, 0);
+        }
+        match file.read_at(&mut out[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    out.truncate(len);
+    Some(out)
+}
+
+impl ProcFiles {
+    fn stat(&self) -> Option<procfs::process::Stat> {
+        use procfs::FromRead as _;
+        procfs::process::Stat::from_read(&reread(self.stat.as_ref())?[..]).ok()
+    }
+
+    fn max_fds(&self) -> Option<u64> {
+        use procfs::FromBufRead as _;
+        let limits = procfs::process::Limits::from_buf_read(&reread(self.limits.as_ref())?[..]);
+        match limits.ok()?.max_open_files.soft_limit {
+            procfs::process::LimitValue::Value(max) => Some(max),
+            procfs::process::LimitValue::Unlimited => None,
+        }
+    }
+
+    /// Open descriptors: the entries of /proc/self/fd, the kept directory's own included.
+    fn open_fds(&mut self) -> Option<u64> {
+        let dir = self.fds.as_mut()?;
+        let mut count = 0u64;
+        for entry in dir.iter() {
+            let entry = entry.ok()?;
+            if !matches!(entry.file_name().to_bytes(), b"." | b"..") {
+                count += 1;
+            }
+        }
+        Some(count)
+    }
+}
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -243,10 +321,8 @@ impl Collector for ProcessCollector {
         ];
         ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
 
-        let Ok(me) = procfs::process::Process::myself() else {
-            return Ok(());
-        };
-        if let Ok(stat) = me.stat() {
+        let mut files = self.files.lock().expect("proc files lock");
+        if let Some(stat) = files.stat() {
             let ticks = procfs::ticks_per_second() as f64;
             let cpu = (stat.utime + stat.stime) as f64 / ticks;
             let family = encoder.encode_descriptor(
@@ -269,7 +345,7 @@ impl Collector for ProcessCollector {
                 "Virtual memory size in bytes.",
                 stat.vsize as f64,
             )?;
-            if let Ok(boot) = procfs::boot_time_secs() {
+            if let Some(boot) = boot_time() {
                 gauge(
                     &mut encoder,
                     "process_start_time_seconds",
@@ -278,7 +354,8 @@ impl Collector for ProcessCollector {
                 )?;
             }
         }
-        if let Ok(count) = me.fd_count() {
+        let max_fds = files.max_fds();
+        if let Some(count) = files.open_fds().or(max_fds) {
             gauge(
                 &mut encoder,
                 "process_open_fds",
@@ -286,9 +363,7 @@ impl Collector for ProcessCollector {
                 count as f64,
             )?;
         }
-        if let Ok(limits) = me.limits()
-            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
-        {
+        if let Some(max) = max_fds {
             gauge(
                 &mut encoder,
                 "process_max_fds",
@@ -298,6 +373,12 @@ impl Collector for ProcessCollector {
         }
         Ok(())
     }
+}
+
+/// The boot time, read once: it does not change, and reading it needs a descriptor.
+fn boot_time() -> Option<u64> {
+    static BOOT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| procfs::boot_time_secs().ok())
 }
 
 /// One unlabelled gauge family.

@@ -3,8 +3,9 @@
 //! the whole guard: new connections get the new certificate, every request the new users.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZero;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 
+use super::refusals::{Level, Reason, Refusals};
 use crate::config::{ClientAuth, PasswordHash, Web};
 
 /// Longest a client may take to finish the TLS handshake (as the header read timeout).
@@ -24,6 +26,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a verified password is taken on trust: a scrape every 15 s then costs one bcrypt
 /// a minute instead of one per scrape.
 const CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Most entries of each of the small maps the guard keeps (verified and refused passwords,
+/// peers with recent failures): a flood of distinct guesses cannot grow them further.
+const MAP_ENTRIES: usize = 4096;
+
+/// How many password checks may wait for a bcrypt slot, per slot; beyond that, requests are
+/// refused with 503 at once instead of queueing for seconds.
+const WAITING_PER_SLOT: usize = 4;
 
 /// Paths `health_without_auth` opens.
 const HEALTH_PATHS: [&str; 2] = ["/-/healthy", "/-/ready"];
@@ -40,6 +50,10 @@ pub struct Guard {
     active: RwLock<Arc<Active>>,
     /// Bounds the bcrypt work at once, so a flood of wrong passwords cannot take every core.
     verifying: Arc<Semaphore>,
+    /// Checks waiting for `verifying`; at most `WAITING_PER_SLOT` per slot.
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    refusals: Refusals,
 }
 
 #[derive(Debug)]
@@ -55,9 +69,14 @@ pub enum Accepted {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// A request without valid credentials: answer 401 with [`CHALLENGE`].
+/// A request that may not pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unauthorized;
+pub enum Unauthorized {
+    /// No valid credentials: answer 401 with [`CHALLENGE`].
+    Refused,
+    /// Too many password checks waiting: answer 503, the client may retry.
+    Overloaded,
+}
 
 impl Guard {
     pub fn new(web: &Web) -> Self {
@@ -65,7 +84,15 @@ impl Guard {
         Guard {
             active: RwLock::new(Arc::new(Active::new(web, None))),
             verifying: Arc::new(Semaphore::new(cores)),
+            waiting: AtomicUsize::new(0),
+            max_waiting: cores * WAITING_PER_SLOT,
+            refusals: Refusals::default(),
         }
+    }
+
+    /// The refusal counter and log, shared with the routes.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     fn current(&self) -> Arc<Active> {
@@ -103,7 +130,13 @@ impl Guard {
             // A TLS ClientHello starts with record type 22; an HTTP request with a method name.
             if first[0].is_ascii_uppercase() {
                 refuse_plain_http(stream).await;
-                tracing::debug!(%peer, "plain HTTP request on the TLS port; answered 400");
+                self.refusals.refuse(
+                    Reason::plain_http_on_tls,
+                    Level::Debug,
+                    peer,
+                    (None, None),
+                    "plain HTTP request on the TLS port; answered 400",
+                );
                 return Ok(None);
             }
             acceptor.accept(stream).await.map(Some)
@@ -121,15 +154,34 @@ impl Guard {
                                 | rustls::Error::InvalidCertificate(_)
                         )
                     });
+                let error = super::refusals::truncate(&err.to_string());
                 if certificate {
-                    tracing::warn!(%peer, error = %err, "client certificate rejected");
+                    self.refusals.refuse(
+                        Reason::client_certificate,
+                        Level::Warn,
+                        peer,
+                        (None, None),
+                        &format!("client certificate rejected: {error}"),
+                    );
                 } else {
-                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    self.refusals.refuse(
+                        Reason::tls_handshake,
+                        Level::Debug,
+                        peer,
+                        (None, None),
+                        &format!("TLS handshake failed: {error}"),
+                    );
                 }
                 None
             }
             Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+                self.refusals.refuse(
+                    Reason::tls_handshake,
+                    Level::Debug,
+                    peer,
+                    (None, None),
+                    &format!("TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}"),
+                );
                 None
             }
         }
@@ -151,25 +203,48 @@ impl Guard {
             return Ok(());
         }
         let Some((user, password)) = authorization.and_then(basic_credentials) else {
-            let reason = match authorization {
+            let detail = match authorization {
                 None => "no credentials",
                 Some(_) => "not basic auth",
             };
-            tracing::warn!(%peer, path, reason, "unauthorized request");
-            return Err(Unauthorized);
+            self.refusals.refuse(
+                Reason::unauthorized,
+                Level::Warn,
+                peer,
+                (Some(path), None),
+                detail,
+            );
+            return Err(Unauthorized::Refused);
         };
-        match auth.verify(&user, password, &self.verifying).await {
-            Verdict::Valid => Ok(()),
-            refused => {
-                let reason = match refused {
-                    Verdict::UnknownUser => "unknown user",
-                    _ => "wrong password",
-                };
-                // Debug formatting escapes whatever a client put in the name.
-                tracing::warn!(%peer, path, user = ?user, reason, "unauthorized request");
-                Err(Unauthorized)
+        let queue = Queue {
+            permits: &self.verifying,
+            waiting: &self.waiting,
+            max_waiting: self.max_waiting,
+        };
+        let verdict = auth.verify(&user, password, peer.ip(), queue).await;
+        let detail = match verdict {
+            Verdict::Valid => return Ok(()),
+            Verdict::Shed => {
+                self.refusals.refuse(
+                    Reason::auth_overloaded,
+                    Level::Warn,
+                    peer,
+                    (Some(path), Some(&user)),
+                    "too many password checks waiting; answered 503",
+                );
+                return Err(Unauthorized::Overloaded);
             }
-        }
+            Verdict::UnknownUser => "unknown user",
+            Verdict::WrongPassword => "wrong password",
+        };
+        self.refusals.refuse(
+            Reason::unauthorized,
+            Level::Warn,
+            peer,
+            (Some(path), Some(&user)),
+            detail,
+        );
+        Err(Unauthorized::Refused)
     }
 }
 
@@ -257,6 +332,37 @@ enum Verdict {
     Valid,
     UnknownUser,
     WrongPassword,
+    /// Not checked: too many checks waiting.
+    Shed,
+}
+
+/// The bcrypt slots and the bound on the checks waiting for one.
+#[derive(Debug, Clone, Copy)]
+struct Queue<'a> {
+    permits: &'a Semaphore,
+    waiting: &'a AtomicUsize,
+    max_waiting: usize,
+}
+
+impl Queue<'_> {
+    /// A slot: at once if one is free; else, unless `suspect`, after waiting in line if fewer
+    /// than `max_waiting` wait. `None`: shed. Suspect checks never wait, so a slot freed goes
+    /// to a check that waits first: failures are shed before everything else.
+    async fn slot(&self, suspect: bool) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if let Ok(permit) = self.permits.try_acquire() {
+            return Some(permit);
+        }
+        if suspect {
+            return None;
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let permit = self.permits.acquire().await.ok();
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit
+    }
 }
 
 /// The users and the passwords verified recently.
@@ -264,9 +370,14 @@ struct Auth {
     users: std::collections::BTreeMap<String, PasswordHash>,
     /// Per process: cached digests are worthless elsewhere and cannot be precomputed.
     salt: [u8; 32],
-    /// User -> digest of the password that verified, and when. Only successes are cached, at
-    /// most one per configured user: a wrong guess always pays a full bcrypt.
+    /// User -> digest of the password that verified, and when; at most one per configured
+    /// user.
     verified: Mutex<HashMap<String, (Digest, Instant)>>,
+    /// Digests of (user, password) pairs that failed, and when: the same wrong password sent
+    /// again (a scraper with a stale secret, a flood) is refused without a bcrypt.
+    refused: Mutex<HashMap<Digest, Instant>>,
+    /// Peers whose credentials failed recently: their next checks are suspect.
+    failing_peers: Mutex<HashMap<IpAddr, Instant>>,
     /// A hash to check unknown users against, so they take as long as known ones.
     decoy: OnceLock<String>,
 }
@@ -287,6 +398,8 @@ impl Auth {
             users: web.basic_auth_users.clone(),
             salt: rand::random(),
             verified: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            failing_peers: Mutex::new(HashMap::new()),
             decoy: OnceLock::new(),
         }
     }
@@ -315,18 +428,47 @@ impl Auth {
             .is_some_and(|(known, at)| at.elapsed() < CACHE_TTL && constant_time_eq(known, digest))
     }
 
+    /// Whether `key` was recorded in `map` less than [`CACHE_TTL`] ago.
+    fn recent<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, Instant>>, key: &K) -> bool {
+        let map = map.lock().expect("auth cache lock");
+        map.get(key).is_some_and(|at| at.elapsed() < CACHE_TTL)
+    }
+
+    /// Records `key` in `map`, keeping it under [`MAP_ENTRIES`]: expired entries go first,
+    /// then everything.
+    fn remember<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, Instant>>, key: K) {
+        let mut map = map.lock().expect("auth cache lock");
+        if map.len() >= MAP_ENTRIES {
+            map.retain(|_, at| at.elapsed() < CACHE_TTL);
+            if map.len() >= MAP_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(key, Instant::now());
+    }
+
     async fn verify(
         self: &Arc<Self>,
         user: &str,
         password: String,
-        permits: &Semaphore,
+        peer: IpAddr,
+        queue: Queue<'_>,
     ) -> Verdict {
         let digest = self.digest(user, &password);
-        if self.users.contains_key(user) && self.cached(user, &digest) {
+        let known = self.users.contains_key(user);
+        if known && self.cached(user, &digest) {
             return Verdict::Valid;
         }
-        let Ok(_permit) = permits.acquire().await else {
-            return Verdict::WrongPassword;
+        if Self::recent(&self.refused, &digest) {
+            return if known {
+                Verdict::WrongPassword
+            } else {
+                Verdict::UnknownUser
+            };
+        }
+        let suspect = !known || Self::recent(&self.failing_peers, &peer);
+        let Some(_permit) = queue.slot(suspect).await else {
+            return Verdict::Shed;
         };
         let auth = self.clone();
         let name = user.to_owned();
@@ -348,6 +490,9 @@ impl Auth {
                 .lock()
                 .expect("auth cache lock")
                 .insert(user.to_owned(), (digest, Instant::now()));
+        } else {
+            Self::remember(&self.refused, digest);
+            Self::remember(&self.failing_peers, peer);
         }
         verdict
     }
@@ -423,12 +568,12 @@ mod tests {
         for bad in [basic("alice", "wrong"), basic("bob", "secret")] {
             assert_eq!(
                 guard.authorize("/metrics", Some(&bad), peer()).await,
-                Err(Unauthorized)
+                Err(Unauthorized::Refused)
             );
         }
         assert_eq!(
             guard.authorize("/-/healthy", None, peer()).await,
-            Err(Unauthorized)
+            Err(Unauthorized::Refused)
         );
 
         let mut open = web(&[("alice", "secret")]);
@@ -439,7 +584,7 @@ mod tests {
         }
         assert_eq!(
             guard.authorize("/metrics", None, peer()).await,
-            Err(Unauthorized)
+            Err(Unauthorized::Refused)
         );
         assert_eq!(
             Guard::new(&Web::default())
@@ -449,35 +594,53 @@ mod tests {
         );
     }
 
+    fn queue<'a>(permits: &'a Semaphore, waiting: &'a AtomicUsize, max: usize) -> Queue<'a> {
+        Queue {
+            permits,
+            waiting,
+            max_waiting: max,
+        }
+    }
+
     #[tokio::test]
     async fn successes_are_cached_per_password_and_reloads_keep_or_drop_the_cache() {
         let guard = Guard::new(&web(&[("alice", "secret")]));
         let auth = guard.current().auth.clone().unwrap();
         let permits = Semaphore::new(1);
+        let waiting = AtomicUsize::new(0);
+        let ip = peer().ip();
         assert_eq!(
-            auth.verify("alice", "wrong".into(), &permits).await,
+            auth.verify("alice", "wrong".into(), ip, queue(&permits, &waiting, 4))
+                .await,
             Verdict::WrongPassword
         );
         assert!(
             auth.verified.lock().unwrap().is_empty(),
-            "failures are not cached"
+            "failures are not cached as successes"
         );
         assert_eq!(
-            auth.verify("alice", "secret".into(), &permits).await,
+            auth.verify("alice", "secret".into(), ip, queue(&permits, &waiting, 4))
+                .await,
             Verdict::Valid
         );
         assert!(auth.cached("alice", &auth.digest("alice", "secret")));
         assert!(!auth.cached("alice", &auth.digest("alice", "secre")));
-        // With no permit to be had, only the cache can answer.
+        // With no permit to be had, only the caches can answer; anything else is shed.
         let closed = Semaphore::new(0);
         closed.close();
+        let full = queue(&closed, &waiting, 0);
         assert_eq!(
-            auth.verify("alice", "secret".into(), &closed).await,
+            auth.verify("alice", "secret".into(), ip, full).await,
             Verdict::Valid
         );
         assert_eq!(
-            auth.verify("alice", "other".into(), &closed).await,
-            Verdict::WrongPassword
+            auth.verify("alice", "wrong".into(), ip, full).await,
+            Verdict::WrongPassword,
+            "a password that failed fails again without a bcrypt"
+        );
+        assert_eq!(
+            auth.verify("alice", "other".into(), ip, full).await,
+            Verdict::Shed
         );
 
         let mut same = guard.current().web.clone();

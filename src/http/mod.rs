@@ -4,6 +4,8 @@
 
 pub(crate) mod api;
 mod guard;
+mod limits;
+mod refusals;
 mod render;
 mod status_page;
 
@@ -16,7 +18,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
     ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue,
-    VARY, WWW_AUTHENTICATE,
+    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 pub use guard::{Guard, describe as describe_guard};
+pub use limits::{Options, raise_fd_limit};
 pub use render::RenderCache;
 
 use crate::config::Config;
@@ -32,6 +35,9 @@ use crate::metrics::{Exposition, Registry};
 use crate::ranking::SharedSnapshot;
 use crate::targets::{Diff, LiveTargets};
 use guard::{Accepted, Unauthorized};
+use limits::{Connections, Watched};
+use refusals::{Level, Reason};
+use render::Page;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,6 +57,8 @@ pub struct State {
     pub web: Arc<Guard>,
     /// `/metrics` renderings, shared among scrapers.
     pub renderings: Arc<RenderCache>,
+    /// Connection limits and timeouts, `POST /-/reload` on or off.
+    pub options: Options,
 }
 
 impl State {
@@ -61,14 +69,20 @@ impl State {
     }
 }
 
-/// Serves until `shutdown` completes, then lets in-flight requests finish.
+/// Serves until `shutdown` completes, then lets in-flight requests finish. At most
+/// `connections` are open at once (see [`Options`]); `fd_limit` is the open-files limit, of
+/// which HTTP takes at most a quarter.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
+    fd_limit: Option<u64>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let cap = limits::connection_cap(state.options.max_connections, fd_limit);
+    let connections = Connections::new(cap);
+    tracing::debug!(cap, ?fd_limit, "HTTP connection cap");
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -82,18 +96,52 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(slot) = connections.admit() else {
+            // Every connection has a request in flight: say so and close, without a task.
+            let _ = stream.try_write(CONNECTION_LIMIT);
+            state.web.refusals().refuse(
+                Reason::connection_limit,
+                Level::Warn,
+                peer,
+                (None, None),
+                "every connection under the cap has a request in flight",
+            );
+            continue;
+        };
         let state = state.clone();
         let watcher = graceful.watcher();
         // The TLS handshake runs in the connection's task: a slow client delays only itself.
         tokio::spawn(async move {
-            let served = match state.web.accept(stream, peer).await {
-                None => return,
-                Some(Accepted::Plain(stream)) => serve_http(stream, peer, state, watcher).await,
-                Some(Accepted::Tls(stream)) => serve_http(stream, peer, state, watcher).await,
+            let connection = slot.connection.clone();
+            let options = state.options.clone();
+            let serve = async {
+                match state.web.accept(stream, peer).await {
+                    None => Ok(()),
+                    Some(Accepted::Plain(stream)) => {
+                        let stream = Watched {
+                            inner: stream,
+                            connection: connection.clone(),
+                        };
+                        serve_http(stream, peer, connection.clone(), state.clone(), watcher).await
+                    }
+                    Some(Accepted::Tls(stream)) => {
+                        let stream = Watched {
+                            inner: stream,
+                            connection: connection.clone(),
+                        };
+                        serve_http(stream, peer, connection.clone(), state.clone(), watcher).await
+                    }
+                }
             };
-            if let Err(err) = served {
-                tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+            tokio::select! {
+                served = serve => if let Err(err) = served {
+                    tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+                },
+                closed = connection.watch(&options) => {
+                    tracing::debug!(%peer, "HTTP connection closed: {}", closed.as_str());
+                }
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -106,23 +154,35 @@ pub async fn serve(
     Ok(())
 }
 
+/// The answer to a connection over the cap.
+const CONNECTION_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 23\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections.\r\n";
+
 /// HTTP/1.1 on one accepted (and, with TLS, handshaken) connection.
 async fn serve_http<S>(
     stream: S,
     peer: SocketAddr,
+    connection: Arc<limits::Connection>,
     state: Arc<State>,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> hyper::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let header_read_timeout = state.options.header_read_timeout;
     let service = hyper::service::service_fn(move |request| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(guarded(request, peer, &state).await) }
+        let in_flight = connection.request();
+        async move {
+            let response = guarded(request, peer, &state).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_read_timeout)
+        // Request heads up to 64 KiB (hyper's default lets a connection grow to ~400 KiB).
+        .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(stream), service);
     watcher.watch(connection).await
 }
@@ -131,24 +191,55 @@ where
 async fn guarded(
     request: Request<Incoming>,
     peer: SocketAddr,
-    state: &State,
+    state: &Arc<State>,
 ) -> Response<Full<Bytes>> {
     let authorization = request.headers().get(AUTHORIZATION);
-    if let Err(Unauthorized) = state
+    match state
         .web
         .authorize(request.uri().path(), authorization, peer)
         .await
     {
-        let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(guard::CHALLENGE));
-        return response;
+        Ok(()) => {}
+        Err(Unauthorized::Refused) => {
+            let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(guard::CHALLENGE));
+            return response;
+        }
+        Err(Unauthorized::Overloaded) => {
+            let mut response = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many password checks at once; retry\n",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
     }
-    route(request, state).await
+    let response = route(&request, state).await;
+    let refused = match response.status() {
+        StatusCode::NOT_FOUND => Some(Reason::not_found),
+        StatusCode::METHOD_NOT_ALLOWED => Some(Reason::method_not_allowed),
+        StatusCode::FORBIDDEN => Some(Reason::lifecycle_disabled),
+        _ => None,
+    };
+    if let Some(reason) = refused {
+        let detail = request.method().as_str().to_owned();
+        let detail = refusals::truncate(&detail);
+        state.web.refusals().refuse(
+            reason,
+            Level::Debug,
+            peer,
+            (Some(request.uri().path()), None),
+            &detail,
+        );
+    }
+    response
 }
 
-async fn route(request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+async fn route(request: &Request<Incoming>, state: &Arc<State>) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     match (request.uri().path(), &method) {
         ("/metrics", &Method::GET | &Method::HEAD) => {
@@ -165,21 +256,46 @@ async fn route(request: Request<Incoming>, state: &State) -> Response<Full<Bytes
             response
         }
         ("/", &Method::GET | &Method::HEAD) => {
-            let page = status_page::render(
-                &state.ranking_view(),
-                &api::targets(&state.live),
-                &status_page::samples(&state.live),
-            );
+            let view = state.clone();
+            let page = state
+                .renderings
+                .page(Page::Status, move || {
+                    status_page::render(
+                        &view.ranking_view(),
+                        &api::targets(&view.live),
+                        &status_page::samples(&view.live),
+                    )
+                    .into_bytes()
+                })
+                .await;
             respond(StatusCode::OK, "text/html; charset=utf-8", page)
         }
-        ("/api/v1/ranking", &Method::GET | &Method::HEAD) => json(&state.ranking_view()),
-        ("/api/v1/targets", &Method::GET | &Method::HEAD) => json(&api::targets(&state.live)),
+        ("/api/v1/ranking", &Method::GET | &Method::HEAD) => {
+            let view = state.clone();
+            let body = state
+                .renderings
+                .page(Page::Ranking, move || json_body(&view.ranking_view()))
+                .await;
+            respond(StatusCode::OK, "application/json", body)
+        }
+        ("/api/v1/targets", &Method::GET | &Method::HEAD) => {
+            let view = state.clone();
+            let body = state
+                .renderings
+                .page(Page::Targets, move || json_body(&api::targets(&view.live)))
+                .await;
+            respond(StatusCode::OK, "application/json", body)
+        }
         ("/-/healthy", &Method::GET | &Method::HEAD) => {
             text(StatusCode::OK, "regionprobe is Healthy.\n")
         }
         ("/-/ready", &Method::GET | &Method::HEAD) => {
             text(StatusCode::OK, "regionprobe is Ready.\n")
         }
+        ("/-/reload", &Method::POST | &Method::PUT) if !state.options.lifecycle => text(
+            StatusCode::FORBIDDEN,
+            "Lifecycle API is not enabled (--web.enable-lifecycle=false); send SIGHUP to reload.\n",
+        ),
         ("/-/reload", &Method::POST | &Method::PUT) => reload(state).await,
         (
             "/metrics" | "/" | "/-/healthy" | "/-/ready" | "/api/v1/ranking" | "/api/v1/targets",
@@ -233,12 +349,9 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
-    match serde_json::to_string_pretty(value) {
-        Ok(body) => respond(StatusCode::OK, "application/json", body + "\n"),
-        Err(err) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("encoding JSON: {err}\n"),
-        ),
-    }
+/// Pretty JSON and a newline. The views are plain structs: encoding them cannot fail.
+fn json_body(value: &impl serde::Serialize) -> Vec<u8> {
+    let mut body = serde_json::to_vec_pretty(value).expect("encoding a JSON view");
+    body.push(b'\n');
+    body
 }

@@ -30,11 +30,13 @@ use crate::metrics::{Exposition, Registry};
 /// long enough that a crowd of scrapers costs a few renderings a second.
 pub const FRESH: Duration = Duration::from_millis(500);
 
-/// The latest rendering of each format.
+/// The latest rendering of each format, and of each [`Page`].
 #[derive(Debug, Default)]
 pub struct RenderCache {
     /// One per [`Exposition`]; the lock is held while rendering, so scrapes queue behind it.
     renderings: [Mutex<Option<Rendered>>; 3],
+    /// One per [`Page`], shared the same way.
+    pages: [Mutex<Option<Rendered>>; 3],
     /// Bumped by every reload: renderings of an older generation are stale.
     generation: AtomicU64,
 }
@@ -57,7 +59,40 @@ pub struct Body {
     pub gzip: bool,
 }
 
+/// The other views shared like `/metrics`: the status page and the JSON APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    Status,
+    Targets,
+    Ranking,
+}
+
 impl RenderCache {
+    /// `page`, rendered by `render` on the blocking pool unless a rendering younger than
+    /// [`FRESH`] (and no older than the last reload) can be shared.
+    pub async fn page(
+        &self,
+        page: Page,
+        render: impl FnOnce() -> Vec<u8> + Send + 'static,
+    ) -> Bytes {
+        let mut slot = self.pages[page as usize].lock().await;
+        let generation = self.generation.load(Ordering::Acquire);
+        match slot.as_ref() {
+            Some(r) if r.generation == generation && r.at.elapsed() < FRESH => r.body.clone(),
+            _ => {
+                let at = Instant::now();
+                let body = Bytes::from(blocking(render).await);
+                *slot = Some(Rendered {
+                    at,
+                    generation,
+                    body: body.clone(),
+                    gzip: None,
+                });
+                body
+            }
+        }
+    }
+
     /// Marks a reload (applied or refused): the next scrape renders anew.
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -206,6 +241,24 @@ mod tests {
         // Each format has its own rendering.
         let open = scrapes.get(&metrics, Exposition::OpenMetrics, false).await;
         assert!(open.bytes.ends_with(b"# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn pages_are_shared_while_fresh_and_renewed_by_a_reload() {
+        let scrapes = RenderCache::default();
+        let renders = Arc::new(AtomicU64::new(0));
+        let render = |renders: &Arc<AtomicU64>| {
+            let renders = renders.clone();
+            move || format!("page {}", renders.fetch_add(1, Ordering::SeqCst)).into_bytes()
+        };
+        let first = scrapes.page(Page::Status, render(&renders)).await;
+        let again = scrapes.page(Page::Status, render(&renders)).await;
+        assert_eq!(again.as_ptr(), first.as_ptr(), "shared");
+        let other = scrapes.page(Page::Targets, render(&renders)).await;
+        assert_eq!(&other[..], b"page 1", "each page its own");
+        scrapes.invalidate();
+        let after = scrapes.page(Page::Status, render(&renders)).await;
+        assert_eq!(&after[..], b"page 2");
     }
 
     #[tokio::test(start_paused = true)]
