@@ -1282,4 +1282,39 @@ mod tests {
             prop_assert_eq!(changes[0].to.as_deref(), Some("eu"));
         }
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_between_two_close_regions_never_moves_the_candidate() {
+        // Two regions 5% apart (100 ms and 105 ms), each probe ±15% of that at random, one
+        // probe a second: after the window fills, five minutes without a single change.
+        let params = Params::default();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut jitter = move || {
+            // xorshift64*: deterministic, and enough for noise.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let unit =
+                (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+            1.0 + (unit * 2.0 - 1.0) * 0.15
+        };
+        let mut eu = Window::new(params.window, SECOND);
+        let mut us = Window::new(params.window, SECOND);
+        let mut failover = Failover::new("local", &params);
+        let mut changes = Vec::new();
+        for second in 0..600 {
+            let now = Instant::now();
+            eu.record(now, Some(Duration::from_secs_f64(0.100 * jitter())));
+            us.record(now, Some(Duration::from_secs_f64(0.105 * jitter())));
+            let mut tally = Tally::new();
+            tally.add("eu", "eu", &eu, now, 3);
+            tally.add("us", "us", &us, now, 3);
+            if let Some(change) = failover.update(&tally.rank(&params, "local"), now) {
+                changes.push((second, change));
+            }
+            advance(SECOND).await;
+        }
+        assert_eq!(changes.len(), 1, "only the first choice: {changes:?}");
+        assert_eq!(changes[0].0, 0);
+    }
 }

@@ -378,13 +378,16 @@ impl Bounds {
         let info = mixin::route_of(CANDIDATE_CHANGED);
         let unreachable_for = mixin::alert(UNREACHABLE).hold;
         let detect = PROBE_INTERVAL + PROBE_TIMEOUT + SCRAPE_INTERVAL + EVALUATION_INTERVAL;
-        // The challenger must be better for HOLD, judged at each ranking.
-        let failover = detect + HOLD + 2 * RANKING_PERIOD + SLACK;
+        // Down is down at once (issue 14): c is down after `down_after` (3) failed probes in a
+        // row, and the next ranking replaces it, without waiting for the window or the hold.
+        let down = 3 * PROBE_INTERVAL + PROBE_TIMEOUT + RANKING_PERIOD;
+        let failover = down + RANKING_PERIOD + SLACK;
         let firing = detect + unreachable_for + EVALUATION_INTERVAL + SLACK;
         Bounds {
             detect,
             failover,
-            infinite: detect + WINDOW + RANKING_PERIOD + SLACK,
+            // A down region scores +Inf at once, whatever older successes its window holds.
+            infinite: failover,
             change_notified: failover + SCRAPE_INTERVAL + EVALUATION_INTERVAL + info.group_wait,
             firing,
             firing_notified: firing + critical.group_wait,
@@ -640,17 +643,28 @@ impl Drill {
             let result = self.prometheus.query(expr).unwrap_or_default();
             result.iter().map(|s| (pair(s), value(s))).collect()
         };
+        // Most rules are per (source, target) pair; the fault-localisation ratios are per
+        // target region or per source region: each must cover every region.
+        let regions: BTreeSet<String> = REGIONS.iter().map(|r| r.to_string()).collect();
         wait_for(START, "every recording rule for every pair", || {
             records
                 .iter()
                 .all(|record| {
                     let result = self.prometheus.query(record).unwrap_or_default();
-                    let found: BTreeSet<_> = result
-                        .iter()
-                        .filter(|s| value(s).is_finite())
-                        .map(pair)
-                        .collect();
-                    pairs.is_subset(&found)
+                    let finite = || result.iter().filter(|s| value(s).is_finite());
+                    let by = |name: &str| -> BTreeSet<String> {
+                        finite().map(|s| label(s, name).to_owned()).collect()
+                    };
+                    match (
+                        result.iter().all(|s| !label(s, "source_region").is_empty()),
+                        result.iter().all(|s| !label(s, "target_region").is_empty()),
+                    ) {
+                        _ if result.is_empty() => false,
+                        (true, true) => pairs.is_subset(&finite().map(pair).collect()),
+                        (false, true) => regions.is_subset(&by("target_region")),
+                        (true, false) => regions.is_subset(&by("source_region")),
+                        (false, false) => false,
+                    }
                 })
                 .then_some(())
         });
@@ -939,7 +953,7 @@ impl Drill {
                     self.c_ranked_last_in_prometheus(),
                 ),
                 milestone(
-                    "c scores +Inf from a and b (no success in the window)",
+                    "c scores +Inf from a and b (down: its probes failed 3 times in a row)",
                     b.infinite,
                     both(
                         self.c_ranked_last("a", "b", true),
