@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, Overrides};
 use crate::http::{Guard, ReloadRequest, RenderCache};
 use crate::metrics::Registry;
 use crate::ranking::{self, Ranker, SharedSnapshot};
@@ -59,8 +59,8 @@ impl ReloadMetrics {
 #[derive(Debug)]
 pub struct Control {
     pub source: ConfigSource,
-    /// `--web.listen-address`, which replaces `exporter.listen` of every reload.
-    pub listen_override: Option<std::net::SocketAddr>,
+    /// `--web.listen-address` and `--web.config.file`, over every reload.
+    pub overrides: Overrides,
     pub supervisor: Supervisor,
     pub reloads: ReloadMetrics,
     pub renderings: Arc<RenderCache>,
@@ -109,11 +109,8 @@ impl Control {
         // The resolver's configuration is re-read on every reload request, applied or not:
         // it is not part of the file.
         self.supervisor.reload_resolver();
-        match self.source.load() {
-            Ok(mut config) => {
-                if let Some(listen) = self.listen_override {
-                    config.exporter.listen = listen;
-                }
+        match self.overrides.load(&self.source) {
+            Ok(config) => {
                 let running = self.current.read().expect("config lock").clone();
                 if config.exporter.listen != running.exporter.listen {
                     tracing::warn!(

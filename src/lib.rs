@@ -28,13 +28,12 @@ pub use cmd::{healthcheck, rank};
 pub use http::Options;
 pub use probe::{Reason, reasons};
 
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, Overrides};
 use crate::control::{Control, ReloadMetrics};
 use crate::http::{Guard, RenderCache, State};
 use crate::metrics::Registry;
@@ -53,7 +52,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let startup = Startup {
         hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
-        listen_override: None,
+        overrides: Overrides::default(),
         options: Options::default(),
     };
     run_with(source, config, listener, shutdown, startup).await
@@ -65,8 +64,8 @@ pub struct Startup {
     /// The SIGHUP handler, installed before the first load so that an early SIGHUP cannot
     /// kill the process (it becomes a reload once running).
     pub hangup: tokio::signal::unix::Signal,
-    /// `--web.listen-address`: replaces `exporter.listen` of every (re)loaded configuration.
-    pub listen_override: Option<SocketAddr>,
+    /// `--web.listen-address` and `--web.config.file`, over every (re)loaded configuration.
+    pub overrides: Overrides,
     /// The endpoint's connection cap, timeouts and `/-/reload` switch.
     pub options: Options,
 }
@@ -90,7 +89,7 @@ pub async fn run_with(
 ) -> std::io::Result<()> {
     let Startup {
         hangup,
-        listen_override,
+        overrides,
         options,
     } = startup;
     let fd_limit = http::raise_fd_limit();
@@ -132,7 +131,7 @@ pub async fn run_with(
     });
     let control = Control {
         source,
-        listen_override,
+        overrides,
         supervisor,
         reloads,
         renderings,

@@ -44,6 +44,15 @@ struct Cli {
     /// Address to listen on, e.g. :9537 or 127.0.0.1:9537; overrides exporter.listen.
     #[arg(long = "web.listen-address", global = true, value_name = "ADDRESS", value_parser = listen_address)]
     web_listen_address: Option<SocketAddr>,
+    /// The exporter toolkit's web configuration (YAML: tls_server_config, basic_auth_users),
+    /// read at every (re)load in place of the [web] section, which must then be empty.
+    #[arg(
+        long = "web.config.file",
+        global = true,
+        value_name = "PATH",
+        env = "REGIONPROBE_WEB_CONFIG_FILE"
+    )]
+    web_config_file: Option<PathBuf>,
     /// Log format: text (human-readable), logfmt (key=value) or json.
     #[arg(long = "log.format", global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -139,15 +148,11 @@ fn main() -> ExitCode {
             )),
         ),
     };
-    let listen = cli.web_listen_address;
-    let load = |source: &ConfigSource| {
-        source.load().map(|mut config| {
-            if let Some(listen) = listen {
-                config.exporter.listen = listen;
-            }
-            config
-        })
+    let overrides = regionprobe::config::Overrides {
+        listen: cli.web_listen_address,
+        web_config_file: cli.web_config_file.clone(),
     };
+    let load = |source: &ConfigSource| overrides.load(source);
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => match load(&source) {
             Ok(config) => {
@@ -165,7 +170,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Healthcheck { url } => {
-            match regionprobe::healthcheck::check(&source, url.as_deref(), listen) {
+            match regionprobe::healthcheck::check(&source, url.as_deref(), &overrides) {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS
@@ -215,7 +220,7 @@ fn main() -> ExitCode {
                 lifecycle: cli.enable_lifecycle,
                 ..regionprobe::Options::default()
             };
-            match run(source, listen, options) {
+            match run(source, overrides.clone(), options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");
@@ -383,7 +388,7 @@ fn logfmt_value(value: &str) -> String {
 #[tokio::main]
 async fn run(
     source: ConfigSource,
-    listen_override: Option<SocketAddr>,
+    overrides: regionprobe::config::Overrides,
     options: regionprobe::Options,
 ) -> anyhow::Result<()> {
     // Handlers first, before the (possibly long) load: a SIGHUP that arrives while starting
@@ -392,17 +397,14 @@ async fn run(
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let shutdown = shutdown_signal()?;
-    let mut config = source.load()?;
-    if let Some(listen) = listen_override {
-        config.exporter.listen = listen;
-    }
+    let config = overrides.load(&source)?;
     let listen = config.exporter.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
             format!(
                 "cannot listen on {listen} ({})",
-                match listen_override {
+                match overrides.listen {
                     Some(_) => "--web.listen-address".to_owned(),
                     None => format!("exporter.listen in {}", source.name()),
                 }
@@ -420,7 +422,7 @@ async fn run(
     );
     let startup = regionprobe::Startup {
         hangup,
-        listen_override,
+        overrides,
         options,
     };
     regionprobe::run_with(source, config, listener, shutdown, startup).await?;

@@ -118,7 +118,7 @@ async fn a_client_that_never_reads_is_disconnected_after_the_write_timeout() {
         },
         regionprobe::Startup {
             hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap(),
-            listen_override: None,
+            overrides: Default::default(),
             options,
         },
     ));

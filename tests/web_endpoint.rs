@@ -436,3 +436,93 @@ fn healthcheck_speaks_tls_to_its_exporter() {
         }
     }
 }
+
+/// `--web.config.file` (issue 12): an exporter-toolkit `web-config.yml` works unchanged (TLS
+/// with client certificates, bcrypt basic auth), errors name the YAML file and its own keys
+/// and never a password, and the file and `[web]` cannot both be set.
+#[test]
+fn an_exporter_toolkit_web_config_file_works_unchanged() {
+    let dir = TempDir::new("web-toolkit");
+    let pki = Pki::write(&dir);
+    let web = dir.write(
+        "web-config.yml",
+        &format!(
+            "# As the Prometheus exporter toolkit documents it.\n\
+             tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n\
+             basic_auth_users:\n  prom: '{}'\n",
+            pki.server_cert,
+            pki.server_key,
+            pki.ca,
+            hash(PASSWORD)
+        ),
+    );
+    let web = web.display().to_string();
+    let config = dir.write(
+        "exporter.toml",
+        "[exporter]\nregion = \"local\"\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let env = format!("REGIONPROBE_WEB_CONFIG_FILE={web}");
+    let exporter = Exporter::start_with(&["env", &env], &config);
+    let addr = exporter.addr;
+    let client = Some((pki.client_cert.as_str(), pki.client_key.as_str()));
+    let good = basic("prom", PASSWORD);
+    let (status, body) = tls_get(addr, &pki.ca, client, "/metrics", Some(&good)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = tls_get(addr, &pki.ca, client, "/metrics", None).unwrap();
+    assert_eq!(status, 401, "basic auth from the file");
+    assert!(tls_get(addr, &pki.ca, None, "/-/healthy", Some(&good)).is_err());
+
+    let check = |web_file: &str, toml: &std::path::Path| {
+        let out = std::process::Command::new(common::BIN)
+            .args(["check-config", "--config"])
+            .arg(toml)
+            .args(["--web.config.file", web_file])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(check(&web, &config).0);
+    // A key of the toolkit this exporter does not implement: refused by name.
+    let http2 = dir.write("http2.yml", "http_server_config:\n  http2: false\n");
+    let (ok, err) = check(&http2.display().to_string(), &config);
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "{}: key `http_server_config`: is not supported; supported: tls_server_config, basic_auth_users",
+            http2.display()
+        )
+    );
+    // A password where a hash belongs: named by its key, never echoed.
+    let plain = dir.write("plain.yml", "basic_auth_users:\n  prom: hunter2-plain\n");
+    let (ok, err) = check(&plain.display().to_string(), &config);
+    assert!(!ok);
+    assert!(
+        err.contains("key `basic_auth_users.prom`: is not a bcrypt hash"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2-plain"), "{err}");
+    // A YAML syntax error: its position only.
+    let broken = dir.write("broken.yml", "basic_auth_users:\n  prom: 'hunter2-open\n");
+    let (ok, err) = check(&broken.display().to_string(), &config);
+    assert!(!ok);
+    assert!(err.contains("not valid YAML"), "{err}");
+    assert!(!err.contains("hunter2-open"), "{err}");
+    // Both the file and [web]: one of them.
+    let both = dir.write(
+        "both.toml",
+        &format!(
+            "[exporter]\nregion = \"local\"\n[web.basic_auth_users]\nprom = \"{}\"\n",
+            hash(PASSWORD)
+        ),
+    );
+    let (ok, err) = check(&web, &both);
+    assert!(!ok);
+    assert!(
+        err.contains("key `web`: is set and so is --web.config.file"),
+        "{err}"
+    );
+}

@@ -14,7 +14,7 @@ use rustls_pki_types::ServerName;
 // tokio's Instant is std's outside a runtime; using it keeps the crate's one clock rule.
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, ConfigSource};
+use crate::config::{ConfigError, ConfigSource, Overrides};
 
 /// Longest the whole check may take: connect, request and status line.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -24,19 +24,19 @@ pub const PATH: &str = "/-/healthy";
 
 /// Checks the exporter at `url`, or at the `exporter.listen` of `source` when `url` is `None`.
 /// Returns the line to print on success.
-/// `listen` (`--web.listen-address`) replaces the configuration's `exporter.listen`.
+/// `overrides` (`--web.listen-address`, `--web.config.file`) apply as when running.
 pub fn check(
     source: &ConfigSource,
     url: Option<&str>,
-    listen: Option<SocketAddr>,
+    overrides: &Overrides,
 ) -> Result<String, HealthError> {
     let endpoint = match url {
         Some(url) => Endpoint::parse_url(url)?,
         None => {
-            let config = source.load()?;
+            let config = overrides.load(source)?;
             Endpoint {
                 tls: config.web.tls.is_some(),
-                ..Endpoint::from_listen(listen.unwrap_or(config.exporter.listen))
+                ..Endpoint::from_listen(config.exporter.listen)
             }
         }
     };

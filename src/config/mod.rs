@@ -17,7 +17,8 @@ pub use validate::parse_listen;
 pub use web::{ClientAuth, PasswordHash, Web, WebTls};
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 /// The `exporter.toml` shipped in the repository, compiled in so a bare `regionprobe` runs.
 pub const BUNDLED: &str = include_str!("../../exporter.toml");
@@ -66,6 +67,63 @@ impl ConfigSource {
         };
         parse(&file, &text, env)
     }
+}
+
+/// What flags set over every (re)loaded configuration: `--web.listen-address` and
+/// `--web.config.file`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Replaces `exporter.listen`.
+    pub listen: Option<SocketAddr>,
+    /// The exporter toolkit's web configuration (YAML), read at every (re)load in place of
+    /// `[web]` (which must then be empty).
+    pub web_config_file: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Loads `source` and applies the overrides; a bad web configuration file fails the load
+    /// (a reload keeps the running configuration, as for any bad file).
+    pub fn load(&self, source: &ConfigSource) -> Result<Config, ConfigError> {
+        let mut config = source.load()?;
+        if let Some(listen) = self.listen {
+            config.exporter.listen = listen;
+        }
+        if let Some(path) = &self.web_config_file {
+            if config.web != Web::default() {
+                return Err(ConfigError::Invalid {
+                    file: source.name(),
+                    key: "web".to_owned(),
+                    problem: format!(
+                        "is set and so is --web.config.file {}; use one of them",
+                        path.display()
+                    ),
+                });
+            }
+            config.web = web_config_file(path)?;
+        }
+        Ok(config)
+    }
+}
+
+/// Reads `--web.config.file`: the exporter toolkit's YAML, checked as `[web]` is.
+fn web_config_file(path: &Path) -> Result<Web, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    // The position only: yaml-rust2's message may quote the text, which may hold a secret.
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).map_err(|err| ConfigError::Syntax {
+        file: file.clone(),
+        message: format!(
+            "line {}, column {}: not valid YAML",
+            err.marker().line(),
+            err.marker().col() + 1
+        ),
+    })?;
+    let doc = docs.into_iter().next().unwrap_or(yaml_rust2::Yaml::Null);
+    web::from_toolkit(&doc)
+        .map_err(|(key, problem)| ConfigError::Invalid { file, key, problem }.redacted())
 }
 
 /// Parses and validates configuration text; `file` is only used in messages.

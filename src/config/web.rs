@@ -121,6 +121,107 @@ pub(super) fn validate(raw: RawWeb) -> Result<Web, Invalid> {
     })
 }
 
+/// The exporter toolkit's web configuration file (`--web.config.file`, YAML), read into the
+/// same settings and checked as `[web]` is. Errors name the file's own keys
+/// (`tls_server_config.cert_file`). Toolkit keys regionprobe does not implement are refused
+/// by name rather than ignored: a file that asks for them gets no weaker endpoint than it
+/// says.
+pub(super) fn from_toolkit(doc: &yaml_rust2::Yaml) -> Result<Web, Invalid> {
+    use yaml_rust2::Yaml;
+    let text = |value: &Yaml, key: &str| -> Result<String, Invalid> {
+        value
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| (key.to_owned(), "must be a string".to_owned()))
+    };
+    let mut raw = RawWeb::default();
+    let top = match doc {
+        Yaml::Hash(top) => top,
+        Yaml::Null | Yaml::BadValue => return validate(raw).map_err(toolkit_key),
+        _ => return Err((String::new(), "must be a mapping of keys".to_owned())),
+    };
+    for (key, value) in top {
+        let key = key.as_str().unwrap_or_default();
+        match key {
+            "tls_server_config" => {
+                let Yaml::Hash(tls) = value else {
+                    return Err((key.to_owned(), "must be a mapping".to_owned()));
+                };
+                for (field, value) in tls {
+                    let field = field.as_str().unwrap_or_default();
+                    let path = format!("tls_server_config.{field}");
+                    match field {
+                        "cert_file" => raw.tls_cert_file = Some(text(value, &path)?),
+                        "key_file" => raw.tls_key_file = Some(text(value, &path)?),
+                        "client_ca_file" => raw.tls_client_ca_file = Some(text(value, &path)?),
+                        "client_auth_type" => {
+                            raw.tls_client_auth_type = Some(text(value, &path)?);
+                        }
+                        // What rustls does anyway: TLS 1.2 and 1.3.
+                        "min_version" if value.as_str() == Some("TLS12") => {}
+                        "min_version" => {
+                            return Err((
+                                path,
+                                "only \"TLS12\" is supported (TLS 1.2 and 1.3 are served)"
+                                    .to_owned(),
+                            ));
+                        }
+                        other => {
+                            return Err((
+                                path,
+                                format!(
+                                    "`{other}` is not supported; supported: cert_file, key_file, client_ca_file, client_auth_type, min_version"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            "basic_auth_users" => {
+                let Yaml::Hash(users) = value else {
+                    return Err((
+                        key.to_owned(),
+                        "must be a mapping of user: bcrypt hash".to_owned(),
+                    ));
+                };
+                let mut map = BTreeMap::new();
+                for (user, hash) in users {
+                    let user = user.as_str().unwrap_or_default().to_owned();
+                    // Never echoed: a value that is no string may still be a password.
+                    let hash = hash.as_str().map(str::to_owned).ok_or_else(|| {
+                        (
+                            format!("basic_auth_users.{user}"),
+                            "must be a string (a bcrypt hash)".to_owned(),
+                        )
+                    })?;
+                    map.insert(user, hash);
+                }
+                raw.basic_auth_users = Some(map);
+            }
+            other => {
+                return Err((
+                    other.to_owned(),
+                    "is not supported; supported: tls_server_config, basic_auth_users".to_owned(),
+                ));
+            }
+        }
+    }
+    validate(raw).map_err(toolkit_key)
+}
+
+/// A `[web]` key path as the toolkit file spells it.
+fn toolkit_key((key, problem): Invalid) -> Invalid {
+    let key = match key.strip_prefix("web.") {
+        Some("tls_cert_file") => "tls_server_config.cert_file".to_owned(),
+        Some("tls_key_file") => "tls_server_config.key_file".to_owned(),
+        Some("tls_client_ca_file") => "tls_server_config.client_ca_file".to_owned(),
+        Some("tls_client_auth_type") => "tls_server_config.client_auth_type".to_owned(),
+        Some(other) => other.to_owned(),
+        None => key,
+    };
+    (key, problem)
+}
+
 fn bcrypt_hash(text: &str) -> Result<(), String> {
     if !text.starts_with("$2") {
         return Err(format!("is not a bcrypt hash; {HOW_TO_HASH}"));
