@@ -427,7 +427,8 @@ fn zero_latencies(s: &Scrape, target: &str) -> f64 {
     .value
 }
 
-/// The kind of the open ICMP socket of `ip_version`, if one is open.
+/// The kind of the open ICMP socket of `ip_version`, if one is open. Every kernel these tests
+/// run on gives receive timestamps (`SO_TIMESTAMPNS`), to datagram and raw sockets alike.
 fn socket_kind(s: &Scrape, ip_version: &str) -> Option<String> {
     let open = s.find(
         "regionprobe_icmp_socket_info",
@@ -436,6 +437,7 @@ fn socket_kind(s: &Scrape, ip_version: &str) -> Option<String> {
     assert!(open.len() <= 1, "two ICMPv{ip_version} sockets: {open:?}");
     open.first().map(|info| {
         assert_eq!(info.value, 1.0, "{info:?}");
+        assert_eq!(info.labels["timestamps"], "kernel", "{info:?}");
         info.labels["kind"].clone()
     })
 }
@@ -526,7 +528,9 @@ fn datagram_socket_in_a_namespace_that_allows_it() {
     common::wait_for(WAIT, "the socket kind in the log", || {
         let log = probed.exporter.log_text();
         log.lines()
-            .any(|l| l.contains("ICMP socket open") && l.contains("datagram"))
+            .any(|l| {
+                l.contains("ICMP socket open") && l.contains("datagram") && l.contains("kernel")
+            })
             .then_some(())
     });
 }
@@ -564,7 +568,7 @@ fn raw_socket_when_ping_group_range_is_closed() {
     common::wait_for(WAIT, "the socket kind in the log", || {
         let log = probed.exporter.log_text();
         log.lines()
-            .any(|l| l.contains("ICMP socket open") && l.contains("raw"))
+            .any(|l| l.contains("ICMP socket open") && l.contains("raw") && l.contains("kernel"))
             .then_some(())
     });
 }

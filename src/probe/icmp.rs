@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::outcome::{Failure, Outcome, Reason};
-use super::pinger::{IpFamily, PingError, Pinger, SocketKind};
+use super::pinger::{IpFamily, PingError, Pinger, SocketKind, Timestamps};
 use super::resolve::{Host, Resolver};
 use crate::config::IcmpConfig;
 
@@ -94,6 +94,8 @@ pub struct SocketState {
     pub family: IpFamily,
     /// `None` while unopened or unavailable.
     pub kind: Option<SocketKind>,
+    /// Where its round trips' receive times come from (`None` while unopened).
+    pub timestamps: Option<Timestamps>,
     pub unmatched: u64,
     pub duplicate: u64,
 }
@@ -119,6 +121,7 @@ impl IcmpSockets {
                 tracing::info!(
                     ip_version = family.label(),
                     socket = pinger.kind().label(),
+                    timestamps = pinger.timestamps().label(),
                     "ICMP socket open"
                 );
                 *slot = Slot::Open(pinger.clone());
@@ -145,12 +148,14 @@ impl IcmpSockets {
                 Slot::Open(pinger) => SocketState {
                     family,
                     kind: Some(pinger.kind()),
+                    timestamps: Some(pinger.timestamps()),
                     unmatched: pinger.stats().unmatched.load(Ordering::Relaxed),
                     duplicate: pinger.stats().duplicate.load(Ordering::Relaxed),
                 },
                 _ => SocketState {
                     family,
                     kind: None,
+                    timestamps: None,
                     unmatched: 0,
                     duplicate: 0,
                 },

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::socket::{self as nix_socket, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
@@ -84,6 +84,86 @@ impl SocketKind {
     }
 }
 
+/// Where the round trip's receive time comes from: the `timestamps` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timestamps {
+    /// `SO_TIMESTAMPNS`: the kernel stamps each datagram as it queues it on the socket, so the
+    /// receive task's scheduling delay is not part of the round trip.
+    Kernel,
+    /// The runtime's clock, read after the receive task read the datagram (the kernel refused
+    /// `SO_TIMESTAMPNS`).
+    User,
+}
+
+impl Timestamps {
+    pub fn label(self) -> &'static str {
+        match self {
+            Timestamps::Kernel => "kernel",
+            Timestamps::User => "user",
+        }
+    }
+}
+
+/// When a datagram arrived: the runtime's clock read right after the receive task read it,
+/// and the kernel's receive stamp (CLOCK_REALTIME, since the epoch) when the socket has one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Arrival {
+    pub at: Instant,
+    pub kernel: Option<Duration>,
+}
+
+impl From<Instant> for Arrival {
+    fn from(at: Instant) -> Self {
+        Arrival { at, kernel: None }
+    }
+}
+
+/// When a request left: both clocks, read just before `send_to` (the wall clock first).
+#[derive(Clone, Copy, Debug)]
+struct Departure {
+    at: Instant,
+    wall: Option<Duration>,
+}
+
+impl Departure {
+    fn now() -> Self {
+        let wall = wall_clock();
+        Departure {
+            at: Instant::now(),
+            wall,
+        }
+    }
+}
+
+/// CLOCK_REALTIME (what `SystemTime` reads on Linux), the clock of the kernel's stamps.
+fn wall_clock() -> Option<Duration> {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+}
+
+/// How far a kernel-stamped round trip may exceed the monotonic one before we call the wall
+/// clock stepped: the two clock reads before the send are not simultaneous.
+const STEP_TOLERANCE: Duration = Duration::from_micros(100);
+
+/// The round trip: the kernel's receive stamp minus the wall clock read before the send when
+/// both exist and agree with the monotonic clock, else the monotonic measurement.
+///
+/// The kernel stamps a reply before the receive task reads it, so its round trip can only be
+/// shorter than the monotonic one (receive task's read minus the send). A wall clock stepped
+/// backwards between send and receive makes it negative, one stepped forwards longer than the
+/// monotonic one: either way it is not a round trip, and the monotonic one is used.
+fn round_trip(sent: Departure, arrival: Arrival) -> Duration {
+    let monotonic = arrival.at.saturating_duration_since(sent.at);
+    match (arrival.kernel, sent.wall) {
+        (Some(received), Some(sent)) => match received.checked_sub(sent) {
+            Some(kernel) if kernel <= monotonic + STEP_TOLERANCE => kernel.min(monotonic),
+            _ => monotonic,
+        },
+        _ => monotonic,
+    }
+}
+
 /// What came back for one echo request.
 #[derive(Debug, PartialEq)]
 pub enum PingError {
@@ -108,6 +188,9 @@ pub struct PingerStats {
     /// reads it, to prove the filter.
     #[cfg(test)]
     pub received: AtomicU64,
+    /// Echo requests sent; only a test reads it, to know a request is out.
+    #[cfg(test)]
+    pub sent: AtomicU64,
 }
 
 /// A shared ICMP socket for one address family. Cheap to clone; the receive task stops when
@@ -122,6 +205,7 @@ pub struct Pinger {
 struct Inner {
     family: IpFamily,
     kind: SocketKind,
+    timestamps: Timestamps,
     socket: UdpSocket,
     /// Our identifier on raw sockets; datagram sockets have theirs rewritten by the kernel.
     ident: u16,
@@ -137,7 +221,7 @@ struct Inner {
 #[derive(Debug)]
 struct Waiter {
     token: [u8; TOKEN_LEN],
-    tx: oneshot::Sender<Result<Instant, PingError>>,
+    tx: oneshot::Sender<Result<Arrival, PingError>>,
 }
 
 /// The `(peer, sequence)` and token of the probes answered in the last [`ANSWERED_WINDOW`],
@@ -220,9 +304,16 @@ impl Drop for AbortOnDrop {
 }
 
 impl Pinger {
-    /// Opens the family's ICMP socket (datagram if permitted, raw otherwise) and starts the
-    /// receive task. The error names both attempts so the fix is obvious.
+    /// Opens the family's ICMP socket (datagram if permitted, raw otherwise), with kernel
+    /// receive timestamps if the kernel gives them, and starts the receive task. The error
+    /// names both attempts so the fix is obvious.
     pub fn open(family: IpFamily) -> io::Result<Self> {
+        Self::open_with(family, Timestamps::Kernel)
+    }
+
+    /// [`Pinger::open`], asking for `wanted` timestamps: `User` is what a kernel without
+    /// `SO_TIMESTAMPNS` leaves us with (tests use it to prove the fallback).
+    pub fn open_with(family: IpFamily, wanted: Timestamps) -> io::Result<Self> {
         let (domain, protocol) = match family {
             IpFamily::V4 => (Domain::IPV4, Protocol::ICMPV4),
             IpFamily::V6 => (Domain::IPV6, Protocol::ICMPV6),
@@ -260,10 +351,28 @@ impl Pinger {
             // only the replies to our identifier and the errors.
             SocketKind::Raw => socket.attach_filter(&raw_filter(family, ident))?,
         }
+        let timestamps = match wanted {
+            Timestamps::Kernel => {
+                match nix_socket::setsockopt(
+                    &socket,
+                    nix_socket::sockopt::ReceiveTimestampns,
+                    &true,
+                ) {
+                    Ok(()) => Timestamps::Kernel,
+                    Err(err) => {
+                        tracing::warn!(ip_version = family.label(), error = %err,
+                            "no kernel receive timestamps (SO_TIMESTAMPNS); ICMP round trips include the receive task's scheduling delay");
+                        Timestamps::User
+                    }
+                }
+            }
+            Timestamps::User => Timestamps::User,
+        };
         let socket = UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
         let inner = Arc::new(Inner {
             family,
             kind,
+            timestamps,
             socket,
             ident,
             next_seq: AtomicU16::new(rand::random()),
@@ -282,6 +391,10 @@ impl Pinger {
 
     pub fn kind(&self) -> SocketKind {
         self.inner.kind
+    }
+
+    pub fn timestamps(&self) -> Timestamps {
+        self.inner.timestamps
     }
 
     pub fn stats(&self) -> &PingerStats {
@@ -306,9 +419,20 @@ impl Pinger {
         let mut attempts = 0;
         let sent_at = loop {
             let errors_before = self.inner.errors_read.load(Ordering::Relaxed);
-            let sent_at = Instant::now();
-            let Err(err) = self.inner.socket.send_to(&packet, to).await else {
-                break sent_at;
+            // Wait for the socket to take a datagram first, so that the clocks are read
+            // immediately before the send, not before a wait.
+            if let Err(err) = self.inner.socket.writable().await {
+                return Err(send_error(err));
+            }
+            let sent = Departure::now();
+            let result = match self.inner.socket.try_send_to(&packet, to) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                result => result,
+            };
+            let Err(err) = result else {
+                #[cfg(test)]
+                self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
+                break sent;
             };
             // On a datagram socket every ICMP error that arrives sets the socket's pending
             // error, and whichever call comes next returns it: possibly this send, failing for
@@ -334,14 +458,14 @@ impl Pinger {
             .await
             .map_err(|_| PingError::Other("ICMP receive task stopped".into()))?;
         drop(registration);
-        answer.map(|received_at| received_at.saturating_duration_since(sent_at))
+        answer.map(|arrival| round_trip(sent_at, arrival))
     }
 
     fn register(
         &self,
         peer: IpAddr,
         token: [u8; TOKEN_LEN],
-        tx: oneshot::Sender<Result<Instant, PingError>>,
+        tx: oneshot::Sender<Result<Arrival, PingError>>,
     ) -> Result<Registration<'_>, PingError> {
         let mut waiters = self.inner.waiters.lock().expect("waiters lock");
         // A wrapping counter shared by all targets: only 65,536 requests to the *same* peer in
@@ -632,13 +756,19 @@ async fn receive_loop(inner: Arc<Inner>) {
             continue;
         }
         loop {
-            match inner.socket.try_recv_from(&mut buf) {
-                Ok((len, from)) => {
-                    let received_at = Instant::now();
+            match inner
+                .socket
+                .try_io(Interest::READABLE, || receive(&inner, &mut buf))
+            {
+                Ok((len, from, kernel)) => {
+                    let arrival = Arrival {
+                        at: Instant::now(),
+                        kernel,
+                    };
                     #[cfg(test)]
                     inner.stats.received.fetch_add(1, Ordering::Relaxed);
-                    let received = classify(inner.family, inner.kind, &buf[..len], from.ip());
-                    inner.dispatch(received, received_at);
+                    let received = classify(inner.family, inner.kind, &buf[..len], from);
+                    inner.dispatch(received, arrival);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if inner.kind == SocketKind::Datagram => {
@@ -655,8 +785,41 @@ async fn receive_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Reads one datagram into `buf`: its length, its source, and the kernel's receive stamp if
+/// the socket has them on (CLOCK_REALTIME, as a duration since the epoch).
+fn receive(inner: &Inner, buf: &mut [u8]) -> io::Result<(usize, IpAddr, Option<Duration>)> {
+    let mut control = nix::cmsg_space!(nix::libc::timespec);
+    let mut iov = [IoSliceMut::new(buf)];
+    let message = nix_socket::recvmsg::<SockaddrStorage>(
+        inner.socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    let from = message
+        .address
+        .as_ref()
+        .and_then(|addr| {
+            addr.as_sockaddr_in()
+                .map(|a| IpAddr::V4(a.ip()))
+                .or_else(|| addr.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+        })
+        .ok_or_else(|| io::Error::other("ICMP datagram without a source address"))?;
+    let kernel = message.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|cmsg| match cmsg {
+            ControlMessageOwned::ScmTimestampns(stamp) => u64::try_from(stamp.tv_sec())
+                .ok()
+                .map(|secs| Duration::new(secs, stamp.tv_nsec() as u32)),
+            _ => None,
+        })
+    });
+    Ok((message.bytes, from, kernel))
+}
+
 impl Inner {
-    fn dispatch(&self, received: Received<'_>, at: Instant) {
+    fn dispatch(&self, received: Received<'_>, arrival: impl Into<Arrival>) {
+        let arrival = arrival.into();
+        let at = arrival.at;
         let (peer, ident, seq, echoed, outcome) = match received {
             Received::Irrelevant => return,
             Received::Reply {
@@ -664,7 +827,7 @@ impl Inner {
                 ident,
                 seq,
                 payload,
-            } => (peer, ident, seq, Echoed::Reply(payload), Ok(at)),
+            } => (peer, ident, seq, Echoed::Reply(payload), Ok(arrival)),
             Received::Error {
                 peer,
                 ident,
@@ -722,7 +885,13 @@ impl Inner {
         let mut drained = 0;
         let fd = self.socket.as_raw_fd();
         let mut data = [0u8; 64];
-        let mut control = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+        // The report (the extended error and the offender's address) and, with timestamps on,
+        // a receive stamp before it: without room for both the report is cut off.
+        let mut control = nix::cmsg_space!(
+            nix::libc::timespec,
+            nix::libc::sock_extended_err,
+            nix::libc::sockaddr_in6
+        );
         loop {
             let mut iov = [IoSliceMut::new(&mut data)];
             let message = match nix_socket::recvmsg::<SockaddrStorage>(
@@ -928,7 +1097,7 @@ mod tests {
         };
         let first = Instant::now();
         pinger.inner.dispatch(reply(&[7; 8]), first);
-        assert_eq!(rx.try_recv().unwrap().unwrap(), first);
+        assert_eq!(rx.try_recv().unwrap().unwrap().at, first);
         // The same reply again, and once more with a forged token: one duplicate, one stray.
         pinger.inner.dispatch(reply(&[7; 8]), Instant::now());
         pinger.inner.dispatch(reply(&[1; 8]), Instant::now());
@@ -1024,6 +1193,154 @@ mod tests {
             "{:?} socket",
             pinger.kind()
         );
+    }
+
+    /// Pings `peer` from a one-thread runtime whose only thread is blocked for `BLOCKED` while
+    /// the reply comes back: the receive task reads it only afterwards. Returns the socket
+    /// kind, the timestamps in use and the round trip, or `None` (after saying why) where no
+    /// ICMP socket or no such loopback address is available.
+    async fn ping_with_a_blocked_receive_task(
+        family: IpFamily,
+        wanted: Timestamps,
+    ) -> Option<(SocketKind, Timestamps, Duration)> {
+        let peer: IpAddr = match family {
+            IpFamily::V4 => "127.0.0.1".parse().unwrap(),
+            IpFamily::V6 => "::1".parse().unwrap(),
+        };
+        if family == IpFamily::V6 && std::net::UdpSocket::bind("[::1]:0").is_err() {
+            eprintln!("SKIP: no IPv6 loopback here");
+            return None;
+        }
+        let Ok(pinger) = Pinger::open_with(family, wanted) else {
+            eprintln!("SKIP: no ICMP socket available to this user");
+            return None;
+        };
+        // The first socket with timestamps on enables the kernel's stamping from a work queue:
+        // until then it stamps datagrams only when they are read. One round trip and a pause
+        // let it start, as it has long before any probe of a running exporter.
+        pinger.ping(peer, 56).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let probe = tokio::spawn({
+            let pinger = pinger.clone();
+            async move { pinger.ping(peer, 56).await }
+        });
+        // Let the probe send its request (the receive task then waits for readiness) ...
+        while pinger.stats().sent.load(Ordering::Relaxed) < 2 {
+            tokio::task::yield_now().await;
+        }
+        // ... and hold the runtime's only thread while the reply arrives: with user-space
+        // receive times this delay is part of the round trip.
+        std::thread::sleep(BLOCKED);
+        let rtt = probe.await.unwrap().unwrap();
+        assert_eq!(pinger.stats().received.load(Ordering::Relaxed), 2);
+        Some((pinger.kind(), pinger.timestamps(), rtt))
+    }
+
+    const BLOCKED: Duration = Duration::from_millis(300);
+
+    /// Every (socket kind, family) the machine offers: as root, datagram and raw sockets in a
+    /// network namespace of their own (a thread that `unshare`s one, with `lo` only and
+    /// `ping_group_range` set for the kind); otherwise whatever this namespace gives.
+    fn blocked_receive_round_trips(wanted: Timestamps) -> Vec<(SocketKind, Timestamps, Duration)> {
+        let all_families = move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let mut results = Vec::new();
+                    for family in [IpFamily::V4, IpFamily::V6] {
+                        results.extend(ping_with_a_blocked_receive_task(family, wanted).await);
+                    }
+                    results
+                })
+        };
+        if !regionprobe_testkit::black_box::is_root() {
+            eprintln!("NOTE: not root: only the socket kind this user gets is tested");
+            return all_families();
+        }
+        let mut results = Vec::new();
+        for (kind, range) in [
+            (SocketKind::Datagram, "0 2147483647"),
+            (SocketKind::Raw, "1 0"),
+        ] {
+            let got = std::thread::spawn(move || {
+                // This thread, and the processes it starts, move to a new namespace; the test
+                // process's other threads stay where they are.
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+                regionprobe_testkit::black_box::run(&["ip", "link", "set", "lo", "up"]);
+                // Written by a child process, which is in the new namespace for sure.
+                regionprobe_testkit::black_box::run(&[
+                    "sh",
+                    "-c",
+                    r#"printf '%s\n' "$1" > /proc/sys/net/ipv4/ping_group_range"#,
+                    "sh",
+                    range,
+                ]);
+                all_families()
+            })
+            .join()
+            .unwrap();
+            assert!(
+                !got.is_empty(),
+                "no {kind:?} ICMP socket in a namespace of our own"
+            );
+            assert!(got.iter().all(|(k, _, _)| *k == kind), "{got:?}");
+            results.extend(got);
+        }
+        results
+    }
+
+    /// The mechanism, not a timing: a loopback reply takes microseconds, the blocked thread
+    /// 300 ms. Only a receive time taken by the kernel keeps the block out of the round trip
+    /// (100 ms of margin for a loaded machine: the kernel stamps while the thread sleeps).
+    #[test]
+    fn kernel_receive_timestamps_leave_the_receive_task_delay_out() {
+        for (kind, timestamps, rtt) in blocked_receive_round_trips(Timestamps::Kernel) {
+            assert_eq!(timestamps, Timestamps::Kernel, "{kind:?}");
+            assert!(
+                rtt < Duration::from_millis(100),
+                "{kind:?}: {rtt:?} includes the blocked receive task"
+            );
+        }
+    }
+
+    /// Without kernel stamps the prober still works, on the runtime's clock: the same round
+    /// trip now contains the block (which is what proves the test above discriminates).
+    #[test]
+    fn without_kernel_timestamps_the_receive_task_clock_is_used() {
+        for (kind, timestamps, rtt) in blocked_receive_round_trips(Timestamps::User) {
+            assert_eq!(timestamps, Timestamps::User, "{kind:?}");
+            assert!(rtt >= BLOCKED, "{kind:?}: {rtt:?}");
+        }
+    }
+
+    #[test]
+    fn a_stepped_wall_clock_falls_back_to_the_monotonic_round_trip() {
+        let sent_at = Instant::now();
+        let wall = Duration::from_secs(1_700_000_000);
+        let sent = Departure {
+            at: sent_at,
+            wall: Some(wall),
+        };
+        let arrival = |mono_ms: u64, kernel: Option<Duration>| Arrival {
+            at: sent_at + Duration::from_millis(mono_ms),
+            kernel,
+        };
+        let ms = Duration::from_millis;
+        // The kernel's stamp: 50 ms, although the receive task read the reply 2 ms later.
+        assert_eq!(round_trip(sent, arrival(52, Some(wall + ms(50)))), ms(50));
+        // No stamp (a kernel without SO_TIMESTAMPNS): the monotonic clocks.
+        assert_eq!(round_trip(sent, arrival(52, None)), ms(52));
+        // Wall clock stepped back by a second: negative; forward: longer than possible.
+        assert_eq!(round_trip(sent, arrival(52, Some(wall - ms(950)))), ms(52));
+        assert_eq!(round_trip(sent, arrival(52, Some(wall + ms(1050)))), ms(52));
+        // No wall clock at the send (before the epoch): the monotonic clocks.
+        let unset = Departure {
+            at: sent_at,
+            wall: None,
+        };
+        assert_eq!(round_trip(unset, arrival(52, Some(wall + ms(50)))), ms(52));
     }
 
     #[tokio::test]

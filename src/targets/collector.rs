@@ -162,13 +162,18 @@ impl Collector for IcmpCollector {
         let states = self.icmp.states();
         let mut family = encoder.encode_descriptor(
             "regionprobe_icmp_socket_info",
-            "1 for each open ICMP socket; kind is datagram (unprivileged) or raw (CAP_NET_RAW).",
+            "1 for each open ICMP socket; kind is datagram (unprivileged) or raw (CAP_NET_RAW); \
+             timestamps is kernel (SO_TIMESTAMPNS receive stamps) or user (the receive task's clock).",
             None,
             MetricType::Gauge,
         )?;
         for state in states.iter() {
-            if let Some(kind) = state.kind {
-                let labels = [("ip_version", state.family.label()), ("kind", kind.label())];
+            if let (Some(kind), Some(timestamps)) = (state.kind, state.timestamps) {
+                let labels = [
+                    ("ip_version", state.family.label()),
+                    ("kind", kind.label()),
+                    ("timestamps", timestamps.label()),
+                ];
                 ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
             }
         }

@@ -28,6 +28,7 @@ fn inner(family: IpFamily, kind: SocketKind) -> Inner {
     Inner {
         family,
         kind,
+        timestamps: Timestamps::Kernel,
         socket: UdpSocket::from_std(socket).unwrap(),
         ident: OUR_IDENT,
         next_seq: AtomicU16::new(0),
@@ -276,7 +277,7 @@ enum Wire {
 struct Probe {
     key: (IpAddr, u16),
     token: [u8; TOKEN_LEN],
-    rx: oneshot::Receiver<Result<Instant, PingError>>,
+    rx: oneshot::Receiver<Result<Arrival, PingError>>,
 }
 
 proptest! {
@@ -388,7 +389,7 @@ proptest! {
         for (probe, expected) in waiting.iter_mut().zip(&answer) {
             match (probe.rx.try_recv(), expected) {
                 (Err(TryRecvError::Empty), None) => {}
-                (Ok(Ok(at)), Some((i, false))) => prop_assert_eq!(at, sent[*i]),
+                (Ok(Ok(arrival)), Some((i, false))) => prop_assert_eq!(arrival.at, sent[*i]),
                 (Ok(Err(PingError::Unreachable(what))), Some((i, true))) => {
                     prop_assert_eq!(what, format!("error {i}"));
                 }
