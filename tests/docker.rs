@@ -1017,7 +1017,8 @@ fn icmp_by_net_raw_alone() {
     c.wait_healthy();
 
     // The default image as nobody: `--cap-add` alone grants a non-root process nothing (no
-    // ambient capabilities), so ICMP fails with reason "error" while TCP works.
+    // ambient capabilities), so ICMP fails with reason "local" (our side cannot probe) while
+    // TCP works.
     let image = Image::get(Variant::Default);
     let c = Container::run("net-raw-nonroot", &image, &net_raw_only);
     let scrape = c.scrape_until("ICMP failures and TCP samples", |s| {
@@ -1025,7 +1026,7 @@ fn icmp_by_net_raw_alone() {
     });
     assert_eq!(
         failure_reasons(&scrape, "self-ping"),
-        ["error"],
+        ["local"],
         "{}",
         summary(&scrape)
     );
@@ -1052,7 +1053,7 @@ fn icmp_by_net_raw_alone() {
     let scrape = c.scrape_until("ICMP failures and TCP samples", |s| {
         failures(s, "self-ping") >= 2.0 && up(s, "self-tcp")
     });
-    assert_eq!(failure_reasons(&scrape, "self-ping"), ["error"]);
+    assert_eq!(failure_reasons(&scrape, "self-ping"), ["local"]);
 
     // And without NET_RAW in the bounding set the kernel refuses to exec the binary at all.
     let c = Container::run(

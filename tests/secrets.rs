@@ -1,7 +1,7 @@
 //! No secret of an HTTP target in any output of the real binary (issue 12): URL credentials,
 //! header values, bearer tokens (inline, from a file) and basic-auth passwords, while the
 //! targets fail in every way an HTTP probe can (refused, timeout, TLS, status, body, redirect
-//! loop, unreadable secret file), through a failed reload too. Searched: every log line (at
+//! loop, unreadable secret file: `local`), through a failed reload too. Searched: every log line (at
 //! debug level), `/api/v1/targets`, `/api/v1/ranking`, the status page, `/metrics` and the
 //! `/-/reload` answers.
 
@@ -169,7 +169,7 @@ fn no_secret_in_any_output_on_any_failure() {
             .find(|(name, error)| name == "file" && error.contains("credentials: cannot read"))
     });
     assert!(unreadable.1.contains(&token), "{unreadable:?}");
-    assert_eq!(reason_of("file"), "error");
+    assert_eq!(reason_of("file"), "local");
 
     // A good reload (the token back), answered without secrets too.
     std::fs::write(&token, "file-t0ken").unwrap();

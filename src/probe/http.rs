@@ -337,14 +337,15 @@ impl Http {
 
     /// The `Authorization` header of the target's credentials, marked sensitive (never
     /// indexed by HTTP/2, never shown by `Debug`). A secret file is read now, so a rotated
-    /// one takes effect at the next probe; one that cannot be read fails the probe as `error`.
+    /// one takes effect at the next probe; one that cannot be read fails the probe as `local`
+    /// (our side cannot probe: not the destination's loss).
     fn authorization(&self, url: &Uri) -> Result<Option<HeaderValue>, Failure> {
         let Some(auth) = &self.config.auth else {
             return Ok(None);
         };
         let unreadable = |problem: String| {
             Failure::new(
-                Reason::Error,
+                Reason::Local,
                 format!("{}: credentials: {problem}", self.shown(url)),
             )
         };
@@ -1046,10 +1047,10 @@ mod tests {
         std::fs::write(&path, "second-t0ken").unwrap();
         let rotated = run(&mut probe).await.unwrap_err();
         assert_eq!(rotated.reason, Reason::Validation, "{rotated}");
-        // Gone: the probe fails as `error`, naming the file, not a token.
+        // Gone: the probe fails as `local` (our side), naming the file, not a token.
         std::fs::remove_file(&path).unwrap();
         let gone = run(&mut probe).await.unwrap_err();
-        assert_eq!(gone.reason, Reason::Error, "{gone}");
+        assert_eq!(gone.reason, Reason::Local, "{gone}");
         assert!(gone.detail.contains(&path.display().to_string()), "{gone}");
         assert!(!gone.detail.contains("t0ken"), "{gone}");
     }
