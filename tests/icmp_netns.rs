@@ -1286,3 +1286,102 @@ fn a_sidecar_without_icmp_permission_blames_itself() {
     assert_eq!(all_failures(&s, "b-tcp"), 0.0);
     drop(dir);
 }
+
+/// Issue 14: a sidecar cut off from every other region at once (its links to both go down,
+/// its own region still answers) blames itself: it says it is impaired and keeps its failover
+/// candidate instead of dropping it; once the links are back it is no longer impaired.
+#[test]
+fn a_sidecar_cut_off_from_every_region_keeps_its_candidate() {
+    if common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let prober = Netns::new("cut");
+    prober.ping_sockets(Kind::Datagram);
+    let uplink = prober.uplink(15);
+    let far_b = Netns::new("cutb");
+    let far_c = Netns::new("cutc");
+    // Addresses inside the test's own namespaces only: no route leads anywhere else.
+    veth(&prober, &["10.95.0.2/30"], &far_b, &["10.95.0.1/30"]);
+    veth(&prober, &["10.95.0.6/30"], &far_c, &["10.95.0.5/30"]);
+    let mut text = format!(
+        "[exporter]\nregion = \"a\"\nlisten = \"{}:0\"\n[defaults]\ninterval = \"200ms\"\ntimeout = \"150ms\"\n",
+        uplink.inside
+    );
+    for (name, region, host) in [
+        ("a-lo", "a", "127.0.0.1"),
+        ("b-ping", "b", "10.95.0.1"),
+        ("c-ping", "c", "10.95.0.5"),
+    ] {
+        text.push_str(&format!(
+            "[[target]]\nname = \"{name}\"\nregion = \"{region}\"\nprobe = \"icmp\"\nhost = \"{host}\"\n"
+        ));
+    }
+    let probed = Probed::start(&prober, &text);
+    let ranking = || -> Option<serde_json::Value> {
+        let (status, body) = probed.exporter.get("/api/v1/ranking");
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    };
+    let candidate = common::wait_for(WAIT, "a candidate, b and c up", || {
+        let r = ranking()?;
+        let up = r["regions"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["up"] == true)
+            .count();
+        (up == 3 && r["source_impaired"].is_null())
+            .then(|| r["best"]["region"].as_str().map(str::to_owned))
+            .flatten()
+    });
+
+    // Both links go down at the far ends: b and c are lost at once, the own region answers.
+    far_b.ip(&format!("link set {}0 down", far_b.name));
+    far_c.ip(&format!("link set {}0 down", far_c.name));
+    let cut = common::wait_for(WAIT, "the sidecar impaired, b and c down", || {
+        let r = ranking()?;
+        let down = r["regions"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["up"] == false)
+            .count();
+        (down == 2 && r["source_impaired"].is_string()).then_some(r)
+    });
+    let impaired = cut["source_impaired"].as_str().unwrap();
+    assert!(
+        impaired.contains("every other region is down"),
+        "{impaired}"
+    );
+    assert_eq!(
+        cut["best"]["region"].as_str(),
+        Some(candidate.as_str()),
+        "{cut}"
+    );
+    assert_eq!(
+        cut["failover_ready"], false,
+        "a down candidate is not ready: {cut}"
+    );
+    let s = probed.scrape();
+    assert_eq!(s.value("regionprobe_source_impaired", &[]), Some(1.0));
+    assert_eq!(
+        s.value(
+            "regionprobe_failover_best",
+            &[("target_region", candidate.as_str())]
+        ),
+        Some(1.0),
+        "the candidate is kept"
+    );
+
+    // Back: no longer impaired, and still the same candidate.
+    far_b.ip(&format!("link set {}0 up", far_b.name));
+    far_c.ip(&format!("link set {}0 up", far_c.name));
+    let back = common::wait_for(WAIT, "the sidecar no longer impaired", || {
+        let r = ranking()?;
+        r["source_impaired"].is_null().then_some(r)
+    });
+    assert_eq!(
+        back["best"]["region"].as_str(),
+        Some(candidate.as_str()),
+        "{back}"
+    );
+}
