@@ -32,6 +32,8 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null ||
   need+=(prometheus-alertmanager)
 command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
+command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
   echo "==> installing ${need[*]}"
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq

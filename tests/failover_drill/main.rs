@@ -24,9 +24,16 @@
 //!    from the rule's `for`, the intervals and the route's timers.
 //! 5. The port comes back: the alerts resolve (Prometheus, then a `resolved` notification),
 //!    c's targets come back up and c ranks first again.
-//! 6. The time each step took, as a table.
+//! 6. One direction of one path is cut (c drops a's new flows, nftables in c's namespace):
+//!    a loses c and fails over to b within three probes, b keeps c, c still reaches a, and
+//!    Prometheus fires `RegionprobePathDown` a→c, neither `RegionprobeDestinationDown` nor
+//!    `RegionprobeSourceCutOff`; restored, the alert resolves.
+//! 7. a's own network is cut (its bridge port down): read from inside its namespace, a says
+//!    it is impaired (every other region down at once) and keeps its candidate; restored, it
+//!    is not impaired any more.
+//! 8. The time each step took, as a table.
 //!
-//! Needs root, `ip`, `prometheus` and `prometheus-alertmanager`; `#[ignore]`d so that
+//! Needs root, `ip`, `nft`, `curl`, `prometheus` and `prometheus-alertmanager`; `#[ignore]`d so that
 //! `cargo test` stays quick. CI runs it in a step of its own
 //! (`cargo test --test failover_drill -- --ignored --nocapture`); by hand:
 //! `scripts/failover-drill.sh`. Every process, namespace and interface it makes is
@@ -91,6 +98,9 @@ const START: Duration = Duration::from_secs(30);
 
 const UNREACHABLE: &str = "RegionprobeRegionUnreachable";
 const CANDIDATE_CHANGED: &str = "RegionprobeFailoverCandidateChanged";
+const PATH_DOWN: &str = "RegionprobePathDown";
+const DESTINATION_DOWN: &str = "RegionprobeDestinationDown";
+const SOURCE_CUT_OFF: &str = "RegionprobeSourceCutOff";
 const JOB: &str = "regionprobe";
 
 /// Queries that show only events: legitimately empty while nothing has happened, they must
@@ -168,6 +178,26 @@ struct Sidecar {
 impl Sidecar {
     fn ranking(&self) -> Result<Value, String> {
         services::get_json(self.exporter.addr, "/api/v1/ranking")
+    }
+
+    /// The ranking asked from inside the sidecar's own namespace (curl there): the way to
+    /// read a sidecar whose network is cut off.
+    fn ranking_from_inside(&self, netns: &str) -> Result<Value, String> {
+        let url = format!("http://{}/api/v1/ranking", self.exporter.addr);
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                &url,
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{url}: {e}"))
     }
 }
 
@@ -1060,6 +1090,142 @@ impl Drill {
         self.clock.restart_lap();
     }
 
+    /// One direction of one path cut (issue 14): a's new flows to c are dropped at c, c still
+    /// reaches a and b still reaches c. a loses c and fails over; Prometheus localises the
+    /// fault to the path a→c (not to c, which b reaches, nor to a, which reaches b).
+    fn cut_one_way(&self) {
+        self.net.cut_one_way("a", CUT);
+        let cut_at = Instant::now();
+        self.clock
+            .say("cut the path a→c one way (c drops a's new flows)");
+        let b = &self.bounds;
+        let path_alert = |state: Option<&'static str>| -> Check<'_> {
+            Box::new(move || {
+                let alerts = self.prometheus.alerts()?;
+                let path = has_alert(&alerts, PATH_DOWN, ("a", CUT), state);
+                let misplaced = alerts.iter().any(|a| {
+                    let name = &a["labels"]["alertname"];
+                    name == DESTINATION_DOWN || name == SOURCE_CUT_OFF
+                });
+                ok_if(path == state.is_some() && !misplaced, || {
+                    alerts_summary(&alerts)
+                })
+            })
+        };
+        let views = Box::new(|| {
+            let a = self.sidecar("a").ranking()?;
+            let from_b = self.sidecar("b").ranking()?;
+            let from_c = self.sidecar(CUT).ranking()?;
+            let up = |ranking: &Value, region: &str| {
+                ranking["regions"]
+                    .as_array()
+                    .and_then(|r| r.iter().find(|r| r["region"] == region))
+                    .map(|r| r["up"].clone())
+            };
+            let ok = up(&a, CUT) == Some(Value::Bool(false))
+                && candidate(&a) == Some("b")
+                && up(&from_b, CUT) == Some(Value::Bool(true))
+                && candidate(&from_b) == Some(CUT)
+                && up(&from_c, "a") == Some(Value::Bool(true))
+                && a["source_impaired"].is_null();
+            ok_if(ok, || {
+                format!(
+                    "from a: {}; from b: {}; from c: {}",
+                    summary(&a),
+                    summary(&from_b),
+                    summary(&from_c)
+                )
+            })
+        });
+        let path_for = mixin::alert(PATH_DOWN).hold;
+        self.clock.watch(
+            cut_at,
+            "one-way cut",
+            vec![
+                milestone(
+                    "c down from a only: a fails over to b, b keeps c, c still reaches a",
+                    b.failover,
+                    views,
+                ),
+                milestone(
+                    "RegionprobePathDown a→c firing, neither DestinationDown nor SourceCutOff",
+                    b.detect + path_for + EVALUATION_INTERVAL + SLACK,
+                    path_alert(Some("firing")),
+                ),
+            ],
+        );
+        self.net.restore_one_way(CUT);
+        let restored_at = Instant::now();
+        self.clock.say("restored the path a→c");
+        self.clock.watch(
+            restored_at,
+            "one-way restore",
+            vec![milestone(
+                "RegionprobePathDown a→c resolved in Prometheus",
+                b.resolved,
+                path_alert(None),
+            )],
+        );
+        self.clock.restart_lap();
+    }
+
+    /// The sidecar of a cut off from the network (issue 14): it loses both other regions at
+    /// once, says it is impaired (the fault is its own), and keeps its candidate; once back it
+    /// is not impaired any more.
+    fn cut_own_network(&self) {
+        let a = self.sidecar("a");
+        let netns = &self.net.region("a").netns.name;
+        let before = a.ranking().expect("a's ranking before its cut");
+        let kept = candidate(&before).expect("a has a candidate").to_owned();
+        self.net.cut("a");
+        let cut_at = Instant::now();
+        self.clock.say(&format!(
+            "cut a's own network (its bridge port is down); its candidate is {kept}"
+        ));
+        let b = &self.bounds;
+        let impaired = |expected: bool| -> Check<'_> {
+            let kept = kept.clone();
+            Box::new(move || {
+                let ranking = a.ranking_from_inside(netns)?;
+                let says = ranking["source_impaired"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("every other region is down"));
+                // Back, a better candidate may take over again after the hold: only the cut
+                // must keep it.
+                let ok = says == expected && (!expected || candidate(&ranking) == Some(kept.as_str()));
+                ok_if(ok, || {
+                    format!(
+                        "impaired: {}; {}",
+                        ranking["source_impaired"],
+                        summary(&ranking)
+                    )
+                })
+            })
+        };
+        self.clock.watch(
+            cut_at,
+            "own network cut",
+            vec![milestone(
+                "a says it is impaired and keeps its candidate",
+                b.failover,
+                impaired(true),
+            )],
+        );
+        self.net.restore("a");
+        let restored_at = Instant::now();
+        self.clock.say("restored a's network");
+        self.clock.watch(
+            restored_at,
+            "own network restore",
+            vec![milestone(
+                "a no longer impaired",
+                b.failover,
+                impaired(false),
+            )],
+        );
+        self.clock.restart_lap();
+    }
+
     /// The event-only dashboard queries have had their events.
     fn events_have_data(&self) {
         let event_only: Vec<&str> = EVENT_ONLY.iter().map(|(origin, _)| *origin).collect();
@@ -1169,6 +1335,8 @@ fn failover_drill() {
     drill.dashboards_have_data();
     drill.cut();
     drill.restore();
+    drill.cut_one_way();
+    drill.cut_own_network();
     drill.events_have_data();
     drill.report();
 }

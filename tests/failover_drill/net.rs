@@ -161,4 +161,24 @@ impl Topology {
         let port = &self.region(name).port;
         self.backbone.ip(&format!("link set {port} up"));
     }
+
+    /// Cuts one direction of one path: `at` drops every packet from `from` that opens a new
+    /// flow (nftables, connection tracking, in `at`'s namespace), so `from`'s probes of `at`
+    /// fail while `at`'s probes of `from` (whose answers belong to flows `at` opened) pass.
+    pub fn cut_one_way(&self, from: &str, at: &str) {
+        let from = self.region(from).addr;
+        let ns = &self.region(at).netns.name;
+        let nft = |command: &str| run(&["ip", "netns", "exec", ns, "nft", command]);
+        nft("add table inet drill");
+        nft("add chain inet drill input { type filter hook input priority 0 ; }");
+        nft(&format!(
+            "add rule inet drill input ip saddr {from} ct state new drop"
+        ));
+    }
+
+    /// Undoes [`Topology::cut_one_way`] at `at`.
+    pub fn restore_one_way(&self, at: &str) {
+        let ns = &self.region(at).netns.name;
+        run(&["ip", "netns", "exec", ns, "nft", "delete table inet drill"]);
+    }
 }
