@@ -1192,7 +1192,8 @@ impl Drill {
                     .is_some_and(|why| why.contains("every other region is down"));
                 // Back, a better candidate may take over again after the hold: only the cut
                 // must keep it.
-                let ok = says == expected && (!expected || candidate(&ranking) == Some(kept.as_str()));
+                let ok =
+                    says == expected && (!expected || candidate(&ranking) == Some(kept.as_str()));
                 ok_if(ok, || {
                     format!(
                         "impaired: {}; {}",
