@@ -179,9 +179,12 @@ pub(super) fn mask_url_passwords(text: &str) -> String {
         let (before, after) = rest.split_at(at);
         // The userinfo starts after `scheme://`, else after the start of the word; a
         // password may hold any character but `@` (a `/` too, when mistyped unencoded).
+        // After the separator, whatever its width (U+2028 is whitespace of three bytes).
         let word_start = before
-            .rfind(|c: char| c.is_whitespace() || matches!(c, '"' | '`' | '\'' | '(' | '<'))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace() || matches!(c, '"' | '`' | '\'' | '(' | '<'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let word_start = before[word_start..]
             .rfind("://")
             .map_or(word_start, |i| word_start + i + 3);
@@ -340,6 +343,12 @@ mod tests {
             "user:xxxxx@host and a@b"
         );
         assert_eq!(mask_url_passwords("no userinfo"), "no userinfo");
+        // Found by prop_http_valid_status_accepts_exactly_its_classes_and_codes: a separator
+        // wider than a byte (U+2028) before an `@` panicked on a char boundary.
+        assert_eq!(
+            mask_url_passwords("ꟕ\u{2028}?8#@x \u{2028}user:pw@host"),
+            "ꟕ\u{2028}?8#@x \u{2028}user:xxxxx@host"
+        );
         assert_eq!(
             mask_url_passwords("\"http://u:pa/ss:w@h/p\" and https://h/a@b"),
             "\"http://u:xxxxx@h/p\" and https://h/a@b"
