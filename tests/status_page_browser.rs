@@ -324,6 +324,23 @@ fn near(pixel: [u8; 3], colour: [u8; 3], tolerance: u8) -> bool {
         .all(|(p, c)| p.abs_diff(c) <= tolerance)
 }
 
+/// Whether `pixel` is at least half `colour` over `background`: a line that falls between two
+/// pixel rows is drawn anti-aliased across both, at about half its colour each, and no pixel
+/// of it is the colour itself. Text (grey) blends no single channel ratio and is not counted.
+fn blended(pixel: [u8; 3], colour: [u8; 3], background: [u8; 3]) -> bool {
+    let alphas: Vec<f64> = (0..3)
+        .filter(|&i| background[i].abs_diff(colour[i]) > 20)
+        .map(|i| {
+            (f64::from(background[i]) - f64::from(pixel[i]))
+                / (f64::from(background[i]) - f64::from(colour[i]))
+        })
+        .collect();
+    let (low, high) = alphas
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), a| (lo.min(*a), hi.max(*a)));
+    !alphas.is_empty() && low >= 0.4 && high <= 1.1 && high - low <= 0.1
+}
+
 /// A chart as drawn: its box, and how many of its pixels are latency stroke and failure fill.
 #[derive(Debug)]
 struct DrawnChart {
@@ -373,7 +390,14 @@ fn drawn_charts(image: &Image) -> Vec<DrawnChart> {
                 top,
                 left,
                 right,
-                stroke: count(LATENCY_STROKE, 24),
+                stroke: (top..bottom)
+                    .flat_map(|y| (left..=right).map(move |x| (x, y)))
+                    .filter(|&(x, y)| {
+                        let pixel = image.pixel(x, y);
+                        near(pixel, LATENCY_STROKE, 24)
+                            || blended(pixel, LATENCY_STROKE, CHART_BACKGROUND)
+                    })
+                    .count(),
                 failure: count(FAILURE_FILL, 16),
             }
         })
