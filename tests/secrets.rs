@@ -90,13 +90,16 @@ fn assert_no_secret(place: &str, text: &str) {
     }
 }
 
-/// Each target's `last_error.error` once every target has failed.
-fn failures(exporter: &Exporter) -> Vec<(String, String)> {
+/// The targets of `/api/v1/targets`.
+fn targets_view(exporter: &Exporter) -> Vec<Value> {
     let (_, body) = http(exporter.addr, "GET", "/api/v1/targets");
     let view: Value = serde_json::from_str(&body).unwrap();
-    view["targets"]
-        .as_array()
-        .unwrap()
+    view["targets"].as_array().unwrap().clone()
+}
+
+/// Each target's `last_error.error` once every target has failed.
+fn failures(exporter: &Exporter) -> Vec<(String, String)> {
+    targets_view(exporter)
         .iter()
         .filter_map(|t| {
             let error = t["last_error"]["error"].as_str()?;
@@ -125,11 +128,7 @@ fn no_secret_in_any_output_on_any_failure() {
         (failures.len() == 8).then_some(failures)
     });
     let reason_of = |name: &str| {
-        let (_, body) = http(exporter.addr, "GET", "/api/v1/targets");
-        let view: Value = serde_json::from_str(&body).unwrap();
-        view["targets"]
-            .as_array()
-            .unwrap()
+        targets_view(&exporter)
             .iter()
             .find(|t| t["name"] == name)
             .map(|t| t["last_error"]["reason"].as_str().unwrap_or("").to_owned())
