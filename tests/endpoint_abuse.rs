@@ -36,11 +36,7 @@ fn config(interval: &str, targets: &str) -> String {
 }
 
 fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    regionprobe_testkit::dns::closed_tcp_port().port()
 }
 
 /// Item 5: the server has a runtime of its own. With the probes' runtime (here the test's

@@ -44,11 +44,7 @@ fn http_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// A port nothing listens on: connections are refused.
 fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    regionprobe_testkit::dns::closed_tcp_port().port()
 }
 
 fn http_target(name: &str, region: &str, addr: SocketAddr) -> String {

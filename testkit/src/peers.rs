@@ -71,6 +71,22 @@ impl Pki {
     }
 }
 
+/// A TLS server configuration with a fresh self-signed certificate for `name` (no ALPN): for
+/// peers that only need a handshake to complete.
+pub fn self_signed_server(name: &str) -> Arc<rustls::ServerConfig> {
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key.into())
+            .unwrap(),
+    )
+}
+
 /// A TLS server configuration offering HTTP/2 and HTTP/1.1.
 pub fn tls_server(cert: ServerCert) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

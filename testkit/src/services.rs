@@ -406,17 +406,7 @@ impl Drop for Webhook {
 /// Serves HTTPS on `addr` (a self-signed rcgen certificate) until killed: every request is
 /// answered `200 ok` after `delay`. Prints `ready` once listening.
 pub fn serve_app(addr: SocketAddr, delay: Duration, ready: &str) -> ! {
-    let certified = rcgen::generate_simple_self_signed(vec![addr.ip().to_string()]).unwrap();
-    let key = rustls_pki_types::PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![certified.cert.der().clone()], key.into())
-            .unwrap(),
-    );
+    let config = crate::peers::self_signed_server(&addr.ip().to_string());
     let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     println!("{ready}");
     for stream in listener.incoming() {
