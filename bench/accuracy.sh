@@ -120,8 +120,10 @@ run_one() {
     log "path $path, load $load: building the path"
     ip netns add "$NS_A"
     ip netns add "$NS_B"
+    # Real-time priority: the emulator is the wire, and must not wait for a CPU behind the
+    # probers it measures (with 10,000 targets regionprobe itself keeps a core busy in bursts).
     # shellcheck disable=SC2046  # path_args is a list of words
-    "$WAN" --a "$TUN_A" --b "$TUN_B" $(path_args "$path") \
+    chrt --fifo 50 "$WAN" --a "$TUN_A" --b "$TUN_B" $(path_args "$path") \
         --stats "$dir/emulator.json" >"$dir/forwarder.out" 2>"$dir/forwarder.err" &
     track_pid $!
     local fwd=$!
