@@ -17,6 +17,8 @@ pub struct Outcome {
     pub cert_expiry: Option<SystemTime>,
     /// HTTP: redirects followed.
     pub redirects: u32,
+    /// STAMP: what the session learnt per direction since the last success.
+    pub stamp: Option<Box<super::stamp::Report>>,
 }
 
 impl Outcome {
