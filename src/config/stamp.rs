@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::fields::{Invalid, host_port, required_host};
-use super::model::{AllowedSenders, IpVersion, ProbeConfig, ReflectorConfig, StampConfig, StampKey};
+use super::fields::{Invalid, host_port, label_value, required_host};
+use super::model::{
+    AllowedSenders, IpVersion, ProbeConfig, ReflectorConfig, StampConfig, StampKey,
+};
 use super::raw::{RawReflector, RawTarget};
 
 /// The port IANA assigned to STAMP (and OWAMP/TWAMP before it).
@@ -89,9 +91,12 @@ pub(super) fn reflector(
     let mut allow = Vec::with_capacity(entries.len());
     for (i, entry) in entries.into_iter().enumerate() {
         let key = |field: &str| format!("reflector.allow[{i}].{field}");
-        let text = entry
-            .network
-            .ok_or_else(|| (key("network"), "missing; expected a network such as \"10.0.0.0/8\"".into()))?;
+        let text = entry.network.ok_or_else(|| {
+            (
+                key("network"),
+                "missing; expected a network such as \"10.0.0.0/8\"".into(),
+            )
+        })?;
         let network = text
             .parse::<ipnet::IpNet>()
             .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
@@ -102,7 +107,7 @@ pub(super) fn reflector(
                 )
             })?;
         let region = match entry.region {
-            Some(region) => Some(super::validate::label_value(&key("region"), Some(region), "")?),
+            Some(region) => Some(label_value(&key("region"), Some(region), "")?),
             None => None,
         };
         allow.push(AllowedSenders {
@@ -124,8 +129,8 @@ pub(super) fn reflector(
 fn read_key(key: &str, path: &str) -> Result<StampKey, Invalid> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| (key.to_owned(), format!("cannot read \"{path}\": {err}")))?;
-    let bytes = parse_key(&text)
-        .map_err(|problem| (key.to_owned(), format!("\"{path}\": {problem}")))?;
+    let bytes =
+        parse_key(&text).map_err(|problem| (key.to_owned(), format!("\"{path}\": {problem}")))?;
     Ok(StampKey::new(PathBuf::from(path), bytes))
 }
 
@@ -133,7 +138,7 @@ fn read_key(key: &str, path: &str) -> Result<StampKey, Invalid> {
 /// bytes. The error never quotes the file's content.
 fn parse_key(text: &str) -> Result<Vec<u8>, String> {
     let text = text.trim();
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("expected the key in hexadecimal (an even number of 0-9a-f digits)".into());
     }
     let bytes: Vec<u8> = (0..text.len())

@@ -4,10 +4,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::fields::Invalid;
-use super::model::{
-    Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeConfig, ProbeKind, Target,
-};
+use super::fields::{Invalid, label_value};
+use super::model::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeConfig, ProbeKind, Target};
 use super::probes;
 use super::raw::{RawFile, RawTarget};
 use crate::ranking::Params as RankingParams;
@@ -281,25 +279,6 @@ fn listen_address(text: &str) -> Result<SocketAddr, Invalid> {
     })
 }
 
-/// Label values must be bounded and readable: names, not free text.
-pub(super) fn label_value(key: &str, value: Option<String>, default: &str) -> Result<String, Invalid> {
-    let value = value.unwrap_or_else(|| default.to_owned());
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
-    if !ok {
-        return Err((
-            key.into(),
-            format!(
-                "\"{value}\" is not a valid name; expected 1 to 128 characters of letters, digits and - _ . : /"
-            ),
-        ));
-    }
-    Ok(value)
-}
-
 fn duration(key: &str, text: &str) -> Result<Duration, Invalid> {
     humantime::parse_duration(text.trim()).map_err(|err| {
         (
@@ -390,6 +369,7 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             buckets: DEFAULT_BUCKETS.to_vec(),
             down_after: 3,
+            clock_sync_error: None,
         };
         let target = target(0, raw, &defaults).unwrap();
         assert_eq!(target.timeout, Duration::from_millis(200));

@@ -18,7 +18,7 @@ pub(crate) mod tls;
 use std::time::Duration;
 
 pub use icmp::IcmpSockets;
-pub use outcome::{Failure, Outcome, Phase, Reason};
+pub use outcome::{BACKWARD, FORWARD, Failure, Outcome, Phase, Reason, StampReport};
 
 use crate::config::{ProbeConfig, ProbeKind};
 use resolve::Resolver;
@@ -80,9 +80,7 @@ impl Probe {
             ProbeConfig::Tcp(c) => Probe::Tcp(tcp::Tcp::new(c, &shared.resolver)),
             ProbeConfig::Http(c) => Probe::Http(Box::new(http::Http::new(c, &shared.resolver))),
             ProbeConfig::Dns(c) => Probe::Dns(dns::Dns::new(c)),
-            ProbeConfig::Stamp(c) => {
-                Probe::Stamp(Box::new(stamp::Stamp::new(c, &shared.resolver)))
-            }
+            ProbeConfig::Stamp(c) => Probe::Stamp(Box::new(stamp::Stamp::new(c, &shared.resolver))),
         }
     }
 

@@ -18,11 +18,10 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use super::outcome::{Failure, Outcome, Reason, is_local, is_unreachable};
+use super::outcome::{Failure, Outcome, Reason, StampReport as Report, is_local, is_unreachable};
 use super::resolve::{Host, Resolver};
 use crate::config::StampConfig;
 use packet::{ErrorEstimate, Key, Mode, Reply, Request, Timestamp};
-pub use session::{BACKWARD, FORWARD, Report};
 use session::Session;
 
 /// The reasons a STAMP probe fails with.
@@ -37,7 +36,11 @@ pub const REASONS: &[Reason] = &[
 
 /// The reflector's address, as written.
 pub fn endpoint(config: &StampConfig) -> String {
-    let mode = if config.key.is_some() { " (authenticated)" } else { "" };
+    let mode = if config.key.is_some() {
+        " (authenticated)"
+    } else {
+        ""
+    };
     format!("{}:{}{mode}", config.host, config.port)
 }
 

@@ -174,11 +174,16 @@ fn encode_stamp<'a>(
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for (labels, s) in &targets {
             for (d, direction) in DIRECTIONS.iter().enumerate() {
-                pick(s)[d].encode(family.encode_family(&WithExtra(labels, "direction", direction))?)?;
+                pick(s)[d].encode(family.encode_family(&WithExtra(
+                    labels,
+                    "direction",
+                    direction,
+                ))?)?;
             }
         }
     }
-    let singles: [(&str, &str, fn(&StampSeries) -> &Counter); 2] = [
+    type PickOne = fn(&StampSeries) -> &Counter;
+    let singles: [(&str, &str, PickOne); 2] = [
         (
             "regionprobe_stamp_late_replies",
             "STAMP replies that arrived after their packet was given up on (counted lost).",
@@ -204,7 +209,11 @@ fn encode_stamp<'a>(
     )?;
     for (labels, s) in &targets {
         for (d, direction) in DIRECTIONS.iter().enumerate() {
-            s.ipdv[d].encode(family.encode_family(&WithExtra(labels, "direction", direction))?)?;
+            s.ipdv[d].encode(family.encode_family(&WithExtra(
+                labels,
+                "direction",
+                direction,
+            ))?)?;
         }
     }
     let mut family = encoder.encode_descriptor(
@@ -217,7 +226,11 @@ fn encode_stamp<'a>(
         for (d, direction) in DIRECTIONS.iter().enumerate() {
             // Never claimed: no series at all, rather than an empty one.
             if s.one_way_observed[d].load(std::sync::atomic::Ordering::Relaxed) {
-                s.one_way[d].encode(family.encode_family(&WithExtra(labels, "direction", direction))?)?;
+                s.one_way[d].encode(family.encode_family(&WithExtra(
+                    labels,
+                    "direction",
+                    direction,
+                ))?)?;
             }
         }
     }
@@ -243,7 +256,11 @@ fn encode_stamp<'a>(
     for (labels, s) in &targets {
         for (d, direction) in DIRECTIONS.iter().enumerate() {
             if s.ttl[d].get() >= 0 {
-                s.ttl[d].encode(family.encode_family(&WithExtra(labels, "direction", direction))?)?;
+                s.ttl[d].encode(family.encode_family(&WithExtra(
+                    labels,
+                    "direction",
+                    direction,
+                ))?)?;
             }
         }
     }

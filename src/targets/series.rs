@@ -55,8 +55,8 @@ pub struct TargetMetrics {
     pub(super) stamp: Option<StampSeries>,
 }
 
-/// The `direction` label of the STAMP series, indexed as [`probe::stamp::FORWARD`] and
-/// [`probe::stamp::BACKWARD`].
+/// The `direction` label of the STAMP series, indexed as [`probe::FORWARD`] and
+/// [`probe::BACKWARD`].
 pub(super) const DIRECTIONS: [&str; 2] = ["forward", "backward"];
 
 /// A STAMP target's series, each per direction where the protocol tells them apart.
@@ -108,11 +108,11 @@ impl StampSeries {
         }
     }
 
-    fn record(&self, report: &probe::stamp::Report) {
+    fn record(&self, report: &probe::StampReport) {
         self.packets.inc_by(report.settled);
         self.late.inc_by(report.late);
         self.invalid.inc_by(report.invalid);
-        for d in [probe::stamp::FORWARD, probe::stamp::BACKWARD] {
+        for d in [probe::FORWARD, probe::BACKWARD] {
             self.lost[d].inc_by(report.lost[d]);
             self.reordered[d].inc_by(report.reordered[d]);
             self.duplicated[d].inc_by(report.duplicated[d]);

@@ -13,10 +13,7 @@ use std::collections::BTreeMap;
 use tokio::time::Instant;
 
 use super::packet::{Reply, Timestamp};
-
-/// Index of the forward (sender to reflector) and backward direction in the arrays below.
-pub const FORWARD: usize = 0;
-pub const BACKWARD: usize = 1;
+use crate::probe::outcome::{BACKWARD, FORWARD, StampReport as Report};
 
 /// Remembered answers, for telling duplicates from strays.
 const REMEMBERED: usize = 4096;
@@ -34,45 +31,6 @@ struct Sent {
     t1: Timestamp,
     at: Instant,
     answer: Option<Answer>,
-}
-
-/// What changed since the last [`Session::take`]: counter increments and samples.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Report {
-    /// Packets settled (answered or given up on).
-    pub settled: u64,
-    pub lost: [u64; 2],
-    pub reordered: [u64; 2],
-    pub duplicated: [u64; 2],
-    /// Answers that came after their packet was given up on: not counted as answered.
-    pub late: u64,
-    /// Replies that are not valid packets of the session (size, HMAC, unknown sequence).
-    pub invalid: u64,
-    /// IPDV of consecutive packets (RFC 5481), signed seconds, per direction.
-    pub ipdv: [Vec<f64>; 2],
-    /// One-way delays in seconds, only when both ends claimed synchronised clocks.
-    pub one_way: [Vec<f64>; 2],
-    /// Error estimates (sender, reflector) in seconds, when both claimed synchronised clocks.
-    pub clock_error: Option<[f64; 2]>,
-    /// TTL of the last request at the reflector (forward) and of the last reply here.
-    pub ttl: [Option<u8>; 2],
-}
-
-impl Report {
-    pub fn merge(&mut self, other: Report) {
-        self.settled += other.settled;
-        for d in [FORWARD, BACKWARD] {
-            self.lost[d] += other.lost[d];
-            self.reordered[d] += other.reordered[d];
-            self.duplicated[d] += other.duplicated[d];
-            self.ipdv[d].extend_from_slice(&other.ipdv[d]);
-            self.one_way[d].extend_from_slice(&other.one_way[d]);
-            self.ttl[d] = other.ttl[d].or(self.ttl[d]);
-        }
-        self.late += other.late;
-        self.invalid += other.invalid;
-        self.clock_error = other.clock_error.or(self.clock_error);
-    }
 }
 
 /// One sender session (one socket, one reflector).
@@ -278,7 +236,9 @@ mod tests {
         }
 
         fn ts(ms: f64) -> Timestamp {
-            Timestamp::from_unix(Duration::from_secs(1_700_000_000) + Duration::from_secs_f64(ms / 1e3))
+            Timestamp::from_unix(
+                Duration::from_secs(1_700_000_000) + Duration::from_secs_f64(ms / 1e3),
+            )
         }
 
         /// Sends one packet at `t` ms with forward/backward delays in ms.
@@ -340,7 +300,10 @@ mod tests {
         let report = link.session.take();
         assert_eq!(report.lost, [1, 0]);
         assert_eq!(report.ttl, [Some(64), Some(60)]);
-        assert!(report.one_way[FORWARD].is_empty(), "no clock claim, no one-way delay");
+        assert!(
+            report.one_way[FORWARD].is_empty(),
+            "no clock claim, no one-way delay"
+        );
     }
 
     #[test]
@@ -353,7 +316,11 @@ mod tests {
         link.packet(40.0, Fate::Ok, 4.0, 3.0);
         link.session.settle(link.start + Duration::from_secs(10));
         let report = link.session.take();
-        let ms = |v: &[f64]| v.iter().map(|x| (x * 1e3 * 10.0).round() / 10.0).collect::<Vec<_>>();
+        let ms = |v: &[f64]| {
+            v.iter()
+                .map(|x| (x * 1e3 * 10.0).round() / 10.0)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ms(&report.ipdv[FORWARD]), vec![2.0, 0.0]);
         assert_eq!(ms(&report.ipdv[BACKWARD]), vec![0.5, 2.0]);
     }
@@ -425,7 +392,11 @@ mod tests {
         };
         session.answer(&reply, Link::ts(35.5), None, Some(1e-4));
         let report = session.take();
-        let ms: Vec<f64> = report.one_way.iter().map(|v| (v[0] * 1e3).round()).collect();
+        let ms: Vec<f64> = report
+            .one_way
+            .iter()
+            .map(|v| (v[0] * 1e3).round())
+            .collect();
         assert_eq!(ms, vec![30.0, 5.0]);
         assert!(report.clock_error.is_some());
 

@@ -44,18 +44,18 @@ pub fn open(bind: SocketAddr) -> io::Result<Socket> {
 
 /// Reads one datagram without blocking (`WouldBlock` when none is queued).
 pub fn receive(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Datagram> {
-    receive_fd(fd.as_raw_fd(), buf)
+    receive_fd(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)
 }
 
-fn receive_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
+/// Reads one datagram, waiting up to the socket's read timeout (`WouldBlock` after it).
+pub fn receive_blocking(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Datagram> {
+    receive_fd(fd.as_raw_fd(), buf, MsgFlags::empty())
+}
+
+fn receive_fd(fd: RawFd, buf: &mut [u8], flags: MsgFlags) -> io::Result<Datagram> {
     let mut control = nix::cmsg_space!(nix::libc::timespec, nix::libc::c_int, nix::libc::c_int);
     let mut iov = [IoSliceMut::new(buf)];
-    let message = nix_socket::recvmsg::<SockaddrStorage>(
-        fd,
-        &mut iov,
-        Some(&mut control),
-        MsgFlags::MSG_DONTWAIT,
-    )?;
+    let message = nix_socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), flags)?;
     let from = message
         .address
         .as_ref()
