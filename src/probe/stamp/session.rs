@@ -3,10 +3,12 @@
 //! accounting is tested without sockets.
 //!
 //! A packet is settled in sequence order: once answered and every earlier packet is settled,
-//! or once it is older than the wait. Settling an answered packet `(s, r)` after the previous
-//! answered one `(s0, r0)` attributes the `s - s0 - 1` unanswered packets between them: the
-//! reflector saw `r - r0 - 1` of them (their replies were lost: backward), the rest never
-//! reached it (forward). Trailing losses wait for the next answer. Counters only grow.
+//! or once it is older than the wait. The reflector numbers the packets it receives 0, 1, 2...
+//! so once the packets up to the last settled answer (`end` of them) are settled, it had
+//! received `r_max + 1` packets, less the later ones that overtook them (answered, still out,
+//! with a smaller number). Of the `end`, those it never received were lost forward; those it
+//! received and whose replies never came, backward. Unanswered packets after the last answer
+//! wait for the next one. Counters only grow; reordering is counted, not taken for loss.
 
 use std::collections::BTreeMap;
 
@@ -40,8 +42,15 @@ pub struct Session {
     out: BTreeMap<u32, Sent>,
     /// Answered packets settled recently: sequence to the reflector's sequence.
     answered: BTreeMap<u32, u32>,
-    /// The last settled answered packet: (sender seq, reflector seq, forward, backward delay).
+    /// The last settled answered packet (sender seq), for IPDV and reordering.
     last: Option<(u32, Answer)>,
+    /// Answered packets settled, the highest reflector sequence among them, and how many
+    /// packets there are up to the last of them.
+    settled_answered: u64,
+    max_settled_r: Option<u32>,
+    end: u64,
+    /// Losses attributed so far, per direction.
+    attributed: [u64; 2],
     /// Highest reflector sequence number that has arrived here.
     max_reflector_seq: Option<u32>,
     report: Report,
@@ -166,31 +175,45 @@ impl Session {
                 continue; // attributed when the next answer settles
             };
             let r = answer.reflector_seq;
-            // Packets between the previous answer and this one (a session starts at -1).
-            let (prev_s, prev_r) = match self.last {
-                Some((s0, a0)) => (i64::from(s0), i64::from(a0.reflector_seq)),
-                None => (-1, -1),
-            };
-            let missing = (i64::from(s) - prev_s - 1).max(0);
-            let reflected = (i64::from(r) - prev_r - 1).clamp(0, missing);
-            if i64::from(r) <= prev_r {
-                self.report.reordered[FORWARD] += 1;
+            if let Some((s0, a0)) = self.last {
+                if r < a0.reflector_seq {
+                    self.report.reordered[FORWARD] += 1;
+                }
+                if s0.wrapping_add(1) == s {
+                    self.report.ipdv[FORWARD].push(answer.forward - a0.forward);
+                    self.report.ipdv[BACKWARD].push(answer.backward - a0.backward);
+                }
             }
-            self.report.lost[BACKWARD] += reflected as u64;
-            self.report.lost[FORWARD] += (missing - reflected) as u64;
-            if let Some((s0, a0)) = self.last
-                && s0.wrapping_add(1) == s
-            {
-                self.report.ipdv[FORWARD].push(answer.forward - a0.forward);
-                self.report.ipdv[BACKWARD].push(answer.backward - a0.backward);
-            }
-            if i64::from(r) > prev_r || self.last.is_none() {
-                self.last = Some((s, answer));
-            }
+            self.last = Some((s, answer));
+            self.settled_answered += 1;
+            self.max_settled_r = Some(self.max_settled_r.map_or(r, |m| m.max(r)));
+            self.end = u64::from(s) + 1;
             self.answered.insert(s, r);
             if self.answered.len() > REMEMBERED {
                 self.answered.pop_first();
             }
+        }
+        self.attribute();
+    }
+
+    /// Splits the unanswered packets up to `end` into the two directions (see the module doc).
+    fn attribute(&mut self) {
+        let Some(max_r) = self.max_settled_r else {
+            return;
+        };
+        let overtakers = self
+            .out
+            .values()
+            .filter(|sent| sent.answer.is_some_and(|a| a.reflector_seq < max_r))
+            .count() as u64;
+        let received = (u64::from(max_r) + 1)
+            .saturating_sub(overtakers)
+            .clamp(self.settled_answered, self.end);
+        let totals = [self.end - received, received - self.settled_answered];
+        for d in [FORWARD, BACKWARD] {
+            let new = totals[d].saturating_sub(self.attributed[d]);
+            self.report.lost[d] += new;
+            self.attributed[d] += new;
         }
     }
 
@@ -304,6 +327,44 @@ mod tests {
             report.one_way[FORWARD].is_empty(),
             "no clock claim, no one-way delay"
         );
+    }
+
+    #[test]
+    fn a_packet_that_overtook_another_is_reordering_not_loss() {
+        let mut session = Session::default();
+        let start = Instant::now();
+        let reply = |s: u32, r: u32, t1: Timestamp| Reply {
+            seq: r,
+            timestamp: Link::ts(2.0),
+            error: ErrorEstimate::UNSYNCHRONISED,
+            ssid: 0,
+            receive: Link::ts(1.0),
+            sender_seq: s,
+            sender_timestamp: t1,
+            sender_error: ErrorEstimate::UNSYNCHRONISED,
+            sender_ttl: 0,
+        };
+        let t1 = Link::ts(0.0);
+        let (s0, s1, s2) = (
+            session.send(t1, start),
+            session.send(t1, start),
+            session.send(t1, start),
+        );
+        // s1 reached the reflector first; its reply also came back first.
+        session.answer(&reply(s1, 0, t1), Link::ts(3.0), None, None);
+        session.settle(start);
+        session.answer(&reply(s0, 1, t1), Link::ts(3.0), None, None);
+        session.settle(start);
+        let report = session.take();
+        assert_eq!(report.lost, [0, 0]);
+        assert_eq!(report.reordered[FORWARD], 1);
+        // s2 lost on the way back: the reflector numbered it 2, which the next answer shows.
+        let s3 = session.send(t1, start);
+        session.answer(&reply(s3, 3, t1), Link::ts(3.0), None, None);
+        session.settle(start + Duration::from_secs(1));
+        let report = session.take();
+        assert_eq!((report.settled, report.lost), (2, [0, 1]));
+        let _ = s2;
     }
 
     #[test]
