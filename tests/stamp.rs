@@ -410,7 +410,9 @@ fn an_authenticated_reflector_drops_wrong_hmacs_and_replays() {
     let good = auth_request(1, &key);
     let reply = exchange(&socket, at, &good).expect("a reply");
     assert_eq!(reply.len(), 112);
-    assert_eq!(&reply[52..56], &1u32.to_be_bytes());
+    // RFC 8762 §4.3.2: the sender's sequence number at octet 48, its timestamp at 64.
+    assert_eq!(&reply[48..52], &1u32.to_be_bytes());
+    assert_eq!(&reply[64..72], &0x1234_5678_9abc_def0u64.to_be_bytes());
     let tag = ring::hmac::sign(
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
         &reply[..96],

@@ -132,6 +132,9 @@ impl Phases {
 pub struct Failure {
     pub reason: Reason,
     pub detail: String,
+    /// STAMP: what the session learnt during the failed run (packets given up on, invalid
+    /// replies), so that a target that never answers still shows why.
+    pub stamp: Option<Box<StampReport>>,
 }
 
 impl Failure {
@@ -139,6 +142,7 @@ impl Failure {
         Failure {
             reason,
             detail: detail.into(),
+            stamp: None,
         }
     }
 }

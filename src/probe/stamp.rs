@@ -63,7 +63,7 @@ pub struct Stamp {
     ssid: u16,
     socket: Option<(SocketAddr, UdpSocket)>,
     session: Session,
-    /// What settled during failed runs, reported with the next success.
+    /// What settled since the last report.
     carried: Report,
 }
 
@@ -181,7 +181,7 @@ impl Stamp {
         self.session.settle(Instant::now() - self.wait);
         self.carried.merge(self.session.take());
         if rtts.is_empty() {
-            return Err(match refused {
+            let mut failure = match refused {
                 Some(err) => io_failure(addr, "receive from", &err),
                 None => Failure::new(
                     Reason::Timeout,
@@ -190,7 +190,9 @@ impl Stamp {
                         humantime::format_duration(self.wait)
                     ),
                 ),
-            });
+            };
+            failure.stamp = Some(Box::new(std::mem::take(&mut self.carried)));
+            return Err(failure);
         }
         rtts.sort_by(f64::total_cmp);
         let median = rtts[rtts.len() / 2];

@@ -185,6 +185,9 @@ impl TargetMetrics {
                 self.up.set(1);
             }
             Err(failure) => {
+                if let (Some(series), Some(report)) = (&self.stamp, &failure.stamp) {
+                    series.record(report);
+                }
                 match self
                     .failures
                     .iter()
