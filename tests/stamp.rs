@@ -337,27 +337,42 @@ fn the_reflector_answers_what_is_due_and_counts_why_not() {
         let _ = flood.send_to(&packet, at);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(300));
+    // Read until the reflector has been quiet for half a second (it may still be working
+    // through the queued flood).
+    flood.set_nonblocking(false).unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut buf = [0u8; 128];
     let mut replies = 0;
     while flood.recv(&mut buf).is_ok() {
         replies += 1;
     }
-    let due = 200.0 + 200.0 * (elapsed + 0.3);
+    let elapsed_all = started.elapsed().as_secs_f64();
+    let due = 200.0 + 200.0 * elapsed_all;
     assert!(
         (replies as f64) <= due + 5.0 && replies > 0,
         "{replies} replies to 20,000 packets in {elapsed:.2} s"
     );
 
-    let scrape = wait_for(Duration::from_secs(5), "counters", || {
+    // Every reply we got is counted as reflected, and nothing else is (a rendering of
+    // /metrics is shared for 500 ms: wait for a fresh one).
+    let scrape = wait_for(Duration::from_secs(5), "the reflected count", || {
         let scrape = reflector.metrics();
-        (value(
+        let reflected = value(
+            &scrape,
+            "regionprobe_reflector_reflected_packets_total",
+            &[("sender_region", "s")],
+        );
+        (reflected == 2.0 + replies as f64).then_some(scrape)
+    });
+    assert!(
+        value(
             &scrape,
             "regionprobe_reflector_refused_packets_total",
             &[("sender_region", "s"), ("reason", "rate_limited")],
-        ) >= 1_000.0)
-            .then_some(scrape)
-    });
+        ) >= 1_000.0
+    );
     let s = |family: &str, reason: &str| {
         value(
             &scrape,
@@ -381,12 +396,6 @@ fn the_reflector_answers_what_is_due_and_counts_why_not() {
         ),
         1.0
     );
-    let reflected = value(
-        &scrape,
-        "regionprobe_reflector_reflected_packets_total",
-        &[("sender_region", "s")],
-    );
-    assert_eq!(reflected, 2.0 + replies as f64);
     eprintln!(
         "flood: {replies} replies, {} refused (rate_limited), the rest dropped by the kernel's queue",
         s(
@@ -424,7 +433,17 @@ fn an_authenticated_reflector_drops_wrong_hmacs_and_replays() {
     assert_eq!(exchange(&socket, at, &auth_request(2, &[7; 32])), None);
     assert_eq!(exchange(&socket, at, &request(3, 112)), None);
     assert_eq!(exchange(&socket, at, &request(4, 44)), None);
-    let scrape = reflector.metrics();
+    // A rendering of /metrics is shared for 500 ms: wait for one with all five packets.
+    let scrape = wait_for(Duration::from_secs(5), "five packets counted", || {
+        let scrape = reflector.metrics();
+        let total: f64 = scrape
+            .samples
+            .iter()
+            .filter(|s| s.name.starts_with("regionprobe_reflector_") && s.name.ends_with("_total"))
+            .map(|s| s.value)
+            .sum();
+        (total == 5.0).then_some(scrape)
+    });
     let dropped = |reason: &str| {
         value(
             &scrape,
