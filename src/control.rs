@@ -69,6 +69,7 @@ pub struct Control {
     pub ranker: Ranker,
     pub snapshot: SharedSnapshot,
     pub web: Arc<Guard>,
+    pub reflectors: crate::reflector::Reflectors,
 }
 
 impl Control {
@@ -121,6 +122,7 @@ impl Control {
                 }
                 let diff = self.supervisor.apply(&config);
                 self.web.apply(&config.web);
+                self.reflectors.apply(config.reflector.as_ref());
                 self.ranker
                     .reconfigure(&config.exporter.region, &config.ranking);
                 tracing::info!(%diff, "configuration reloaded");

@@ -4,6 +4,7 @@
 //! - [`control`]: the one owner of what changes at run time (reloads, the ranking's ticks);
 //! - `http`: `/metrics`, the status page, the JSON API, health and reload, behind `[web]`;
 //!   `cmd`: the `rank` and `healthcheck` commands;
+//! - `reflector`: the STAMP session-reflector's thread and counters;
 //! - `targets`: one task per target on its schedule, the live state, and its series;
 //! - `ranking`: the pure engine (windows, scores, failover hysteresis) and the task state
 //!   that keeps it current;
@@ -22,6 +23,7 @@ mod http;
 mod metrics;
 mod probe;
 mod ranking;
+mod reflector;
 mod targets;
 
 pub use cmd::{healthcheck, rank};
@@ -105,8 +107,11 @@ pub async fn run_with(
     let reloads = ReloadMetrics::register(&mut registry);
     let web = Arc::new(Guard::new(&config.web));
     web.refusals().register(&mut registry);
+    let mut reflectors = reflector::Reflectors::default();
+    reflectors.register(&mut registry);
     registry.register_process();
     let registry = Arc::new(registry);
+    reflectors.apply(config.reflector.as_ref());
 
     let mut supervisor = Supervisor::new(shared, scheduler, live.clone());
     let diff = supervisor.apply(&config);
@@ -140,6 +145,7 @@ pub async fn run_with(
         ranker,
         snapshot,
         web,
+        reflectors,
     };
     // The server's runtime: the listener moves to its reactor.
     let server = ServerRuntime(Some(

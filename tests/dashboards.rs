@@ -814,6 +814,12 @@ fn dashboards_and_rules_use_only_metrics_and_labels_the_binary_exports() {
     let open = TcpListener::bind("127.0.0.1:0").unwrap();
     let http = common::http_server(Duration::ZERO);
     let tls = tls_server();
+    // The exporter reflects its own STAMP target: a free UDP port for its reflector.
+    let stamp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // Every probe kind, all succeeding; three regions so that a failover candidate exists.
     let targets = [
         target("ping", "eu", "icmp", "host = \"127.0.0.1\""),
@@ -841,19 +847,29 @@ fn dashboards_and_rules_use_only_metrics_and_labels_the_binary_exports() {
             "dns",
             &format!("server = \"{}\"\nquery = \"www.example.test\"", dns.addr),
         ),
+        target(
+            "stamp",
+            "us",
+            "stamp",
+            &format!("address = \"127.0.0.1:{stamp_port}\""),
+        ),
     ];
     let exporter = Exporter::start(&format!(
         "[exporter]\nregion = \"eu\"\nlisten = \"127.0.0.1:0\"\n\
-         [defaults]\ninterval = \"200ms\"\ntimeout = \"200ms\"\n{}",
+         [defaults]\ninterval = \"200ms\"\ntimeout = \"200ms\"\n\
+         [reflector]\nlisten = \"127.0.0.1:{stamp_port}\"\n\
+         [[reflector.allow]]\nnetwork = \"127.0.0.1/32\"\nregion = \"eu\"\n{}",
         targets.concat()
     ));
     let first = wait_for(WAIT, "the first probes", || {
         let scrape = exporter.metrics();
-        let probed = ["ping", "port", "tls", "web", "dns"].iter().all(|t| {
-            scrape
-                .value("regionprobe_probes_total", &[("target", t)])
-                .is_some_and(|n| n >= 2.0)
-        });
+        let probed = ["ping", "port", "tls", "web", "dns", "stamp"]
+            .iter()
+            .all(|t| {
+                scrape
+                    .value("regionprobe_probes_total", &[("target", t)])
+                    .is_some_and(|n| n >= 2.0)
+            });
         probed.then_some(scrape)
     });
     let icmp_socket = !first.find("regionprobe_icmp_socket_info", &[]).is_empty();
@@ -867,7 +883,7 @@ fn dashboards_and_rules_use_only_metrics_and_labels_the_binary_exports() {
     // handshake (certificate expiry), a failover choice.
     let scrape = wait_for(WAIT, "every family", || {
         let scrape = exporter.metrics();
-        let all_up = ["ping", "port", "tls", "web", "dns"]
+        let all_up = ["ping", "port", "tls", "web", "dns", "stamp"]
             .iter()
             .all(|t| scrape.value("regionprobe_target_up", &[("target", t)]) == Some(1.0));
         let late = [
@@ -880,7 +896,7 @@ fn dashboards_and_rules_use_only_metrics_and_labels_the_binary_exports() {
     });
     assert_eq!(
         scrape.label_values("regionprobe_target_up", "probe"),
-        ["dns", "http", "icmp", "tcp"],
+        ["dns", "http", "icmp", "stamp", "tcp"],
         "the probe variable lists every kind"
     );
 

@@ -138,6 +138,11 @@ fn check_invariants(config: &Config) {
                 assert!(dns.server.port() != 0);
                 assert!(dns.query.is_fqdn());
             }
+            ProbeConfig::Stamp(stamp) => {
+                assert!(stamp.port != 0 && !stamp.host.is_empty(), "{stamp:?}");
+                assert!((1..=1000).contains(&stamp.train));
+                assert_eq!(stamp.wait, target.timeout);
+            }
         }
     }
 }

@@ -6,6 +6,29 @@ use std::net::{IpAddr, Ipv6Addr};
 /// `(key path, problem)`; the caller adds the file name.
 pub(super) type Invalid = (String, String);
 
+/// Label values must be bounded and readable: names, not free text.
+pub(super) fn label_value(
+    key: &str,
+    value: Option<String>,
+    default: &str,
+) -> Result<String, Invalid> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
+    if !ok {
+        return Err((
+            key.into(),
+            format!(
+                "\"{value}\" is not a valid name; expected 1 to 128 characters of letters, digits and - _ . : /"
+            ),
+        ));
+    }
+    Ok(value)
+}
+
 pub(super) fn required_host(
     key: &str,
     value: Option<String>,

@@ -8,6 +8,7 @@ mod fields;
 mod model;
 mod probes;
 mod raw;
+mod stamp;
 mod validate;
 mod web;
 

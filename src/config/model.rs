@@ -26,6 +26,8 @@ pub struct Config {
     pub ranking: crate::ranking::Params,
     /// `[web]`: TLS and basic auth on the exporter's own endpoint.
     pub web: Web,
+    /// `[reflector]`: the STAMP session-reflector, off unless the section is present.
+    pub reflector: Option<ReflectorConfig>,
     pub targets: Vec<Target>,
 }
 
@@ -36,6 +38,9 @@ pub struct Exporter {
     pub region: String,
     /// Address of the HTTP server (`/metrics`, status, reload).
     pub listen: SocketAddr,
+    /// `clock_sync_error`: this host's clock is synchronised to UTC within this error; STAMP
+    /// packets then carry the S bit, and one-way delays are exported.
+    pub clock_sync_error: Option<Duration>,
 }
 
 /// One `[[target]]` with the `[defaults]` applied.
@@ -62,6 +67,7 @@ pub enum ProbeConfig {
     Tcp(TcpConfig),
     Http(HttpConfig),
     Dns(DnsConfig),
+    Stamp(StampConfig),
 }
 
 impl ProbeConfig {
@@ -71,6 +77,7 @@ impl ProbeConfig {
             ProbeConfig::Tcp(_) => ProbeKind::Tcp,
             ProbeConfig::Http(_) => ProbeKind::Http,
             ProbeConfig::Dns(_) => ProbeKind::Dns,
+            ProbeConfig::Stamp(_) => ProbeKind::Stamp,
         }
     }
 
@@ -91,14 +98,16 @@ pub enum ProbeKind {
     Tcp,
     Http,
     Dns,
+    Stamp,
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 4] = [
+    pub const ALL: [ProbeKind; 5] = [
         ProbeKind::Icmp,
         ProbeKind::Tcp,
         ProbeKind::Http,
         ProbeKind::Dns,
+        ProbeKind::Stamp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +116,7 @@ impl ProbeKind {
             ProbeKind::Tcp => "tcp",
             ProbeKind::Http => "http",
             ProbeKind::Dns => "dns",
+            ProbeKind::Stamp => "stamp",
         }
     }
 }
@@ -273,4 +283,67 @@ pub enum IpVersion {
     Any,
     V4,
     V6,
+}
+
+/// `probe = "stamp"`: a STAMP session-sender (RFC 8762) to a session-reflector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StampConfig {
+    /// The reflector's IP address or host name, and UDP port (862 unless given).
+    pub host: String,
+    pub port: u16,
+    pub ip_version: IpVersion,
+    /// Test packets sent per interval.
+    pub train: u32,
+    /// The target's timeout: how long replies are awaited.
+    pub wait: Duration,
+    /// Authenticated mode (HMAC-SHA-256) with this key.
+    pub key: Option<StampKey>,
+    /// `[exporter] clock_sync_error`: the clock claim our packets carry.
+    pub clock_sync_error: Option<Duration>,
+}
+
+/// A STAMP HMAC key, read from its file at load. Never shown.
+#[derive(Clone, PartialEq)]
+pub struct StampKey {
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl StampKey {
+    pub fn new(path: PathBuf, bytes: Vec<u8>) -> Self {
+        StampKey { path, bytes }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for StampKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StampKey(file {})", self.path.display())
+    }
+}
+
+/// `[reflector]`: the STAMP session-reflector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReflectorConfig {
+    /// UDP address to answer on (port 862 by default).
+    pub listen: SocketAddr,
+    /// Authenticated mode with this key; unauthenticated without.
+    pub key: Option<StampKey>,
+    /// Sender networks answered, each with the region its senders are in (the
+    /// `sender_region` label); anything else is refused.
+    pub allow: Vec<AllowedSenders>,
+    /// Packets per second answered per sender address (bursts of the same size).
+    pub rate_limit: u32,
+    /// `[exporter] clock_sync_error`: the clock claim the replies carry.
+    pub clock_sync_error: Option<Duration>,
+}
+
+/// One `[[reflector.allow]]` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AllowedSenders {
+    pub network: ipnet::IpNet,
+    pub region: Option<String>,
 }

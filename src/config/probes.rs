@@ -28,13 +28,13 @@ const TLS_KEYS: [&str; 3] = ["tls_ca_file", "tls_server_name", "tls_skip_verify"
 
 /// Every probe-specific key: whether this target sets it, and the probe kinds it belongs
 /// to. The one table of which key goes with which kind.
-fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 31] {
-    use ProbeKind::{Dns, Http, Icmp, Tcp};
+fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 33] {
+    use ProbeKind::{Dns, Http, Icmp, Stamp, Tcp};
     const TLS: &[ProbeKind] = &[Tcp, Http];
     [
         ("host", raw.host.is_some(), &[Icmp]),
         ("payload_size", raw.payload_size.is_some(), &[Icmp]),
-        ("address", raw.address.is_some(), &[Tcp]),
+        ("address", raw.address.is_some(), &[Tcp, Stamp]),
         ("tls", raw.tls.is_some(), &[Tcp]),
         ("url", raw.url.is_some(), &[Http]),
         ("method", raw.method.is_some(), &[Http]),
@@ -71,6 +71,8 @@ fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 3
         ("valid_rcodes", raw.valid_rcodes.is_some(), &[Dns]),
         ("min_answers", raw.min_answers.is_some(), &[Dns]),
         ("answer_regex", raw.answer_regex.is_some(), &[Dns]),
+        ("train", raw.train.is_some(), &[Stamp]),
+        ("key_file", raw.key_file.is_some(), &[Stamp]),
     ]
 }
 
@@ -97,6 +99,7 @@ pub(super) fn probe(
         ProbeKind::Tcp => tcp(&key, raw, ip_version),
         ProbeKind::Http => http(&key, raw, ip_version),
         ProbeKind::Dns => dns(&key, raw),
+        ProbeKind::Stamp => super::stamp::target(&key, raw, ip_version),
     }
 }
 

@@ -18,6 +18,7 @@ pub(super) struct RawFile {
     pub ranking: RawRanking,
     #[serde(default)]
     pub web: RawWeb,
+    pub reflector: Option<RawReflector>,
     #[serde(default, rename = "target")]
     pub targets: Vec<RawTarget>,
 }
@@ -28,6 +29,25 @@ pub(super) struct RawExporter {
     pub region: Option<String>,
     pub listen: Option<String>,
     pub allow_empty: Option<bool>,
+    pub clock_sync_error: Option<String>,
+}
+
+/// `[reflector]`: the STAMP session-reflector.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReflector {
+    pub listen: Option<String>,
+    pub key_file: Option<String>,
+    pub rate_limit: Option<u32>,
+    pub allow: Option<Vec<RawAllow>>,
+}
+
+/// One `[[reflector.allow]]`: a sender network and, optionally, its region.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAllow {
+    pub network: Option<String>,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +150,9 @@ pub(super) struct RawTarget {
     pub valid_rcodes: Option<Vec<String>>,
     pub min_answers: Option<u32>,
     pub answer_regex: Option<String>,
+    // stamp (and `address`)
+    pub train: Option<u32>,
+    pub key_file: Option<String>,
 }
 
 /// `basic_auth = { username = "...", password_file = "..." }` of an HTTP target: the password

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::fields::Invalid;
-use super::model::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind, Target};
+use super::fields::{Invalid, label_value};
+use super::model::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeConfig, ProbeKind, Target};
 use super::probes;
 use super::raw::{RawFile, RawTarget};
 use crate::ranking::Params as RankingParams;
@@ -26,6 +26,10 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         && raw.exporter.allow_empty != Some(true);
     let region = label_value("exporter.region", raw.exporter.region, DEFAULT_REGION)?;
     let listen = listen_address(raw.exporter.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    let clock_sync_error = match raw.exporter.clock_sync_error {
+        Some(text) => Some(positive_duration("exporter.clock_sync_error", &text)?),
+        None => None,
+    };
 
     let interval = match raw.defaults.interval {
         Some(text) => interval("defaults.interval", &text)?,
@@ -92,11 +96,16 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
     };
 
     let web = super::web::validate(raw.web)?;
+    let reflector = match raw.reflector {
+        Some(section) => Some(super::stamp::reflector(section, clock_sync_error)?),
+        None => None,
+    };
     let defaults = Defaults {
         interval,
         timeout,
         buckets,
         down_after: ranking.down_after,
+        clock_sync_error,
     };
 
     let mut targets = Vec::with_capacity(raw.targets.len());
@@ -123,9 +132,14 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
     }
 
     Ok(Config {
-        exporter: Exporter { region, listen },
+        exporter: Exporter {
+            region,
+            listen,
+            clock_sync_error,
+        },
         ranking,
         web,
+        reflector,
         targets,
     })
 }
@@ -135,6 +149,7 @@ struct Defaults {
     timeout: Duration,
     buckets: Vec<f64>,
     down_after: usize,
+    clock_sync_error: Option<Duration>,
 }
 
 /// Between 1 and 100 probes: more would take minutes to notice a dead target.
@@ -177,13 +192,13 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
             .ok_or_else(|| {
                 (
                     key("probe"),
-                    format!("unknown probe kind \"{name}\"; expected one of: icmp, tcp, http, dns"),
+                    format!("unknown probe kind \"{name}\"; expected one of: icmp, tcp, http, dns, stamp"),
                 )
             })?,
         None => {
             return Err((
                 key("probe"),
-                "missing; expected one of: icmp, tcp, http, dns".into(),
+                "missing; expected one of: icmp, tcp, http, dns, stamp".into(),
             ));
         }
     };
@@ -223,7 +238,11 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
         }
     };
 
-    let probe = probes::probe(index, kind, raw, ip_version)?;
+    let mut probe = probes::probe(index, kind, raw, ip_version)?;
+    if let ProbeConfig::Stamp(stamp) = &mut probe {
+        stamp.wait = timeout;
+        stamp.clock_sync_error = defaults.clock_sync_error;
+    }
 
     Ok(Target {
         name,
@@ -258,25 +277,6 @@ fn listen_address(text: &str) -> Result<SocketAddr, Invalid> {
             ),
         )
     })
-}
-
-/// Label values must be bounded and readable: names, not free text.
-fn label_value(key: &str, value: Option<String>, default: &str) -> Result<String, Invalid> {
-    let value = value.unwrap_or_else(|| default.to_owned());
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
-    if !ok {
-        return Err((
-            key.into(),
-            format!(
-                "\"{value}\" is not a valid name; expected 1 to 128 characters of letters, digits and - _ . : /"
-            ),
-        ));
-    }
-    Ok(value)
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, Invalid> {
@@ -369,6 +369,7 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             buckets: DEFAULT_BUCKETS.to_vec(),
             down_after: 3,
+            clock_sync_error: None,
         };
         let target = target(0, raw, &defaults).unwrap();
         assert_eq!(target.timeout, Duration::from_millis(200));

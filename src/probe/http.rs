@@ -221,6 +221,7 @@ impl Http {
                 phases: Some(phases),
                 cert_expiry,
                 redirects,
+                stamp: None,
             });
         }
     }

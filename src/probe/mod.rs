@@ -11,13 +11,14 @@ mod icmp;
 mod outcome;
 mod pinger;
 pub(crate) mod resolve;
+pub(crate) mod stamp;
 mod tcp;
 pub(crate) mod tls;
 
 use std::time::Duration;
 
 pub use icmp::IcmpSockets;
-pub use outcome::{Failure, Outcome, Phase, Reason};
+pub use outcome::{BACKWARD, FORWARD, Failure, Outcome, Phase, Reason, StampReport};
 
 use crate::config::{ProbeConfig, ProbeKind};
 use resolve::Resolver;
@@ -30,6 +31,7 @@ pub fn reasons(kind: ProbeKind) -> &'static [Reason] {
         ProbeKind::Tcp => tcp::REASONS,
         ProbeKind::Http => http::REASONS,
         ProbeKind::Dns => dns::REASONS,
+        ProbeKind::Stamp => stamp::REASONS,
     }
 }
 
@@ -37,7 +39,7 @@ pub fn reasons(kind: ProbeKind) -> &'static [Reason] {
 /// whose latency is one step.
 pub fn phases(config: &ProbeConfig) -> &'static [Phase] {
     match config {
-        ProbeConfig::Icmp(_) | ProbeConfig::Tcp(_) => &[],
+        ProbeConfig::Icmp(_) | ProbeConfig::Tcp(_) | ProbeConfig::Stamp(_) => &[],
         ProbeConfig::Http(_) => http::PHASES,
         ProbeConfig::Dns(c) => dns::phases(c),
     }
@@ -50,6 +52,7 @@ pub fn endpoint(config: &ProbeConfig) -> String {
         ProbeConfig::Tcp(c) => tcp::endpoint(c),
         ProbeConfig::Http(c) => http::endpoint(c),
         ProbeConfig::Dns(c) => dns::endpoint(c),
+        ProbeConfig::Stamp(c) => stamp::endpoint(c),
     }
 }
 
@@ -67,6 +70,7 @@ pub enum Probe {
     Tcp(tcp::Tcp),
     Http(Box<http::Http>),
     Dns(dns::Dns),
+    Stamp(Box<stamp::Stamp>),
 }
 
 impl Probe {
@@ -76,6 +80,7 @@ impl Probe {
             ProbeConfig::Tcp(c) => Probe::Tcp(tcp::Tcp::new(c, &shared.resolver)),
             ProbeConfig::Http(c) => Probe::Http(Box::new(http::Http::new(c, &shared.resolver))),
             ProbeConfig::Dns(c) => Probe::Dns(dns::Dns::new(c)),
+            ProbeConfig::Stamp(c) => Probe::Stamp(Box::new(stamp::Stamp::new(c, &shared.resolver))),
         }
     }
 
@@ -87,6 +92,7 @@ impl Probe {
             Probe::Tcp(p) => p.run().await,
             Probe::Http(p) => p.run().await,
             Probe::Dns(p) => p.run().await,
+            Probe::Stamp(p) => p.run().await,
         }
     }
 
@@ -99,6 +105,7 @@ impl Probe {
             Probe::Http(p) => p.was_resolving(),
             // The DNS probe's server is an IP address: nothing to resolve.
             Probe::Dns(_) => false,
+            Probe::Stamp(p) => p.host().was_resolving(),
         };
         let after = humantime::format_duration(timeout);
         if resolving {

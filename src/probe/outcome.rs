@@ -17,6 +17,8 @@ pub struct Outcome {
     pub cert_expiry: Option<SystemTime>,
     /// HTTP: redirects followed.
     pub redirects: u32,
+    /// STAMP: what the session learnt per direction since the last success.
+    pub stamp: Option<Box<StampReport>>,
 }
 
 impl Outcome {
@@ -25,6 +27,50 @@ impl Outcome {
             latency,
             ..Outcome::default()
         }
+    }
+}
+
+/// STAMP: the index of the forward (sender to reflector) and backward direction in
+/// [`StampReport`]'s arrays.
+pub const FORWARD: usize = 0;
+pub const BACKWARD: usize = 1;
+
+/// What a STAMP session learnt since the last success: counter increments and samples.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StampReport {
+    /// Packets settled (answered or given up on).
+    pub settled: u64,
+    pub lost: [u64; 2],
+    pub reordered: [u64; 2],
+    pub duplicated: [u64; 2],
+    /// Answers that came after their packet was given up on: not counted as answered.
+    pub late: u64,
+    /// Replies that are not valid packets of the session (size, HMAC, unknown sequence).
+    pub invalid: u64,
+    /// IPDV of consecutive packets (RFC 5481), signed seconds, per direction.
+    pub ipdv: [Vec<f64>; 2],
+    /// One-way delays in seconds, only when both ends claimed synchronised clocks.
+    pub one_way: [Vec<f64>; 2],
+    /// Error estimates (sender, reflector) in seconds, when both claimed synchronised clocks.
+    pub clock_error: Option<[f64; 2]>,
+    /// TTL of the last request at the reflector (forward) and of the last reply here.
+    pub ttl: [Option<u8>; 2],
+}
+
+impl StampReport {
+    pub fn merge(&mut self, other: StampReport) {
+        self.settled += other.settled;
+        for d in [FORWARD, BACKWARD] {
+            self.lost[d] += other.lost[d];
+            self.reordered[d] += other.reordered[d];
+            self.duplicated[d] += other.duplicated[d];
+            self.ipdv[d].extend_from_slice(&other.ipdv[d]);
+            self.one_way[d].extend_from_slice(&other.one_way[d]);
+            self.ttl[d] = other.ttl[d].or(self.ttl[d]);
+        }
+        self.late += other.late;
+        self.invalid += other.invalid;
+        self.clock_error = other.clock_error.or(self.clock_error);
     }
 }
 
@@ -86,6 +132,9 @@ impl Phases {
 pub struct Failure {
     pub reason: Reason,
     pub detail: String,
+    /// STAMP: what the session learnt during the failed run (packets given up on, invalid
+    /// replies), so that a target that never answers still shows why.
+    pub stamp: Option<Box<StampReport>>,
 }
 
 impl Failure {
@@ -93,6 +142,7 @@ impl Failure {
         Failure {
             reason,
             detail: detail.into(),
+            stamp: None,
         }
     }
 }

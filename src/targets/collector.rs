@@ -4,11 +4,11 @@
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::live::LiveTargets;
-use super::series::TargetMetrics;
+use super::series::{DIRECTIONS, StampSeries, TargetMetrics};
 use crate::config::ProbeKind;
 use crate::metrics::{ProbeLabel, Registry, WithExtra};
 use crate::probe::IcmpSockets;
@@ -116,6 +116,8 @@ impl Collector for TargetCollector {
             }
         }
 
+        encode_stamp(&mut encoder, all())?;
+
         let mut family = encoder.encode_descriptor(
             "regionprobe_targets",
             "Configured targets by probe kind.",
@@ -131,6 +133,138 @@ impl Collector for TargetCollector {
         }
         Ok(())
     }
+}
+
+/// The STAMP targets' per-direction families.
+fn encode_stamp<'a>(
+    encoder: &mut DescriptorEncoder,
+    all: impl Iterator<Item = &'a TargetMetrics>,
+) -> Result<(), std::fmt::Error> {
+    let targets: Vec<_> = all
+        .filter_map(|t| t.stamp.as_ref().map(|s| (&t.labels, s)))
+        .collect();
+    type Pick = fn(&StampSeries) -> &[Counter; 2];
+    let per_direction: [(&str, &str, Pick); 3] = [
+        (
+            "regionprobe_stamp_lost_packets",
+            "STAMP test packets lost, by direction: forward (to the reflector, from gaps in its sequence numbers) or backward (its reply lost).",
+            |s| &s.lost,
+        ),
+        (
+            "regionprobe_stamp_reordered_packets",
+            "STAMP test packets that arrived after a later one, by direction.",
+            |s| &s.reordered,
+        ),
+        (
+            "regionprobe_stamp_duplicate_packets",
+            "Copies of STAMP test packets, by direction: forward (the reflector answered a request twice) or backward (a reply arrived twice). Never observed twice.",
+            |s| &s.duplicated,
+        ),
+    ];
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_stamp_packets",
+        "STAMP test packets settled: answered, or given up on after the target's timeout.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (labels, s) in &targets {
+        s.packets.encode(family.encode_family(*labels)?)?;
+    }
+    for (name, help, pick) in per_direction {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, s) in &targets {
+            for (d, direction) in DIRECTIONS.iter().enumerate() {
+                pick(s)[d].encode(family.encode_family(&WithExtra(
+                    labels,
+                    "direction",
+                    direction,
+                ))?)?;
+            }
+        }
+    }
+    type PickOne = fn(&StampSeries) -> &Counter;
+    let singles: [(&str, &str, PickOne); 2] = [
+        (
+            "regionprobe_stamp_late_replies",
+            "STAMP replies that arrived after their packet was given up on (counted lost).",
+            |s| &s.late,
+        ),
+        (
+            "regionprobe_stamp_invalid_replies",
+            "Datagrams on a STAMP session that are no valid reply: wrong size, wrong HMAC, unknown sequence or timestamp.",
+            |s| &s.invalid,
+        ),
+    ];
+    for (name, help, pick) in singles {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, s) in &targets {
+            pick(s).encode(family.encode_family(*labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_stamp_ipdv_seconds",
+        "Absolute IP packet delay variation of consecutive STAMP packets (RFC 5481), by direction; needs no clock synchronisation.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (labels, s) in &targets {
+        for (d, direction) in DIRECTIONS.iter().enumerate() {
+            s.ipdv[d].encode(family.encode_family(&WithExtra(
+                labels,
+                "direction",
+                direction,
+            ))?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_stamp_one_way_delay_seconds",
+        "One-way delay of STAMP packets by direction; only while both ends claim clocks synchronised to UTC (S bit).",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (labels, s) in &targets {
+        for (d, direction) in DIRECTIONS.iter().enumerate() {
+            // Never claimed: no series at all, rather than an empty one.
+            if s.one_way_observed[d].load(std::sync::atomic::Ordering::Relaxed) {
+                s.one_way[d].encode(family.encode_family(&WithExtra(
+                    labels,
+                    "direction",
+                    direction,
+                ))?)?;
+            }
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_stamp_clock_error_seconds",
+        "Clock error estimates of the sender and the reflector (RFC 8762 error estimate), while both claim synchronised clocks.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (labels, s) in &targets {
+        for (side, gauge) in ["sender", "reflector"].iter().zip(&s.clock_error) {
+            if !gauge.get().is_nan() {
+                gauge.encode(family.encode_family(&WithExtra(labels, "side", side))?)?;
+            }
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_stamp_received_ttl",
+        "TTL (hop limit) of the last STAMP packet received, by direction: forward at the reflector (as it reports), backward here.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (labels, s) in &targets {
+        for (d, direction) in DIRECTIONS.iter().enumerate() {
+            if s.ttl[d].get() >= 0 {
+                s.ttl[d].encode(family.encode_family(&WithExtra(
+                    labels,
+                    "direction",
+                    direction,
+                ))?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The phase histograms of the targets of `kind`, into `family`.

@@ -2,7 +2,7 @@
 //! the target itself so the hot path touches its own atomics and never a label-map lookup.
 //! Removing a target drops its series with it. [`super::collector`] encodes them.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -51,6 +51,84 @@ pub struct TargetMetrics {
     /// TLS targets: earliest certificate expiry seen, Unix seconds (NaN, not exported, until
     /// a handshake succeeded).
     pub(super) cert_expiry: Option<Gauge<f64, AtomicU64>>,
+    /// STAMP targets: the per-direction series.
+    pub(super) stamp: Option<StampSeries>,
+}
+
+/// The `direction` label of the STAMP series, indexed as [`probe::FORWARD`] and
+/// [`probe::BACKWARD`].
+pub(super) const DIRECTIONS: [&str; 2] = ["forward", "backward"];
+
+/// A STAMP target's series, each per direction where the protocol tells them apart.
+#[derive(Debug)]
+pub(super) struct StampSeries {
+    pub(super) packets: Counter,
+    pub(super) lost: [Counter; 2],
+    pub(super) reordered: [Counter; 2],
+    pub(super) duplicated: [Counter; 2],
+    pub(super) late: Counter,
+    pub(super) invalid: Counter,
+    /// Absolute IPDV of consecutive packets (RFC 5481).
+    pub(super) ipdv: [Histogram; 2],
+    /// Only observed, and only exported, while both ends claim synchronised clocks.
+    pub(super) one_way: [Histogram; 2],
+    pub(super) one_way_observed: [AtomicBool; 2],
+    /// Sender's and reflector's error estimates; NaN (not exported) without both claims.
+    pub(super) clock_error: [Gauge<f64, AtomicU64>; 2],
+    /// TTL of the requests at the reflector and of the replies here; -1 (not exported) until
+    /// known.
+    pub(super) ttl: [Gauge; 2],
+}
+
+impl StampSeries {
+    fn new(buckets: &[f64]) -> Self {
+        let histogram = || latency_histogram(buckets.iter().copied());
+        let nan = || {
+            let gauge = Gauge::<f64, AtomicU64>::default();
+            gauge.set(f64::NAN);
+            gauge
+        };
+        let unknown = || {
+            let gauge = Gauge::default();
+            gauge.set(-1);
+            gauge
+        };
+        StampSeries {
+            packets: Counter::default(),
+            lost: Default::default(),
+            reordered: Default::default(),
+            duplicated: Default::default(),
+            late: Counter::default(),
+            invalid: Counter::default(),
+            ipdv: [histogram(), histogram()],
+            one_way: [histogram(), histogram()],
+            one_way_observed: Default::default(),
+            clock_error: [nan(), nan()],
+            ttl: [unknown(), unknown()],
+        }
+    }
+
+    fn record(&self, report: &probe::StampReport) {
+        self.packets.inc_by(report.settled);
+        self.late.inc_by(report.late);
+        self.invalid.inc_by(report.invalid);
+        for d in [probe::FORWARD, probe::BACKWARD] {
+            self.lost[d].inc_by(report.lost[d]);
+            self.reordered[d].inc_by(report.reordered[d]);
+            self.duplicated[d].inc_by(report.duplicated[d]);
+            for ipdv in &report.ipdv[d] {
+                self.ipdv[d].observe(ipdv.abs());
+            }
+            for delay in &report.one_way[d] {
+                self.one_way[d].observe(*delay);
+                self.one_way_observed[d].store(true, Ordering::Relaxed);
+            }
+            if let Some(ttl) = report.ttl[d] {
+                self.ttl[d].set(i64::from(ttl));
+            }
+            self.clock_error[d].set(report.clock_error.map_or(f64::NAN, |errors| errors[d]));
+        }
+    }
 }
 
 impl TargetMetrics {
@@ -77,6 +155,7 @@ impl TargetMetrics {
                 gauge.set(f64::NAN);
                 gauge
             }),
+            stamp: (kind == ProbeKind::Stamp).then(|| StampSeries::new(&target.buckets)),
         }
     }
 
@@ -100,9 +179,15 @@ impl TargetMetrics {
                         .map_or(0.0, |d| d.as_secs_f64());
                     gauge.set(secs);
                 }
+                if let (Some(series), Some(report)) = (&self.stamp, &outcome.stamp) {
+                    series.record(report);
+                }
                 self.up.set(1);
             }
             Err(failure) => {
+                if let (Some(series), Some(report)) = (&self.stamp, &failure.stamp) {
+                    series.record(report);
+                }
                 match self
                     .failures
                     .iter()
