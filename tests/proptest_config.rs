@@ -138,6 +138,10 @@ fn check_invariants(config: &Config) {
                 assert!(dns.server.port() != 0);
                 assert!(dns.query.is_fqdn());
             }
+            ProbeConfig::Db(db) => {
+                assert!(db.port != 0 && !db.host.is_empty(), "{db:?}");
+                assert!(!db.query.trim().is_empty());
+            }
         }
     }
 }

@@ -89,6 +89,10 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
             Some(n) => check_down_after("ranking.down_after", n)?,
             None => builtin.down_after,
         },
+        max_replication_lag: match raw.ranking.max_replication_lag {
+            Some(text) => Some(positive_duration("ranking.max_replication_lag", &text)?),
+            None => builtin.max_replication_lag,
+        },
     };
 
     let web = super::web::validate(raw.web)?;
@@ -177,13 +181,13 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
             .ok_or_else(|| {
                 (
                     key("probe"),
-                    format!("unknown probe kind \"{name}\"; expected one of: icmp, tcp, http, dns"),
+                    format!("unknown probe kind \"{name}\"; expected one of: icmp, tcp, http, dns, postgres, mysql, redis"),
                 )
             })?,
         None => {
             return Err((
                 key("probe"),
-                "missing; expected one of: icmp, tcp, http, dns".into(),
+                "missing; expected one of: icmp, tcp, http, dns, postgres, mysql, redis".into(),
             ));
         }
     };

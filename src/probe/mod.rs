@@ -5,11 +5,14 @@
 //! Below the probers: the shared ICMP engine ([`pinger`]), name resolution ([`resolve`]) and
 //! client TLS ([`tls`]).
 
+pub(crate) mod db;
 mod dns;
 mod http;
 mod icmp;
 mod outcome;
 mod pinger;
+mod postgres;
+mod redis;
 pub(crate) mod resolve;
 mod tcp;
 pub(crate) mod tls;
@@ -30,6 +33,7 @@ pub fn reasons(kind: ProbeKind) -> &'static [Reason] {
         ProbeKind::Tcp => tcp::REASONS,
         ProbeKind::Http => http::REASONS,
         ProbeKind::Dns => dns::REASONS,
+        ProbeKind::Postgres | ProbeKind::Mysql | ProbeKind::Redis => db::REASONS,
     }
 }
 
@@ -40,6 +44,7 @@ pub fn phases(config: &ProbeConfig) -> &'static [Phase] {
         ProbeConfig::Icmp(_) | ProbeConfig::Tcp(_) => &[],
         ProbeConfig::Http(_) => http::PHASES,
         ProbeConfig::Dns(c) => dns::phases(c),
+        ProbeConfig::Db(c) => db::phases(c),
     }
 }
 
@@ -50,6 +55,7 @@ pub fn endpoint(config: &ProbeConfig) -> String {
         ProbeConfig::Tcp(c) => tcp::endpoint(c),
         ProbeConfig::Http(c) => http::endpoint(c),
         ProbeConfig::Dns(c) => dns::endpoint(c),
+        ProbeConfig::Db(c) => db::endpoint(c),
     }
 }
 
@@ -67,15 +73,24 @@ pub enum Probe {
     Tcp(tcp::Tcp),
     Http(Box<http::Http>),
     Dns(dns::Dns),
+    Postgres(Box<postgres::Postgres>),
+    Redis(Box<redis::Redis>),
 }
 
 impl Probe {
-    pub fn new(config: &ProbeConfig, shared: &Shared) -> Self {
+    /// `region`: this sidecar's, the key of the heartbeats it writes.
+    pub fn new(config: &ProbeConfig, shared: &Shared, region: &str) -> Self {
         match config {
             ProbeConfig::Icmp(c) => Probe::Icmp(icmp::Icmp::new(c, &shared.icmp, &shared.resolver)),
             ProbeConfig::Tcp(c) => Probe::Tcp(tcp::Tcp::new(c, &shared.resolver)),
             ProbeConfig::Http(c) => Probe::Http(Box::new(http::Http::new(c, &shared.resolver))),
             ProbeConfig::Dns(c) => Probe::Dns(dns::Dns::new(c)),
+            ProbeConfig::Db(c) if c.kind == ProbeKind::Postgres => Probe::Postgres(Box::new(
+                postgres::Postgres::new(c, &shared.resolver, region),
+            )),
+            ProbeConfig::Db(c) => {
+                Probe::Redis(Box::new(redis::Redis::new(c, &shared.resolver, region)))
+            }
         }
     }
 
@@ -87,6 +102,8 @@ impl Probe {
             Probe::Tcp(p) => p.run().await,
             Probe::Http(p) => p.run().await,
             Probe::Dns(p) => p.run().await,
+            Probe::Postgres(p) => p.run().await,
+            Probe::Redis(p) => p.run().await,
         }
     }
 
@@ -99,6 +116,8 @@ impl Probe {
             Probe::Http(p) => p.was_resolving(),
             // The DNS probe's server is an IP address: nothing to resolve.
             Probe::Dns(_) => false,
+            Probe::Postgres(p) => p.host().was_resolving(),
+            Probe::Redis(p) => p.host().was_resolving(),
         };
         let after = humantime::format_duration(timeout);
         if resolving {
@@ -132,7 +151,7 @@ mod tests {
             ip_version: IpVersion::Any,
             tls: None,
         };
-        let mut probe = Probe::new(&ProbeConfig::Tcp(config), &shared);
+        let mut probe = Probe::new(&ProbeConfig::Tcp(config), &shared, "local");
         let timeout = std::time::Duration::from_millis(200);
         assert!(tokio::time::timeout(timeout, probe.run()).await.is_err());
         let failure = probe.timed_out(timeout);
@@ -147,6 +166,7 @@ mod tests {
                 tls: None,
             }),
             &shared,
+            "local",
         );
         let _ = literal.run().await;
         assert_eq!(literal.timed_out(timeout).reason, Reason::Timeout);

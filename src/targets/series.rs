@@ -2,6 +2,7 @@
 //! the target itself so the hot path touches its own atomics and never a label-map lookup.
 //! Removing a target drops its series with it. [`super::collector`] encodes them.
 
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::{ProbeKind, Target};
 use crate::metrics::{TargetLabels, latency_histogram};
+use crate::probe::db::ReplicationReport;
 use crate::probe::{self, Failure, Outcome, Phase, Reason};
 
 /// One target's per-phase histograms, for the phases its probe kind reports.
@@ -51,6 +53,8 @@ pub struct TargetMetrics {
     /// TLS targets: earliest certificate expiry seen, Unix seconds (NaN, not exported, until
     /// a handshake succeeded).
     pub(super) cert_expiry: Option<Gauge<f64, AtomicU64>>,
+    /// Database targets with `replication`: the last report read (none until one was).
+    pub(super) replication: Option<Mutex<Option<ReplicationReport>>>,
 }
 
 impl TargetMetrics {
@@ -77,7 +81,14 @@ impl TargetMetrics {
                 gauge.set(f64::NAN);
                 gauge
             }),
+            replication: target.probe.replication().map(|_| Mutex::new(None)),
         }
+    }
+
+    /// The replication lag of the last report, seconds, for the ranking.
+    pub fn replication_lag(&self) -> Option<f64> {
+        let slot = self.replication.as_ref()?;
+        slot.lock().expect("replication lock").as_ref()?.lag
     }
 
     /// Records one probe: a success observes its latency, a failure only counts its reason.
@@ -99,6 +110,9 @@ impl TargetMetrics {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64());
                     gauge.set(secs);
+                }
+                if let (Some(slot), Some(report)) = (&self.replication, &outcome.replication) {
+                    *slot.lock().expect("replication lock") = Some(report.clone());
                 }
                 self.up.set(1);
             }
