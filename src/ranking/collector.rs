@@ -91,7 +91,7 @@ impl Collector for RankingCollector {
 
         let mut family = encoder.encode_descriptor(
             "regionprobe_region_eligible",
-            "1 if the region may be the failover candidate; 0 with reason=\"replication_lag\" when its replica lags more than [ranking] max_replication_lag, or reason=\"unreachable\" when nothing answered.",
+            "1 (reason=\"none\") if the region may be the failover candidate; 0 with reason=\"replication_lag\" when its replica lags more than [ranking] max_replication_lag, or reason=\"unreachable\" when nothing answered.",
             None,
             MetricType::Gauge,
         )?;
@@ -99,7 +99,7 @@ impl Collector for RankingCollector {
             let reason = match (region.ineligible, region.score.is_finite()) {
                 (_, false) => "unreachable",
                 (Some(why), true) => why.as_str(),
-                (None, true) => "",
+                (None, true) => "none",
             };
             let mut with_reason = labels(&region.region).to_vec();
             with_reason.push(("reason", reason.to_owned()));
