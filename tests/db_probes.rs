@@ -14,7 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{Exporter, Scrape, TempDir, http_server, skip_unless, wait_for};
-use regionprobe_testkit::databases::{self, PASSWORD, Postgres, Redis};
+use regionprobe_testkit::databases::{self, Mariadb, PASSWORD, Postgres, Redis};
 use regionprobe_testkit::dns::closed_tcp_port;
 use regionprobe_testkit::services::get_json;
 use serde_json::Value;
@@ -459,6 +459,133 @@ fn redis_replica_lag_and_broken_link_take_the_region_out_of_failover() {
             &[("target", "redis-replica"), ("reason", "validation")],
         ) > before)
             .then_some(())
+    });
+    drop(silent);
+}
+
+#[test]
+fn mariadb_stopped_sql_thread_takes_the_region_out_of_failover_and_failures_have_reasons() {
+    if skip() {
+        return;
+    }
+    let dir = TempDir::new("db-mariadb");
+    let password = dir.write("password", PASSWORD);
+    let wrong = dir.write("wrong", "nope-nope");
+    let primary = Mariadb::primary();
+    let replica = Mariadb::replica_of(&primary);
+    let silent = silent_server();
+    let slow = http_server(Duration::from_millis(150));
+    let closed = closed_tcp_port();
+    let db = |name: &str, region: &str, addr: String, extra: &str| {
+        format!(
+            "[[target]]\nname = \"{name}\"\nregion = \"{region}\"\nprobe = \"mysql\"\naddress = \"{addr}\"\n\
+             user = \"probe\"\npassword_file = \"{}\"\ndatabase = \"probe\"\n{extra}\n",
+            password.display()
+        )
+    };
+    let mut config = String::from(
+        "[exporter]\nregion = \"a\"\nlisten = \"127.0.0.1:0\"\n[defaults]\ninterval = \"400ms\"\n\
+         [ranking]\nwindow = \"10s\"\nhold = \"1s\"\nmax_replication_lag = \"2s\"\n",
+    );
+    config += &db(
+        "my-primary",
+        "a",
+        primary.addr().to_string(),
+        "write = true",
+    );
+    config += &db(
+        "my-replica",
+        "b",
+        replica.addr().to_string(),
+        "replication = \"replica\"",
+    );
+    config += &db(
+        "my-heartbeat",
+        "b",
+        replica.addr().to_string(),
+        "replication = \"heartbeat\"",
+    );
+    config += &format!(
+        "[[target]]\nname = \"slow-c\"\nregion = \"c\"\nprobe = \"http\"\nurl = \"http://{slow}/\"\n"
+    );
+    config += &db("my-unknown-db", "x", primary.addr().to_string(), "")
+        .replace("database = \"probe\"", "database = \"no_such_db\"");
+    config += &db("my-wrong-password", "x", primary.addr().to_string(), "").replace(
+        &password.display().to_string(),
+        &wrong.display().to_string(),
+    );
+    config += &db(
+        "my-read-only",
+        "x",
+        replica.addr().to_string(),
+        "write = true",
+    );
+    config += &db("my-stopped", "x", closed.to_string(), "");
+    config += &db(
+        "my-silent",
+        "x",
+        silent.local_addr().unwrap().to_string(),
+        "",
+    );
+    let exporter = Exporter::start(&config);
+    check_failures(
+        &exporter,
+        &[
+            ("my-unknown-db", "unknown_database"),
+            ("my-wrong-password", "auth"),
+            ("my-read-only", "read_only"),
+            ("my-stopped", "refused"),
+            ("my-silent", "timeout"),
+        ],
+    );
+    let scrape = exporter.metrics();
+    for phase in ["connect", "auth", "query", "write"] {
+        assert!(
+            count(
+                &scrape,
+                "regionprobe_db_phase_duration_seconds_count",
+                &[("target", "my-primary"), ("phase", phase)]
+            ) > 0.0,
+            "no {phase} phase:\n{}",
+            scrape_lines(&scrape, "my-primary")
+        );
+    }
+    wait_for(Duration::from_secs(20), "region b chosen", || {
+        (best(&exporter).as_deref() == Some("b")).then_some(())
+    });
+    let scrape = exporter.metrics();
+    assert_eq!(
+        scrape.value(
+            "regionprobe_replication_thread_running",
+            &[("target", "my-replica"), ("thread", "sql")]
+        ),
+        Some(1.0)
+    );
+    assert!(lag(&scrape, "my-replica").unwrap() < 2.0);
+
+    // The SQL thread stops: Seconds_Behind_Master is NULL, replication broken (+Inf).
+    replica.sql("STOP SLAVE SQL_THREAD");
+    wait_for(Duration::from_secs(20), "candidate moved to c", || {
+        (best(&exporter).as_deref() == Some("c")).then_some(())
+    });
+    let b = region(&exporter, "b");
+    assert_eq!(b["eligible"], false, "{b}");
+    let scrape = exporter.metrics();
+    assert_eq!(
+        scrape.value(
+            "regionprobe_replication_thread_running",
+            &[("target", "my-replica"), ("thread", "sql")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(lag(&scrape, "my-replica"), Some(f64::INFINITY));
+    wait_for(Duration::from_secs(10), "the heartbeat ages", || {
+        (lag(&exporter.metrics(), "my-heartbeat").unwrap_or(0.0) > 2.0).then_some(())
+    });
+
+    replica.sql("START SLAVE SQL_THREAD");
+    wait_for(Duration::from_secs(20), "region b chosen again", || {
+        (best(&exporter).as_deref() == Some("b")).then_some(())
     });
     drop(silent);
 }

@@ -148,12 +148,6 @@ fn database(
     mut raw: RawTarget,
     ip_version: IpVersion,
 ) -> Result<ProbeConfig, Invalid> {
-    if kind == ProbeKind::Mysql {
-        return Err((
-            key("probe"),
-            "\"mysql\" is not implemented yet (postgres and redis are)".into(),
-        ));
-    }
     let default_port = match kind {
         ProbeKind::Postgres => 5432,
         ProbeKind::Mysql => 3306,

@@ -77,6 +77,16 @@ pub fn endpoint(config: &DbConfig) -> String {
     )
 }
 
+/// A connection the database probers read and write, plain or TLS.
+pub trait Io:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + std::fmt::Debug
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + std::fmt::Debug> Io
+    for T
+{
+}
+
 /// What a probe read of replication.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReplicationReport {

@@ -9,6 +9,7 @@ pub(crate) mod db;
 mod dns;
 mod http;
 mod icmp;
+mod mysql;
 mod outcome;
 mod pinger;
 mod postgres;
@@ -74,6 +75,7 @@ pub enum Probe {
     Http(Box<http::Http>),
     Dns(dns::Dns),
     Postgres(Box<postgres::Postgres>),
+    Mysql(Box<mysql::Mysql>),
     Redis(Box<redis::Redis>),
 }
 
@@ -88,6 +90,9 @@ impl Probe {
             ProbeConfig::Db(c) if c.kind == ProbeKind::Postgres => Probe::Postgres(Box::new(
                 postgres::Postgres::new(c, &shared.resolver, region),
             )),
+            ProbeConfig::Db(c) if c.kind == ProbeKind::Mysql => {
+                Probe::Mysql(Box::new(mysql::Mysql::new(c, &shared.resolver, region)))
+            }
             ProbeConfig::Db(c) => {
                 Probe::Redis(Box::new(redis::Redis::new(c, &shared.resolver, region)))
             }
@@ -103,6 +108,7 @@ impl Probe {
             Probe::Http(p) => p.run().await,
             Probe::Dns(p) => p.run().await,
             Probe::Postgres(p) => p.run().await,
+            Probe::Mysql(p) => p.run().await,
             Probe::Redis(p) => p.run().await,
         }
     }
@@ -117,6 +123,7 @@ impl Probe {
             // The DNS probe's server is an IP address: nothing to resolve.
             Probe::Dns(_) => false,
             Probe::Postgres(p) => p.host().was_resolving(),
+            Probe::Mysql(p) => p.host().was_resolving(),
             Probe::Redis(p) => p.host().was_resolving(),
         };
         let after = humantime::format_duration(timeout);

@@ -2,10 +2,10 @@
 //! read with every size bounded): `AUTH`, `SELECT`, the read command (`PING`), the heartbeat
 //! `SET` with expiry, and `INFO replication`. Why not the redis crate: docs/design.md.
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 
-use super::db::{self, ReplicaReport, ReplicationReport, Timings};
+use super::db::{self, Io, ReplicaReport, ReplicationReport, Timings};
 use super::outcome::{Failure, Outcome, Phase, Reason};
 use super::resolve::{Host, Resolver};
 use super::tls::TlsClient;
@@ -19,9 +19,6 @@ const MAX_DEPTH: usize = 4;
 /// The heartbeat key lives this long without a writer: a reader then sees no heartbeat rather
 /// than one from last month.
 const HEARTBEAT_TTL_SECONDS: &str = "86400";
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug> Io for T {}
 
 /// One Redis target's prober.
 #[derive(Debug)]

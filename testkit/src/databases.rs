@@ -5,6 +5,7 @@
 //! - [`Postgres`]: `initdb` + `postgres`; [`Postgres::standby`] makes a streaming standby with
 //!   `pg_basebackup -R`. The superuser `postgres` has the password [`PASSWORD`] over TCP
 //!   (scram-sha-256); [`Postgres::sql`] runs SQL through `psql` over the Unix socket.
+//! - [`Mariadb`]: `mariadb-install-db` + `mariadbd`; [`Mariadb::replica_of`] replicates;
 //! - [`Redis`]: `redis-server` with `requirepass` [`PASSWORD`]; [`Redis::replica_of`]
 //!   replicates another one.
 
@@ -35,10 +36,11 @@ pub fn available() -> Result<(), String> {
         format!("{PG_BIN}/initdb"),
         format!("{PG_BIN}/postgres"),
         "/usr/bin/redis-server".into(),
+        "/usr/sbin/mariadbd".into(),
     ] {
         if !Path::new(&binary).is_file() {
             return Err(format!(
-                "{binary} is not installed (postgresql-15, redis-server)"
+                "{binary} is not installed (postgresql-15, redis-server, mariadb-server)"
             ));
         }
     }
@@ -350,5 +352,112 @@ fn complete(text: &str) -> bool {
         }
         Some(_) => text.ends_with("\r\n"),
         None => false,
+    }
+}
+
+/// A MariaDB server (`mariadb-install-db` + `mariadbd`, run as root with `--user=root`). The
+/// primary has the user `probe` (password [`PASSWORD`]: `SELECT, INSERT, UPDATE, CREATE` and
+/// `SLAVE MONITOR`, no `SUPER`, so a read-only replica refuses its writes) and the database
+/// `probe`; a replica replicates all of it from the primary's first binlog.
+#[derive(Debug)]
+pub struct Mariadb {
+    pub port: u16,
+    socket: PathBuf,
+    daemon: Daemon,
+    _dir: TempDir,
+}
+
+impl Mariadb {
+    pub fn primary() -> Self {
+        let server = Self::start(1, &[]);
+        server.sql(&format!(
+            "CREATE USER 'probe'@'%' IDENTIFIED BY '{PASSWORD}'; \
+             GRANT SELECT, INSERT, UPDATE, CREATE ON *.* TO 'probe'@'%'; \
+             GRANT SLAVE MONITOR ON *.* TO 'probe'@'%'; \
+             CREATE USER 'repl'@'%' IDENTIFIED BY '{PASSWORD}'; \
+             GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'; \
+             CREATE DATABASE probe;"
+        ));
+        server
+    }
+
+    /// A read-only replica of `primary`, replicating.
+    pub fn replica_of(primary: &Mariadb) -> Self {
+        let server = Self::start(2, &["--read-only=1"]);
+        server.sql(&format!(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl', \
+             MASTER_PASSWORD='{PASSWORD}', MASTER_USE_GTID=no, MASTER_LOG_FILE='bin.000001', \
+             MASTER_LOG_POS=4; START SLAVE;",
+            primary.port
+        ));
+        wait_until(
+            Duration::from_secs(30),
+            "mariadb replica has the probe user",
+            || server.sql("SELECT count(*) FROM mysql.user WHERE user = 'probe'") == "1",
+        );
+        server
+    }
+
+    fn start(id: u32, extra: &[&str]) -> Self {
+        let dir = TempDir::new("mariadb");
+        let data = dir.0.join("data");
+        run(Command::new("/usr/bin/mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--user=root",
+            ]));
+        let port = free_port();
+        let socket = dir.0.join("sock");
+        let mut daemon = Daemon::spawn(
+            &format!("mariadb:{port}"),
+            Command::new("/usr/sbin/mariadbd")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!("--pid-file={}", dir.0.join("pid").display()))
+                .arg(format!("--log-bin={}", dir.0.join("bin").display()))
+                .args([
+                    "--user=root",
+                    "--bind-address=127.0.0.1",
+                    "--skip-name-resolve",
+                ])
+                .arg(format!("--port={port}"))
+                .arg(format!("--server-id={id}"))
+                .args(["--innodb-buffer-pool-size=16M", "--skip-log-error"])
+                .args(extra),
+        );
+        daemon.wait_for_line(Duration::from_secs(60), |line| {
+            line.contains("ready for connections").then_some(())
+        });
+        Mariadb {
+            port,
+            socket,
+            daemon,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Runs `sql` as root over the socket; the rows, tab-separated.
+    pub fn sql(&self, sql: &str) -> String {
+        run(Command::new("/usr/bin/mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-uroot", "-N", "-B", "-e", sql]))
+        .trim()
+        .to_owned()
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        self.daemon
+            .stop_with(Signal::SIGKILL, Duration::from_secs(5));
     }
 }
