@@ -217,6 +217,13 @@ fn postgres_standby_lag_takes_the_region_out_of_failover_and_failures_have_reaso
         "write = true",
     );
     config += &db("pg-stopped", "x", closed.to_string(), "");
+    // The test server has ssl off: sslmode = "require" must not fall back to plain text.
+    config += &db(
+        "pg-no-tls",
+        "x",
+        primary.addr().to_string(),
+        "sslmode = \"require\"",
+    );
     config += &db(
         "pg-silent",
         "x",
@@ -233,6 +240,7 @@ fn postgres_standby_lag_takes_the_region_out_of_failover_and_failures_have_reaso
             ("pg-read-only", "read_only"),
             ("pg-stopped", "refused"),
             ("pg-silent", "timeout"),
+            ("pg-no-tls", "tls"),
         ],
     );
 
@@ -522,6 +530,12 @@ fn mariadb_stopped_sql_thread_takes_the_region_out_of_failover_and_failures_have
     );
     config += &db("my-stopped", "x", closed.to_string(), "");
     config += &db(
+        "my-no-tls",
+        "x",
+        primary.addr().to_string(),
+        "sslmode = \"require\"",
+    );
+    config += &db(
         "my-silent",
         "x",
         silent.local_addr().unwrap().to_string(),
@@ -536,6 +550,7 @@ fn mariadb_stopped_sql_thread_takes_the_region_out_of_failover_and_failures_have
             ("my-read-only", "read_only"),
             ("my-stopped", "refused"),
             ("my-silent", "timeout"),
+            ("my-no-tls", "tls"),
         ],
     );
     let scrape = exporter.metrics();
@@ -588,4 +603,61 @@ fn mariadb_stopped_sql_thread_takes_the_region_out_of_failover_and_failures_have
         (best(&exporter).as_deref() == Some("b")).then_some(())
     });
     drop(silent);
+}
+
+/// TLS with rustls: `verify-full` against the server's CA and name succeeds (its handshake a
+/// phase of its own, the certificate's expiry exported); against the web PKI roots it fails
+/// as `tls`; `require` encrypts without verifying.
+#[test]
+fn redis_over_tls_verifies_or_fails_as_tls() {
+    if skip() {
+        return;
+    }
+    let pki = regionprobe_testkit::peers::Pki::new();
+    let server = Redis::tls(&pki, &["db.regionprobe.test"]);
+    let dir = TempDir::new("db-tls");
+    let password = dir.write("password", PASSWORD);
+    let ca = dir.write("ca.pem", &pki.ca_pem);
+    let target = |name: &str, keys: &str| {
+        format!(
+            "[[target]]\nname = \"{name}\"\nregion = \"b\"\nprobe = \"redis\"\naddress = \"{}\"\n\
+             password_file = \"{}\"\n{keys}\n",
+            server.addr(),
+            password.display()
+        )
+    };
+    let config = String::from(
+        "[exporter]\nregion = \"a\"\nlisten = \"127.0.0.1:0\"\n[defaults]\ninterval = \"400ms\"\n",
+    ) + &target(
+        "verified",
+        &format!(
+            "sslmode = \"verify-full\"\ntls_ca_file = \"{}\"\ntls_server_name = \"db.regionprobe.test\"",
+            ca.display()
+        ),
+    ) + &target("web-roots", "sslmode = \"verify-full\"")
+        + &target("require", "sslmode = \"require\"");
+    let exporter = Exporter::start(&config);
+    check_failures(&exporter, &[("web-roots", "tls")]);
+    let scrape = wait_for(Duration::from_secs(20), "the TLS targets up", || {
+        let scrape = exporter.metrics();
+        ["verified", "require"]
+            .iter()
+            .all(|t| scrape.value("regionprobe_target_up", &[("target", t)]) == Some(1.0))
+            .then_some(scrape)
+    });
+    let tls_phase = scrape
+        .value(
+            "regionprobe_db_phase_duration_seconds_sum",
+            &[("target", "verified"), ("phase", "tls")],
+        )
+        .unwrap();
+    assert!(tls_phase > 0.0, "the handshake is timed");
+    assert!(
+        scrape
+            .value(
+                "regionprobe_tls_cert_expiry_timestamp_seconds",
+                &[("target", "verified")]
+            )
+            .is_some()
+    );
 }

@@ -236,12 +236,40 @@ pub struct Redis {
     pub port: u16,
     daemon: Daemon,
     _dir: TempDir,
+    _files: Option<TempDir>,
 }
 
 impl Redis {
     /// A primary with `requirepass`.
     pub fn primary() -> Self {
         Self::start(&[])
+    }
+
+    /// A primary speaking TLS only, with a certificate for `names` signed by `pki`.
+    pub fn tls(pki: &crate::peers::Pki, names: &[&str]) -> Self {
+        let files = TempDir::new("redis-tls");
+        let (cert, key) = pki.leaf_pem(names);
+        let cert = files.write("cert.pem", &cert).display().to_string();
+        let key = files.write("key.pem", &key).display().to_string();
+        let ca = files.write("ca.pem", &pki.ca_pem).display().to_string();
+        let port = free_port().to_string();
+        let mut server = Self::start(&[
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ]);
+        server.port = port.parse().unwrap();
+        server._files = Some(files);
+        server
     }
 
     /// A replica of `primary`.
@@ -252,6 +280,7 @@ impl Redis {
 
     fn start(extra: &[&str]) -> Self {
         let dir = TempDir::new("redis");
+        // `--port` among `extra` (TLS only) wins: the last one given counts.
         let port = free_port();
         let mut daemon = Daemon::spawn(
             &format!("redis:{port}"),
@@ -282,6 +311,7 @@ impl Redis {
             port,
             daemon,
             _dir: dir,
+            _files: None,
         }
     }
 
