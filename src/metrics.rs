@@ -154,6 +154,20 @@ impl EncodeLabelSet for WithExtra<'_> {
     }
 }
 
+/// A target's labels plus borrowed pairs (`replica`, `stage`): label values a server reports,
+/// bounded by its replicas.
+pub struct WithPairs<'a>(pub &'a TargetLabels, pub &'a [(&'static str, &'a str)]);
+
+impl EncodeLabelSet for WithPairs<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)?;
+        for pair in self.1 {
+            [*pair].encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
 /// The `probe` label alone: per-kind families such as the scheduler's.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabel {

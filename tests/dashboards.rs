@@ -820,8 +820,30 @@ fn dashboards_and_rules_use_only_metrics_and_labels_the_binary_exports() {
         .local_addr()
         .unwrap()
         .port();
+    // A database target reading replication, for the lag families (real Redis: root).
+    let databases = regionprobe_testkit::databases::available();
+    if skip_unless(
+        databases.is_ok(),
+        databases.as_ref().err().map_or("", String::as_str),
+    ) {
+        return;
+    }
+    let redis = regionprobe_testkit::databases::Redis::primary();
+    let replica = regionprobe_testkit::databases::Redis::replica_of(&redis);
+    let secrets = common::TempDir::new("dashboards-db");
+    let password = secrets.write("password", regionprobe_testkit::databases::PASSWORD);
     // Every probe kind, all succeeding; three regions so that a failover candidate exists.
     let targets = [
+        target(
+            "cache",
+            "ap",
+            "redis",
+            &format!(
+                "address = \"{}\"\npassword_file = \"{}\"\nreplication = \"replica\"",
+                replica.addr(),
+                password.display()
+            ),
+        ),
         target("ping", "eu", "icmp", "host = \"127.0.0.1\""),
         target(
             "port",
@@ -863,7 +885,7 @@ fn dashboards_and_rules_use_only_metrics_and_labels_the_binary_exports() {
     ));
     let first = wait_for(WAIT, "the first probes", || {
         let scrape = exporter.metrics();
-        let probed = ["ping", "port", "tls", "web", "dns", "stamp"]
+        let probed = ["ping", "port", "tls", "web", "dns", "stamp", "cache"]
             .iter()
             .all(|t| {
                 scrape
@@ -883,12 +905,13 @@ fn dashboards_and_rules_use_only_metrics_and_labels_the_binary_exports() {
     // handshake (certificate expiry), a failover choice.
     let scrape = wait_for(WAIT, "every family", || {
         let scrape = exporter.metrics();
-        let all_up = ["ping", "port", "tls", "web", "dns", "stamp"]
+        let all_up = ["ping", "port", "tls", "web", "dns", "stamp", "cache"]
             .iter()
             .all(|t| scrape.value("regionprobe_target_up", &[("target", t)]) == Some(1.0));
         let late = [
             "regionprobe_tls_cert_expiry_timestamp_seconds",
             "regionprobe_failover_last_change_timestamp_seconds",
+            "regionprobe_region_replication_lag_seconds",
         ]
         .iter()
         .all(|family| !scrape.find(family, &[]).is_empty());
@@ -896,7 +919,7 @@ fn dashboards_and_rules_use_only_metrics_and_labels_the_binary_exports() {
     });
     assert_eq!(
         scrape.label_values("regionprobe_target_up", "probe"),
-        ["dns", "http", "icmp", "stamp", "tcp"],
+        ["dns", "http", "icmp", "redis", "stamp", "tcp"],
         "the probe variable lists every kind"
     );
 

@@ -143,6 +143,10 @@ fn check_invariants(config: &Config) {
                 assert!((1..=1000).contains(&stamp.train));
                 assert_eq!(stamp.wait, target.timeout);
             }
+            ProbeConfig::Db(db) => {
+                assert!(db.port != 0 && !db.host.is_empty(), "{db:?}");
+                assert!(!db.query.trim().is_empty());
+            }
         }
     }
 }

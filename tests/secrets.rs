@@ -190,3 +190,105 @@ fn no_secret_in_any_output_on_any_failure() {
     assert_no_secret("the log", &log);
     drop(peers);
 }
+
+/// Database passwords (issue 16): from `password_file`, right and wrong, against real
+/// PostgreSQL and Redis servers, a silent server and a closed port; then a password file that
+/// goes away (`local`, naming the file). No password in any output.
+#[test]
+fn no_database_password_in_any_output_on_any_failure() {
+    use regionprobe_testkit::databases::{self, PASSWORD, Postgres, Redis};
+    let available = databases::available();
+    if common::skip_unless(
+        available.is_ok(),
+        available.as_ref().err().map_or("", String::as_str),
+    ) {
+        return;
+    }
+    const WRONG: [&str; 2] = ["wrong-pg-pa55word", "wrong-redis-pa55word"];
+    let pg = Postgres::primary();
+    let redis = Redis::primary();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = regionprobe_testkit::dns::closed_tcp_port();
+    let dir = TempDir::new("secrets-db");
+    let good = dir.write("good", PASSWORD).display().to_string();
+    let wrong_pg = dir.write("wrong-pg", WRONG[0]).display().to_string();
+    let wrong_redis = dir.write("wrong-redis", WRONG[1]).display().to_string();
+    let target = |name: &str, probe: &str, address: String, file: &str| {
+        let user = if probe == "postgres" {
+            "user = \"postgres\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "[[target]]\nname = \"{name}\"\nregion = \"eu\"\nprobe = \"{probe}\"\naddress = \"{address}\"\n\
+             {user}password_file = \"{file}\"\nwrite = true\n"
+        )
+    };
+    let targets = [
+        target("pg-good", "postgres", pg.addr().to_string(), &good),
+        target("pg-wrong", "postgres", pg.addr().to_string(), &wrong_pg),
+        target("redis-good", "redis", redis.addr().to_string(), &good),
+        target(
+            "redis-wrong",
+            "redis",
+            redis.addr().to_string(),
+            &wrong_redis,
+        ),
+        target(
+            "pg-silent",
+            "postgres",
+            silent.local_addr().unwrap().to_string(),
+            &good,
+        ),
+        target("redis-refused", "redis", closed.to_string(), &good),
+    ]
+    .concat();
+    let exporter = Exporter::start(&config(&targets));
+    let expected = [
+        ("pg-wrong", "auth"),
+        ("redis-wrong", "auth"),
+        ("pg-silent", "timeout"),
+        ("redis-refused", "refused"),
+    ];
+    wait_for(WAIT, "every bad database target failed as expected", || {
+        let view = targets_view(&exporter);
+        expected
+            .iter()
+            .all(|(name, reason)| {
+                view.iter()
+                    .any(|t| t["name"] == *name && t["last_error"]["reason"] == *reason)
+            })
+            .then_some(())
+    });
+    wait_for(WAIT, "the good targets succeed", || {
+        let view = targets_view(&exporter);
+        ["pg-good", "redis-good"]
+            .iter()
+            .all(|name| view.iter().any(|t| t["name"] == *name && t["up"] == true))
+            .then_some(())
+    });
+    // The wrong password file goes away: `local`, the file named, never its content.
+    std::fs::remove_file(&wrong_pg).unwrap();
+    let gone = wait_for(
+        WAIT,
+        "the removed password file's target fails for it",
+        || {
+            failures(&exporter)
+                .into_iter()
+                .find(|(name, error)| name == "pg-wrong" && error.contains("cannot read"))
+        },
+    );
+    assert!(gone.1.contains(&wrong_pg), "{gone:?}");
+    let mut outputs = vec![("the log".to_owned(), exporter.log_text())];
+    for path in ["/api/v1/targets", "/api/v1/ranking", "/", "/metrics"] {
+        let (code, body) = http(exporter.addr, "GET", path);
+        assert_eq!(code, 200, "{path}");
+        outputs.push((path.to_owned(), body));
+    }
+    for (place, text) in outputs {
+        for secret in [PASSWORD, WRONG[0], WRONG[1]] {
+            assert!(!text.contains(secret), "{place} shows {secret}:\n{text}");
+        }
+    }
+    drop(silent);
+}

@@ -68,6 +68,8 @@ pub enum ProbeConfig {
     Http(HttpConfig),
     Dns(DnsConfig),
     Stamp(StampConfig),
+    /// `postgres`, `mysql` and `redis`: one shape, [`DbConfig::kind`] tells which.
+    Db(DbConfig),
 }
 
 impl ProbeConfig {
@@ -78,6 +80,15 @@ impl ProbeConfig {
             ProbeConfig::Http(_) => ProbeKind::Http,
             ProbeConfig::Dns(_) => ProbeKind::Dns,
             ProbeConfig::Stamp(_) => ProbeKind::Stamp,
+            ProbeConfig::Db(db) => db.kind,
+        }
+    }
+
+    /// The replication mode of a database target (`None` for other kinds).
+    pub fn replication(&self) -> Option<Replication> {
+        match self {
+            ProbeConfig::Db(db) => db.replication,
+            _ => None,
         }
     }
 
@@ -86,6 +97,7 @@ impl ProbeConfig {
         match self {
             ProbeConfig::Tcp(tcp) => tcp.tls.is_some(),
             ProbeConfig::Http(http) => http.url.scheme_str() == Some("https"),
+            ProbeConfig::Db(db) => db.tls.is_some(),
             _ => false,
         }
     }
@@ -99,15 +111,21 @@ pub enum ProbeKind {
     Http,
     Dns,
     Stamp,
+    Postgres,
+    Mysql,
+    Redis,
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 5] = [
+    pub const ALL: [ProbeKind; 8] = [
         ProbeKind::Icmp,
         ProbeKind::Tcp,
         ProbeKind::Http,
         ProbeKind::Dns,
         ProbeKind::Stamp,
+        ProbeKind::Postgres,
+        ProbeKind::Mysql,
+        ProbeKind::Redis,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +135,68 @@ impl ProbeKind {
             ProbeKind::Http => "http",
             ProbeKind::Dns => "dns",
             ProbeKind::Stamp => "stamp",
+            ProbeKind::Postgres => "postgres",
+            ProbeKind::Mysql => "mysql",
+            ProbeKind::Redis => "redis",
+        }
+    }
+
+    /// The database kinds.
+    pub fn is_database(self) -> bool {
+        matches!(
+            self,
+            ProbeKind::Postgres | ProbeKind::Mysql | ProbeKind::Redis
+        )
+    }
+}
+
+/// `probe = "postgres" | "mysql" | "redis"`: connect, authenticate, run the read query (and
+/// the write probe), and read the replication state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DbConfig {
+    pub kind: ProbeKind,
+    /// IP address or host name.
+    pub host: String,
+    pub port: u16,
+    pub ip_version: IpVersion,
+    /// Redis: ACL user (none: the `requirepass` password alone, or no auth).
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// PostgreSQL, MySQL: the database to connect to; Redis: the database number (`SELECT`).
+    pub database: Option<String>,
+    /// The read query: `SELECT 1` (SQL) or `PING` (Redis) unless set.
+    pub query: String,
+    /// Write a heartbeat each probe (an upsert into `heartbeat_table`, `SET` with expiry for
+    /// Redis), timed as its own phase.
+    pub write: bool,
+    /// SQL table or Redis key prefix of the heartbeat.
+    pub heartbeat_table: String,
+    /// Keep one connection: then only the queries are timed.
+    pub keepalive: bool,
+    /// `sslmode = "require"` (encrypted, not verified) or `"verify-full"`; `None`: plain text.
+    pub tls: Option<TlsConfig>,
+    pub replication: Option<Replication>,
+}
+
+/// What a database target reads of replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replication {
+    /// The target is a replica (standby): its own lag.
+    Replica,
+    /// The target is a primary: its replicas' lag as it sees them (PostgreSQL
+    /// `pg_stat_replication`, Redis's replica offsets).
+    Primary,
+    /// The age of the newest heartbeat row (written by a `write = true` target on the
+    /// primary, in whatever region): exact to the writer's interval, on any engine.
+    Heartbeat,
+}
+
+impl Replication {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replication::Replica => "replica",
+            Replication::Primary => "primary",
+            Replication::Heartbeat => "heartbeat",
         }
     }
 }

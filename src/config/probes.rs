@@ -11,8 +11,8 @@ use rustls_pki_types::ServerName;
 
 use super::fields::{Invalid, check_host, host_port, required_host};
 use super::model::{
-    CaFile, DnsConfig, DnsTransport, HttpAuth, HttpConfig, HttpVersion, IcmpConfig, IpVersion,
-    Pattern, ProbeConfig, ProbeKind, Secret, TcpConfig, TlsConfig,
+    CaFile, DbConfig, DnsConfig, DnsTransport, HttpAuth, HttpConfig, HttpVersion, IcmpConfig,
+    IpVersion, Pattern, ProbeConfig, ProbeKind, Replication, Secret, TcpConfig, TlsConfig,
 };
 use super::raw::{RawStatus, RawTarget};
 
@@ -28,13 +28,18 @@ const TLS_KEYS: [&str; 3] = ["tls_ca_file", "tls_server_name", "tls_skip_verify"
 
 /// Every probe-specific key: whether this target sets it, and the probe kinds it belongs
 /// to. The one table of which key goes with which kind.
-fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 33] {
-    use ProbeKind::{Dns, Http, Icmp, Stamp, Tcp};
-    const TLS: &[ProbeKind] = &[Tcp, Http];
+fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 41] {
+    use ProbeKind::{Dns, Http, Icmp, Mysql, Postgres, Redis, Stamp, Tcp};
+    const TLS: &[ProbeKind] = &[Tcp, Http, Postgres, Mysql, Redis];
+    const DB: &[ProbeKind] = &[Postgres, Mysql, Redis];
     [
         ("host", raw.host.is_some(), &[Icmp]),
         ("payload_size", raw.payload_size.is_some(), &[Icmp]),
-        ("address", raw.address.is_some(), &[Tcp, Stamp]),
+        (
+            "address",
+            raw.address.is_some(),
+            &[Tcp, Stamp, Postgres, Mysql, Redis],
+        ),
         ("tls", raw.tls.is_some(), &[Tcp]),
         ("url", raw.url.is_some(), &[Http]),
         ("method", raw.method.is_some(), &[Http]),
@@ -51,7 +56,11 @@ fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 3
         ("max_redirects", raw.max_redirects.is_some(), &[Http]),
         ("max_body_bytes", raw.max_body_bytes.is_some(), &[Http]),
         ("http_version", raw.http_version.is_some(), &[Http]),
-        ("keepalive", raw.keepalive.is_some(), &[Http]),
+        (
+            "keepalive",
+            raw.keepalive.is_some(),
+            &[Http, Postgres, Mysql, Redis],
+        ),
         ("basic_auth", raw.basic_auth.is_some(), &[Http]),
         ("bearer_token", raw.bearer_token.is_some(), &[Http]),
         (
@@ -62,9 +71,13 @@ fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 3
         ("bearer_token_env", raw.bearer_token_env.is_some(), &[Http]),
         ("tls_ca_file", raw.tls_ca_file.is_some(), TLS),
         ("tls_server_name", raw.tls_server_name.is_some(), TLS),
-        ("tls_skip_verify", raw.tls_skip_verify.is_some(), TLS),
+        (
+            "tls_skip_verify",
+            raw.tls_skip_verify.is_some(),
+            &[Tcp, Http],
+        ),
         ("server", raw.server.is_some(), &[Dns]),
-        ("query", raw.query.is_some(), &[Dns]),
+        ("query", raw.query.is_some(), &[Dns, Postgres, Mysql, Redis]),
         ("record_type", raw.record_type.is_some(), &[Dns]),
         ("transport", raw.transport.is_some(), &[Dns]),
         ("recursion_desired", raw.recursion_desired.is_some(), &[Dns]),
@@ -73,6 +86,14 @@ fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 3
         ("answer_regex", raw.answer_regex.is_some(), &[Dns]),
         ("train", raw.train.is_some(), &[Stamp]),
         ("key_file", raw.key_file.is_some(), &[Stamp]),
+        ("user", raw.user.is_some(), DB),
+        ("password_file", raw.password_file.is_some(), DB),
+        ("password_env", raw.password_env.is_some(), DB),
+        ("database", raw.database.is_some(), DB),
+        ("write", raw.write.is_some(), DB),
+        ("heartbeat_table", raw.heartbeat_table.is_some(), DB),
+        ("sslmode", raw.sslmode.is_some(), DB),
+        ("replication", raw.replication.is_some(), DB),
     ]
 }
 
@@ -100,7 +121,142 @@ pub(super) fn probe(
         ProbeKind::Http => http(&key, raw, ip_version),
         ProbeKind::Dns => dns(&key, raw),
         ProbeKind::Stamp => super::stamp::target(&key, raw, ip_version),
+        ProbeKind::Postgres | ProbeKind::Mysql | ProbeKind::Redis => {
+            database(&key, kind, raw, ip_version)
+        }
     }
+}
+
+/// A heartbeat table or key prefix: a plain identifier, so it can be put in SQL as is.
+fn identifier(key: &str, text: &str) -> Result<String, Invalid> {
+    let mut chars = text.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && text.len() <= 63;
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err((
+            key.to_owned(),
+            format!("\"{text}\" is not a plain identifier (letters, digits, _; at most 63)"),
+        ))
+    }
+}
+
+fn database(
+    key: &dyn Fn(&str) -> String,
+    kind: ProbeKind,
+    mut raw: RawTarget,
+    ip_version: IpVersion,
+) -> Result<ProbeConfig, Invalid> {
+    let default_port = match kind {
+        ProbeKind::Postgres => 5432,
+        ProbeKind::Mysql => 3306,
+        _ => 6379,
+    };
+    let address = required_host(
+        &key("address"),
+        raw.address.clone(),
+        &format!(
+            "a {} target needs an address such as \"db.example.com:{default_port}\"",
+            kind.as_str()
+        ),
+    )?;
+    let (host, port) = if address.contains(':') {
+        host_port(&key("address"), &address)?
+    } else {
+        check_host(&key("address"), &address)?;
+        (address.clone(), default_port)
+    };
+    let password = secret(
+        key,
+        "password",
+        None,
+        raw.password_file.take(),
+        raw.password_env.take(),
+    )?;
+    if kind == ProbeKind::Redis
+        && let Some(db) = &raw.database
+        && db.parse::<u16>().is_err()
+    {
+        return Err((
+            key("database"),
+            format!("\"{db}\" is not a Redis database number"),
+        ));
+    }
+    if kind != ProbeKind::Redis && raw.user.is_none() {
+        return Err((
+            key("user"),
+            format!("a {} target needs a user", kind.as_str()),
+        ));
+    }
+    let query = match raw.query.take() {
+        Some(query) if query.trim().is_empty() => {
+            return Err((key("query"), "empty; leave it out for the default".into()));
+        }
+        Some(query) => query,
+        None if kind == ProbeKind::Redis => "PING".to_owned(),
+        None => "SELECT 1".to_owned(),
+    };
+    let heartbeat_table = match raw.heartbeat_table.as_deref() {
+        Some(text) => identifier(&key("heartbeat_table"), text)?,
+        None => "regionprobe_heartbeat".to_owned(),
+    };
+    let tls = match raw.sslmode.as_deref() {
+        None | Some("disable") => {
+            without_tls(key, &raw, "needs sslmode = \"require\" or \"verify-full\"")?;
+            None
+        }
+        Some("require") => Some(TlsConfig {
+            skip_verify: true,
+            ..tls(key, &raw)?
+        }),
+        Some("verify-full") => Some(tls(key, &raw)?),
+        Some(other) => {
+            return Err((
+                key("sslmode"),
+                format!("unknown sslmode \"{other}\"; expected disable, require or verify-full"),
+            ));
+        }
+    };
+    let replication = match raw.replication.as_deref() {
+        None | Some("none") => None,
+        Some("replica") => Some(Replication::Replica),
+        Some("primary") => Some(Replication::Primary),
+        Some("heartbeat") => Some(Replication::Heartbeat),
+        Some(other) => {
+            return Err((
+                key("replication"),
+                format!(
+                    "unknown replication mode \"{other}\"; expected none, replica, primary or heartbeat"
+                ),
+            ));
+        }
+    };
+    if replication == Some(Replication::Primary) && kind == ProbeKind::Mysql {
+        return Err((
+            key("replication"),
+            "\"primary\" is for postgres and redis; probe the MySQL replica with \"replica\""
+                .into(),
+        ));
+    }
+    Ok(ProbeConfig::Db(DbConfig {
+        kind,
+        host,
+        port,
+        ip_version,
+        user: raw.user,
+        password,
+        database: raw.database,
+        query,
+        write: raw.write.unwrap_or(false),
+        heartbeat_table,
+        keepalive: raw.keepalive.unwrap_or(false),
+        tls,
+        replication,
+    }))
 }
 
 fn icmp(

@@ -67,6 +67,7 @@ pub(super) struct RawRanking {
     pub hysteresis: Option<f64>,
     pub hold: Option<String>,
     pub down_after: Option<u32>,
+    pub max_replication_lag: Option<String>,
 }
 
 /// `[web]`: the exporter toolkit's web configuration keys.
@@ -153,6 +154,15 @@ pub(super) struct RawTarget {
     // stamp (and `address`)
     pub train: Option<u32>,
     pub key_file: Option<String>,
+    // postgres, mysql, redis (with address, query, keepalive, tls_*)
+    pub user: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub database: Option<String>,
+    pub write: Option<bool>,
+    pub heartbeat_table: Option<String>,
+    pub sslmode: Option<String>,
+    pub replication: Option<String>,
 }
 
 /// `basic_auth = { username = "...", password_file = "..." }` of an HTTP target: the password

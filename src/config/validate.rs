@@ -93,6 +93,10 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
             Some(n) => check_down_after("ranking.down_after", n)?,
             None => builtin.down_after,
         },
+        max_replication_lag: match raw.ranking.max_replication_lag {
+            Some(text) => Some(positive_duration("ranking.max_replication_lag", &text)?),
+            None => builtin.max_replication_lag,
+        },
     };
 
     let web = super::web::validate(raw.web)?;
@@ -192,13 +196,13 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
             .ok_or_else(|| {
                 (
                     key("probe"),
-                    format!("unknown probe kind \"{name}\"; expected one of: icmp, tcp, http, dns, stamp"),
+                    format!("unknown probe kind \"{name}\"; expected one of: icmp, tcp, http, dns, stamp, postgres, mysql, redis"),
                 )
             })?,
         None => {
             return Err((
                 key("probe"),
-                "missing; expected one of: icmp, tcp, http, dns, stamp".into(),
+                "missing; expected one of: icmp, tcp, http, dns, stamp, postgres, mysql, redis".into(),
             ));
         }
     };

@@ -76,6 +76,13 @@ pub struct RegionView {
     pub successes: usize,
     /// The region's targets, by name.
     pub targets: Vec<String>,
+    /// The worst replication lag its database targets report, seconds; `null` when none
+    /// reports one or replication is broken (then `ineligible` says so).
+    pub replication_lag_seconds: Option<f64>,
+    /// Whether the region may be the failover candidate (a finite score, nothing against it).
+    pub eligible: bool,
+    /// Why it may not, in words (`replication_lag: ...`); `null` otherwise.
+    pub ineligible: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,6 +178,22 @@ pub fn ranking(snapshot: &Snapshot, config: &Config) -> RankingView {
                 samples: r.samples,
                 successes: r.successes,
                 targets: targets_of(&r.region),
+                replication_lag_seconds: r.replication_lag.filter(|lag| lag.is_finite()),
+                eligible: r.eligible(),
+                ineligible: r.ineligible.map(|why| {
+                    let lag = match r.replication_lag {
+                        Some(lag) if lag.is_finite() => format!("replica {lag:.1} s behind"),
+                        _ => "replication broken".to_owned(),
+                    };
+                    let max = config
+                        .ranking
+                        .max_replication_lag
+                        .map(|max| {
+                            format!(", max_replication_lag {}", humantime::format_duration(max))
+                        })
+                        .unwrap_or_default();
+                    format!("{}: {lag}{max}", why.as_str())
+                }),
             })
             .collect(),
     }

@@ -118,6 +118,13 @@ a region whose every target is down ranks last</p>\
             None => "pending",
         };
         let own = if region.own { " (own)" } else { "" };
+        let own = match &region.ineligible {
+            Some(why) => format!(
+                "{own} <span class=\"ineligible\">not eligible: {}</span>",
+                escape(why)
+            ),
+            None => own.to_owned(),
+        };
         let chart = chart(
             samples.get(&region.region).map_or(&[][..], Vec::as_slice),
             ranking.window_seconds,

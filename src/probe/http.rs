@@ -37,7 +37,13 @@ pub const REASONS: &[Reason] = &[
 ];
 
 /// Every phase is timed.
-pub const PHASES: &[Phase] = &Phase::ALL;
+pub const PHASES: &[Phase] = &[
+    Phase::Resolve,
+    Phase::Connect,
+    Phase::Tls,
+    Phase::Processing,
+    Phase::Transfer,
+];
 
 /// The method and the URL without its credentials.
 pub fn endpoint(config: &HttpConfig) -> String {
@@ -222,6 +228,7 @@ impl Http {
                 cert_expiry,
                 redirects,
                 stamp: None,
+                replication: None,
             });
         }
     }

@@ -5,11 +5,15 @@
 //! Below the probers: the shared ICMP engine ([`pinger`]), name resolution ([`resolve`]) and
 //! client TLS ([`tls`]).
 
+pub(crate) mod db;
 mod dns;
 mod http;
 mod icmp;
+mod mysql;
 mod outcome;
 mod pinger;
+mod postgres;
+mod redis;
 pub(crate) mod resolve;
 pub(crate) mod stamp;
 mod tcp;
@@ -32,6 +36,7 @@ pub fn reasons(kind: ProbeKind) -> &'static [Reason] {
         ProbeKind::Http => http::REASONS,
         ProbeKind::Dns => dns::REASONS,
         ProbeKind::Stamp => stamp::REASONS,
+        ProbeKind::Postgres | ProbeKind::Mysql | ProbeKind::Redis => db::REASONS,
     }
 }
 
@@ -42,6 +47,7 @@ pub fn phases(config: &ProbeConfig) -> &'static [Phase] {
         ProbeConfig::Icmp(_) | ProbeConfig::Tcp(_) | ProbeConfig::Stamp(_) => &[],
         ProbeConfig::Http(_) => http::PHASES,
         ProbeConfig::Dns(c) => dns::phases(c),
+        ProbeConfig::Db(c) => db::phases(c),
     }
 }
 
@@ -53,6 +59,7 @@ pub fn endpoint(config: &ProbeConfig) -> String {
         ProbeConfig::Http(c) => http::endpoint(c),
         ProbeConfig::Dns(c) => dns::endpoint(c),
         ProbeConfig::Stamp(c) => stamp::endpoint(c),
+        ProbeConfig::Db(c) => db::endpoint(c),
     }
 }
 
@@ -71,16 +78,29 @@ pub enum Probe {
     Http(Box<http::Http>),
     Dns(dns::Dns),
     Stamp(Box<stamp::Stamp>),
+    Postgres(Box<postgres::Postgres>),
+    Mysql(Box<mysql::Mysql>),
+    Redis(Box<redis::Redis>),
 }
 
 impl Probe {
-    pub fn new(config: &ProbeConfig, shared: &Shared) -> Self {
+    /// `region`: this sidecar's, the key of the heartbeats it writes.
+    pub fn new(config: &ProbeConfig, shared: &Shared, region: &str) -> Self {
         match config {
             ProbeConfig::Icmp(c) => Probe::Icmp(icmp::Icmp::new(c, &shared.icmp, &shared.resolver)),
             ProbeConfig::Tcp(c) => Probe::Tcp(tcp::Tcp::new(c, &shared.resolver)),
             ProbeConfig::Http(c) => Probe::Http(Box::new(http::Http::new(c, &shared.resolver))),
             ProbeConfig::Dns(c) => Probe::Dns(dns::Dns::new(c)),
             ProbeConfig::Stamp(c) => Probe::Stamp(Box::new(stamp::Stamp::new(c, &shared.resolver))),
+            ProbeConfig::Db(c) if c.kind == ProbeKind::Postgres => Probe::Postgres(Box::new(
+                postgres::Postgres::new(c, &shared.resolver, region),
+            )),
+            ProbeConfig::Db(c) if c.kind == ProbeKind::Mysql => {
+                Probe::Mysql(Box::new(mysql::Mysql::new(c, &shared.resolver, region)))
+            }
+            ProbeConfig::Db(c) => {
+                Probe::Redis(Box::new(redis::Redis::new(c, &shared.resolver, region)))
+            }
         }
     }
 
@@ -93,6 +113,9 @@ impl Probe {
             Probe::Http(p) => p.run().await,
             Probe::Dns(p) => p.run().await,
             Probe::Stamp(p) => p.run().await,
+            Probe::Postgres(p) => p.run().await,
+            Probe::Mysql(p) => p.run().await,
+            Probe::Redis(p) => p.run().await,
         }
     }
 
@@ -106,6 +129,9 @@ impl Probe {
             // The DNS probe's server is an IP address: nothing to resolve.
             Probe::Dns(_) => false,
             Probe::Stamp(p) => p.host().was_resolving(),
+            Probe::Postgres(p) => p.host().was_resolving(),
+            Probe::Mysql(p) => p.host().was_resolving(),
+            Probe::Redis(p) => p.host().was_resolving(),
         };
         let after = humantime::format_duration(timeout);
         if resolving {
@@ -139,7 +165,7 @@ mod tests {
             ip_version: IpVersion::Any,
             tls: None,
         };
-        let mut probe = Probe::new(&ProbeConfig::Tcp(config), &shared);
+        let mut probe = Probe::new(&ProbeConfig::Tcp(config), &shared, "local");
         let timeout = std::time::Duration::from_millis(200);
         assert!(tokio::time::timeout(timeout, probe.run()).await.is_err());
         let failure = probe.timed_out(timeout);
@@ -154,6 +180,7 @@ mod tests {
                 tls: None,
             }),
             &shared,
+            "local",
         );
         let _ = literal.run().await;
         assert_eq!(literal.timed_out(timeout).reason, Reason::Timeout);

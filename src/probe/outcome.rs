@@ -19,6 +19,8 @@ pub struct Outcome {
     pub redirects: u32,
     /// STAMP: what the session learnt per direction since the last success.
     pub stamp: Option<Box<StampReport>>,
+    /// Database targets with `replication`: what the probe read of it.
+    pub replication: Option<super::db::ReplicationReport>,
 }
 
 impl Outcome {
@@ -75,6 +77,7 @@ impl StampReport {
 }
 
 /// The phases of an HTTP probe: the `phase` label.
+/// The phases of a probe (HTTP, DNS over TCP, databases): the `phase` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Host name to address.
@@ -87,17 +90,15 @@ pub enum Phase {
     Processing,
     /// Reading the body.
     Transfer,
+    /// Databases: startup and authentication (after TLS).
+    Auth,
+    /// Databases: the read query.
+    Query,
+    /// Databases: the write probe (heartbeat upsert, `SET`).
+    Write,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [
-        Phase::Resolve,
-        Phase::Connect,
-        Phase::Tls,
-        Phase::Processing,
-        Phase::Transfer,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Resolve => "resolve",
@@ -105,13 +106,16 @@ impl Phase {
             Phase::Tls => "tls",
             Phase::Processing => "processing",
             Phase::Transfer => "transfer",
+            Phase::Auth => "auth",
+            Phase::Query => "query",
+            Phase::Write => "write",
         }
     }
 }
 
 /// Time spent per [`Phase`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Phases([Duration; 5]);
+pub struct Phases([Duration; 8]);
 
 impl Phases {
     pub fn add(&mut self, phase: Phase, time: Duration) {
@@ -164,6 +168,12 @@ pub enum Reason {
     HttpStatus,
     Validation,
     Error,
+    /// Databases: the server refused the credentials.
+    Auth,
+    /// Databases: the database named does not exist.
+    UnknownDatabase,
+    /// Databases: a write was asked of a read-only server (a replica, a read-only transaction).
+    ReadOnly,
     /// Our side could not probe: no ICMP socket (permission), no file descriptor, no buffer
     /// space. Says nothing of the destination.
     Local,
@@ -187,6 +197,9 @@ impl Reason {
             Reason::Validation => "validation",
             Reason::Error => "error",
             Reason::Local => "local",
+            Reason::Auth => "auth",
+            Reason::UnknownDatabase => "unknown_database",
+            Reason::ReadOnly => "read_only",
         }
     }
 }

@@ -77,6 +77,36 @@ impl Collector for RankingCollector {
             }
         }
 
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_region_replication_lag_seconds",
+            "The worst replication lag the region's database targets report (+Inf: replication broken); absent for regions without such targets.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions {
+            if let Some(lag) = region.replication_lag {
+                ConstGauge::new(lag).encode(family.encode_family(&labels(&region.region))?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_region_eligible",
+            "1 (reason=\"none\") if the region may be the failover candidate; 0 with reason=\"replication_lag\" when its replica lags more than [ranking] max_replication_lag, or reason=\"unreachable\" when nothing answered.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions.iter().filter(|r| r.region != source) {
+            let reason = match (region.ineligible, region.score.is_finite()) {
+                (_, false) => "unreachable",
+                (Some(why), true) => why.as_str(),
+                (None, true) => "none",
+            };
+            let mut with_reason = labels(&region.region).to_vec();
+            with_reason.push(("reason", reason.to_owned()));
+            ConstGauge::new(i64::from(region.eligible()))
+                .encode(family.encode_family(&with_reason)?)?;
+        }
+
         let own = [("source_region", source)];
         let mut family = encoder.encode_descriptor(
             "regionprobe_source_impaired",
@@ -89,7 +119,7 @@ impl Collector for RankingCollector {
 
         let mut family = encoder.encode_descriptor(
             "regionprobe_failover_ready",
-            "1 if there is a healthy place to go now: a failover candidate that is up and has been the candidate for at least the hold.",
+            "1 if there is a healthy place to go now: a failover candidate that is up, eligible (replica within max_replication_lag) and has been the candidate for at least the hold.",
             None,
             MetricType::Gauge,
         )?;

@@ -30,6 +30,9 @@ pub struct Params {
     /// A target is down once this many of its probes in a row failed; a region is down when
     /// every target it has is down, and then ranks last at once.
     pub down_after: usize,
+    /// A region whose replica lags more than this (the worst lag its database targets report)
+    /// is not eligible as the failover candidate.
+    pub max_replication_lag: Option<Duration>,
 }
 
 impl Default for Params {
@@ -41,6 +44,7 @@ impl Default for Params {
             hysteresis: 0.10,
             hold: Duration::from_secs(60),
             down_after: 3,
+            max_replication_lag: None,
         }
     }
 }
@@ -237,6 +241,8 @@ struct TargetSamples {
     down: Option<bool>,
     /// Its newest probe failed on our side.
     failing_locally: bool,
+    /// Replication lag, seconds, by its last report (database targets that read it).
+    lag: Option<f64>,
 }
 
 impl Tally {
@@ -244,9 +250,10 @@ impl Tally {
         Tally::default()
     }
 
-    /// Adds target `name` of `region`: its samples live at `now`, and whether it is down after
-    /// `down_after` failures in a row. A target without samples still counts, so a configured
-    /// region shows up (at `+Inf`) before anything answered.
+    /// Adds target `name` of `region`: its samples live at `now`, whether it is down after
+    /// `down_after` failures in a row, and its replication lag (seconds) if it reads one. A
+    /// target without samples still counts, so a configured region shows up (at `+Inf`)
+    /// before anything answered.
     pub fn add(
         &mut self,
         region: &str,
@@ -254,9 +261,11 @@ impl Tally {
         window: &Window,
         now: Instant,
         down_after: usize,
+        lag: Option<f64>,
     ) {
         let mut target = TargetSamples {
             name: name.to_owned(),
+            lag,
             down: window.down(now, down_after),
             failing_locally: window.failing_locally(now),
             ..TargetSamples::default()
@@ -361,7 +370,19 @@ fn region_rank(region: String, targets: &mut [TargetSamples], params: &Params) -
         .map(|us| us.map(|us| Duration::from_micros(us.into())));
     let successes = pooled.len();
     let samples = successes + failures;
+    let replication_lag = targets
+        .iter()
+        .filter_map(|t| t.lag)
+        .fold(None, |worst: Option<f64>, lag| {
+            Some(worst.map_or(lag, |w| w.max(lag)))
+        });
+    let ineligible = match (replication_lag, params.max_replication_lag) {
+        (Some(lag), Some(max)) if lag > max.as_secs_f64() => Some(Ineligible::ReplicationLag),
+        _ => None,
+    };
     RegionRank {
+        replication_lag,
+        ineligible,
         region,
         rank: 0,
         score,
@@ -374,6 +395,22 @@ fn region_rank(region: String, targets: &mut [TargetSamples], params: &Params) -
         samples,
         successes,
         targets: targets.len(),
+    }
+}
+
+/// Why a region may not be the failover candidate, whatever its score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ineligible {
+    /// Its replica lags more than `[ranking] max_replication_lag`.
+    ReplicationLag,
+}
+
+impl Ineligible {
+    /// The `reason` label and the API's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ineligible::ReplicationLag => "replication_lag",
+        }
     }
 }
 
@@ -469,6 +506,17 @@ pub struct RegionRank {
     pub samples: usize,
     pub successes: usize,
     pub targets: usize,
+    /// The worst replication lag its database targets report, seconds (`+Inf`: broken).
+    pub replication_lag: Option<f64>,
+    /// Set when the region may not be the failover candidate.
+    pub ineligible: Option<Ineligible>,
+}
+
+impl RegionRank {
+    /// Whether the region may be chosen: a finite score and nothing against it.
+    pub fn eligible(&self) -> bool {
+        self.score.is_finite() && self.ineligible.is_none()
+    }
 }
 
 /// The failover candidate: the best region other than the sidecar's own, held against noise.
@@ -517,6 +565,8 @@ pub enum Why {
     PreviousRemoved,
     /// Better by the hysteresis for the whole hold.
     Better,
+    /// The previous choice became ineligible (its replica lags too far behind).
+    PreviousIneligible,
 }
 
 impl Why {
@@ -526,6 +576,7 @@ impl Why {
             Why::PreviousDown => "previous candidate down",
             Why::PreviousRemoved => "previous candidate removed",
             Why::Better => "better for the whole hold",
+            Why::PreviousIneligible => "previous candidate's replica lags too far behind",
         }
     }
 }
@@ -588,12 +639,22 @@ impl Failover {
         let mut candidates = ranking
             .regions
             .iter()
-            .filter(|r| r.region != self.own_region && r.score.is_finite());
+            .filter(|r| r.region != self.own_region && r.eligible());
         let Some(current) = self.current.as_deref() else {
             let best = candidates.next()?;
             return self.change(Some(best.region.clone()), now, Why::First);
         };
-        let current_score = ranking.get(current).map_or(f64::INFINITY, |r| r.score);
+        let current_rank = ranking.get(current);
+        let current_score = current_rank.map_or(f64::INFINITY, |r| r.score);
+        // A candidate whose replica fell behind is replaced at once: failing over to it would
+        // lose the writes it lacks. With no eligible region left there is no candidate.
+        if let Some(r) = current_rank
+            && r.score.is_finite()
+            && r.ineligible.is_some()
+        {
+            let to = candidates.next().map(|best| best.region.clone());
+            return self.change(to, now, Why::PreviousIneligible);
+        }
         if current_score == f64::INFINITY {
             let why = if ranking.get(current).is_none() {
                 Why::PreviousRemoved
@@ -675,7 +736,14 @@ mod tests {
         let now = Instant::now();
         let mut tally = Tally::new();
         for (region, latencies, failures) in regions {
-            tally.add(region, region, &window(latencies, *failures, now), now, 3);
+            tally.add(
+                region,
+                region,
+                &window(latencies, *failures, now),
+                now,
+                3,
+                None,
+            );
         }
         tally.rank(params, "local")
     }
@@ -698,9 +766,75 @@ mod tests {
                     samples: 0,
                     successes: 0,
                     targets: 1,
+                    replication_lag: None,
+                    ineligible: None,
                 })
                 .collect(),
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lagging_replica_makes_its_region_ineligible_at_once_and_it_comes_back() {
+        let params = Params {
+            max_replication_lag: Some(Duration::from_secs(5)),
+            hold: Duration::from_secs(2),
+            ..Params::default()
+        };
+        let tally = |eu_lag: Option<f64>, now: Instant| {
+            let mut tally = Tally::new();
+            tally.add("eu", "eu-db", &window(&[10; 20], 0, now), now, 3, eu_lag);
+            tally.add("us", "us-http", &window(&[80; 20], 0, now), now, 3, None);
+            tally.rank(&params, "local")
+        };
+        let mut failover = Failover::new("local", &params);
+        let now = Instant::now();
+        let ranking = tally(Some(1.0), now);
+        assert!(ranking.get("eu").unwrap().eligible());
+        failover.update(&ranking, now);
+        assert_eq!(failover.current(), Some("eu"));
+
+        // Past the bound (+Inf: broken is past any bound): replaced at once, no hold.
+        for lag in [6.0, f64::INFINITY] {
+            let ranking = tally(Some(lag), now);
+            let eu = ranking.get("eu").unwrap();
+            assert_eq!(eu.ineligible, Some(Ineligible::ReplicationLag));
+            assert_eq!(eu.replication_lag, Some(lag));
+            assert_eq!(eu.rank, 1, "the score is unchanged: still the fastest");
+            let change = failover.update(&ranking, now);
+            assert_eq!(failover.current(), Some("us"), "{change:?}");
+            if let Some(change) = change {
+                assert_eq!(change.why, Why::PreviousIneligible);
+            }
+        }
+        // Exactly at the bound is fine; it takes the candidate back through the hold.
+        let ranking = tally(Some(5.0), now);
+        assert!(ranking.get("eu").unwrap().eligible());
+        assert_eq!(failover.update(&ranking, now), None);
+        advance(Duration::from_secs(2)).await;
+        let later = Instant::now();
+        let change = failover.update(&tally(Some(0.0), later), later).unwrap();
+        assert_eq!(
+            (change.to.as_deref(), change.why),
+            (Some("eu"), Why::Better)
+        );
+
+        // Without max_replication_lag, lag never matters.
+        let mut tally = Tally::new();
+        tally.add(
+            "eu",
+            "eu-db",
+            &window(&[10; 20], 0, later),
+            later,
+            3,
+            Some(1e9),
+        );
+        assert!(
+            tally
+                .rank(&Params::default(), "local")
+                .get("eu")
+                .unwrap()
+                .eligible()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -757,6 +891,7 @@ mod tests {
             &window(&(1..=50).collect::<Vec<_>>(), 5, now),
             now,
             3,
+            None,
         );
         tally.add(
             "eu",
@@ -764,6 +899,7 @@ mod tests {
             &window(&(51..=100).collect::<Vec<_>>(), 20, now),
             now,
             3,
+            None,
         );
         let params = Params {
             loss_penalty: Duration::from_secs(2),
@@ -786,11 +922,11 @@ mod tests {
         let now = Instant::now();
         let params = Params::default();
         let mut http_only = Tally::new();
-        http_only.add("eu", "http", &window(&[190; 100], 0, now), now, 3);
+        http_only.add("eu", "http", &window(&[190; 100], 0, now), now, 3, None);
         let alone = http_only.rank(&params, "local").get("eu").unwrap().score;
         let mut mixed = Tally::new();
-        mixed.add("eu", "http", &window(&[190; 100], 0, now), now, 3);
-        mixed.add("eu", "icmp", &window(&[1; 1000], 0, now), now, 3);
+        mixed.add("eu", "http", &window(&[190; 100], 0, now), now, 3, None);
+        mixed.add("eu", "icmp", &window(&[1; 1000], 0, now), now, 3, None);
         let with_icmp = mixed.rank(&params, "local").get("eu").unwrap().score;
         assert_eq!(alone, with_icmp);
         assert!((alone - 0.190).abs() < 1e-12);
@@ -842,8 +978,8 @@ mod tests {
         // Now start + 65 s: the samples taken at 6..=9 s are younger than 60 s.
         let tally = |now| {
             let mut tally = Tally::new();
-            tally.add("old", "old", &old, now, 3);
-            tally.add("fresh", "fresh", &fresh, now, 3);
+            tally.add("old", "old", &old, now, 3, None);
+            tally.add("fresh", "fresh", &fresh, now, 3, None);
             tally.rank(&params, "local")
         };
         let ranking = tally(Instant::now());
@@ -895,7 +1031,7 @@ mod tests {
         assert_eq!(window.samples.capacity(), 301);
         let now = start + Duration::from_millis(100_000);
         let mut tally = Tally::new();
-        tally.add("eu", "eu", &window, now, 3);
+        tally.add("eu", "eu", &window, now, 3, None);
         let eu = &tally.rank(&Params::default(), "local").regions[0];
         assert_eq!((eu.samples, eu.p50), (301, ms(99_849)));
     }
@@ -914,7 +1050,7 @@ mod tests {
         assert_eq!(window.len(), 3);
         let live = |now| {
             let mut tally = Tally::new();
-            tally.add("eu", "eu", &window, now, 3);
+            tally.add("eu", "eu", &window, now, 3, None);
             tally.rank(&Params::default(), "local").regions[0].samples
         };
         assert_eq!(live(times[2]), 3);
@@ -1063,7 +1199,7 @@ mod tests {
                     ms(50)
                 };
                 window.record(now, result);
-                tally.add(region, region, window, now, 3);
+                tally.add(region, region, window, now, 3, None);
             }
             failover.update(&tally.rank(&params, "local"), now)
         };
@@ -1109,8 +1245,8 @@ mod tests {
             http.record(now, ms(20));
         }
         let mut tally = Tally::new();
-        tally.add("eu", "eu-icmp", &icmp, now, 3);
-        tally.add("eu", "eu-http", &http, now, 3);
+        tally.add("eu", "eu-icmp", &icmp, now, 3, None);
+        tally.add("eu", "eu-http", &http, now, 3, None);
         let ranking = tally.rank(&params, "local");
         let eu = ranking.get("eu").unwrap();
         assert_eq!(eu.loss_ratio, Some(0.0));
@@ -1138,9 +1274,9 @@ mod tests {
         }
         let rank = |eu: &Window, us: &Window| {
             let mut tally = Tally::new();
-            tally.add("eu", "eu", eu, now, 3);
-            tally.add("us", "us", us, now, 3);
-            tally.add("local", "local", &up, now, 3);
+            tally.add("eu", "eu", eu, now, 3, None);
+            tally.add("us", "us", us, now, 3, None);
+            tally.add("local", "local", &up, now, 3, None);
             tally.rank(&params, "local")
         };
         let mut failover = Failover::new("local", &params);
@@ -1307,8 +1443,8 @@ mod tests {
             eu.record(now, Some(Duration::from_secs_f64(0.100 * jitter())));
             us.record(now, Some(Duration::from_secs_f64(0.105 * jitter())));
             let mut tally = Tally::new();
-            tally.add("eu", "eu", &eu, now, 3);
-            tally.add("us", "us", &us, now, 3);
+            tally.add("eu", "eu", &eu, now, 3, None);
+            tally.add("us", "us", &us, now, 3, None);
             if let Some(change) = failover.update(&tally.rank(&params, "local"), now) {
                 changes.push((second, change));
             }

@@ -137,7 +137,7 @@ impl Ranker {
                 region: challenger.region,
             })
         });
-        let ready = best_rank.is_some_and(|r| r.score.is_finite() && r.up != Some(false))
+        let ready = best_rank.is_some_and(|r| r.eligible() && r.up != Some(false))
             && self
                 .changed_at
                 .is_some_and(|at| now.saturating_duration_since(at) >= self.params.hold);

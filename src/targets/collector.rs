@@ -10,8 +10,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use super::live::LiveTargets;
 use super::series::{DIRECTIONS, StampSeries, TargetMetrics};
 use crate::config::ProbeKind;
-use crate::metrics::{ProbeLabel, Registry, WithExtra};
+use crate::metrics::{ProbeLabel, Registry, WithExtra, WithPairs};
 use crate::probe::IcmpSockets;
+use crate::probe::db::ReplicationReport;
 
 /// Registers the targets' families: read from `live` and `icmp` at every scrape.
 pub fn register(registry: &mut Registry, live: LiveTargets, icmp: IcmpSockets) {
@@ -88,6 +89,18 @@ impl Collector for TargetCollector {
             MetricType::Histogram,
         )?;
         encode_phases(&mut family, all(), ProbeKind::Dns)?;
+
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_db_phase_duration_seconds",
+            "Time per phase of each successful database probe: resolve, connect, tls, auth (startup and authentication), query (the read query), write (the heartbeat write, when asked).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for kind in [ProbeKind::Postgres, ProbeKind::Mysql, ProbeKind::Redis] {
+            encode_phases(&mut family, all(), kind)?;
+        }
+
+        encode_replication(&mut encoder, all())?;
 
         let mut family = encoder.encode_descriptor(
             "regionprobe_http_redirects",
@@ -261,6 +274,98 @@ fn encode_stamp<'a>(
                     "direction",
                     direction,
                 ))?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The replication families of the database targets that read replication.
+fn encode_replication<'a>(
+    encoder: &mut DescriptorEncoder,
+    targets: impl Iterator<Item = &'a TargetMetrics> + Clone,
+) -> Result<(), std::fmt::Error> {
+    let reports: Vec<(&TargetMetrics, ReplicationReport)> = targets
+        .filter_map(|t| {
+            let slot = t.replication.as_ref()?;
+            let report = slot.lock().expect("replication lock").clone()?;
+            Some((t, report))
+        })
+        .collect();
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_replication_lag_seconds",
+        "How far the target's data is behind its primary, by its last successful probe: PostgreSQL standby replay lag (0 when all received WAL is replayed), MySQL Seconds_Behind_Master, Redis master_last_io_seconds_ago, or the heartbeat's age; +Inf when replication is broken.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (t, report) in &reports {
+        if let Some(lag) = report.lag {
+            ConstGauge::new(lag).encode(family.encode_family(&t.labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_replication_link_up",
+        "1 if the replica's link to its primary is up (PostgreSQL WAL receiver streaming, MySQL IO thread running, Redis master_link_status up).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (t, report) in &reports {
+        if let Some(up) = report.link_up {
+            ConstGauge::new(i64::from(up)).encode(family.encode_family(&t.labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_replication_thread_running",
+        "MySQL/MariaDB replica: 1 if the replication thread (io, sql) runs.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (t, report) in &reports {
+        if let Some((io, sql)) = report.threads {
+            for (thread, running) in [("io", io), ("sql", sql)] {
+                let labels = WithExtra(&t.labels, "thread", thread);
+                ConstGauge::new(i64::from(running)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_replication_offset_bytes",
+        "Redis: the replication offset the server is at (master_repl_offset, slave_repl_offset).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (t, report) in &reports {
+        if let Some(offset) = report.offset {
+            ConstGauge::new(offset as f64).encode(family.encode_family(&t.labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_replication_replica_lag_seconds",
+        "From a primary target: each replica's lag by stage (PostgreSQL pg_stat_replication write, flush, replay; Redis ack: seconds since the replica's last acknowledgement).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (t, report) in &reports {
+        for replica in &report.replicas {
+            for (stage, seconds) in &replica.lag {
+                let pairs = [("replica", replica.name.as_str()), ("stage", *stage)];
+                ConstGauge::new(*seconds)
+                    .encode(family.encode_family(&WithPairs(&t.labels, &pairs))?)?;
+            }
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_replication_replica_gap_bytes",
+        "From a primary target: bytes of its log each replica has not replayed (PostgreSQL WAL, Redis replication offset).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (t, report) in &reports {
+        for replica in &report.replicas {
+            if let Some(gap) = replica.gap_bytes {
+                let pairs = [("replica", replica.name.as_str())];
+                ConstGauge::new(gap as f64)
+                    .encode(family.encode_family(&WithPairs(&t.labels, &pairs))?)?;
             }
         }
     }

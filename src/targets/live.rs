@@ -105,6 +105,7 @@ pub fn tally(live: &LiveTargets, now: Instant) -> Tally {
                 &status.window,
                 now,
                 config.down_after,
+                target.metrics.replication_lag(),
             );
         });
     }

@@ -136,6 +136,7 @@ impl Supervisor {
                 lateness,
                 target_live.clone(),
                 self.shared.clone(),
+                self.region.clone(),
             ));
             self.running.insert(
                 target.name.clone(),
@@ -156,9 +157,10 @@ async fn target_task(
     lateness: Lateness,
     live: Arc<LiveTarget>,
     shared: Shared,
+    region: String,
 ) {
     let target = &live.config;
-    let mut probe = Probe::new(&target.probe, &shared);
+    let mut probe = Probe::new(&target.probe, &shared, &region);
     let mut ticker = Ticker::new(schedule, lateness);
     let mut was_up: Option<bool> = None;
     loop {

@@ -2,6 +2,7 @@
 //! the target itself so the hot path touches its own atomics and never a label-map lookup.
 //! Removing a target drops its series with it. [`super::collector`] encodes them.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::{ProbeKind, Target};
 use crate::metrics::{TargetLabels, latency_histogram};
+use crate::probe::db::ReplicationReport;
 use crate::probe::{self, Failure, Outcome, Phase, Reason};
 
 /// One target's per-phase histograms, for the phases its probe kind reports.
@@ -53,6 +55,8 @@ pub struct TargetMetrics {
     pub(super) cert_expiry: Option<Gauge<f64, AtomicU64>>,
     /// STAMP targets: the per-direction series.
     pub(super) stamp: Option<StampSeries>,
+    /// Database targets with `replication`: the last report read (none until one was).
+    pub(super) replication: Option<Mutex<Option<ReplicationReport>>>,
 }
 
 /// The `direction` label of the STAMP series, indexed as [`probe::FORWARD`] and
@@ -156,7 +160,14 @@ impl TargetMetrics {
                 gauge
             }),
             stamp: (kind == ProbeKind::Stamp).then(|| StampSeries::new(&target.buckets)),
+            replication: target.probe.replication().map(|_| Mutex::new(None)),
         }
+    }
+
+    /// The replication lag of the last report, seconds, for the ranking.
+    pub fn replication_lag(&self) -> Option<f64> {
+        let slot = self.replication.as_ref()?;
+        slot.lock().expect("replication lock").as_ref()?.lag
     }
 
     /// Records one probe: a success observes its latency, a failure only counts its reason.
@@ -181,6 +192,9 @@ impl TargetMetrics {
                 }
                 if let (Some(series), Some(report)) = (&self.stamp, &outcome.stamp) {
                     series.record(report);
+                }
+                if let (Some(slot), Some(report)) = (&self.replication, &outcome.replication) {
+                    *slot.lock().expect("replication lock") = Some(report.clone());
                 }
                 self.up.set(1);
             }

@@ -4,6 +4,7 @@
 //! - [`peers`]: an HTTP(S) test server with scripted routes and a throwaway PKI;
 //! - [`dns`]: an authoritative test DNS server over UDP and TCP;
 //! - [`corpus`]: the fuzz corpus of `tests/fixtures/fuzz/` and the property tests' case count;
+//! - [`databases`]: real PostgreSQL and Redis servers, primaries and replicas;
 //! - [`services`]: the real Prometheus and Alertmanager, a webhook receiver, an HTTPS app;
 //! - [`black_box`]: run the exporter binary, HTTP to it, parse `/metrics`, wait, skip, `ip`.
 //! - [`netns`]: network namespaces, veth pairs and uplinks for tests that need a network.
@@ -15,6 +16,7 @@
 
 pub mod black_box;
 pub mod corpus;
+pub mod databases;
 pub mod dns;
 pub mod netns;
 pub mod peers;

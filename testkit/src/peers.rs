@@ -71,6 +71,20 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A leaf for `names` as PEM files' contents `(certificate, key)`, for servers that read
+    /// files (Redis, PostgreSQL).
+    pub fn leaf_pem(&self, names: &[&str]) -> (String, String) {
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 /// A TLS server configuration with a fresh self-signed certificate for `name` (no ALPN): for
 /// peers that only need a handshake to complete.
 pub fn self_signed_server(name: &str) -> Arc<rustls::ServerConfig> {
