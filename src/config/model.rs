@@ -26,7 +26,32 @@ pub struct Config {
     pub ranking: crate::ranking::Params,
     /// `[web]`: TLS and basic auth on the exporter's own endpoint.
     pub web: Web,
+    /// `[resolver]`: how long resolved host names are kept.
+    pub resolver: ResolverParams,
     pub targets: Vec<Target>,
+}
+
+/// `[resolver]`: the bounds on how long a resolved name is used before it is resolved again,
+/// and how long the last good addresses outlive a name server that stopped answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolverParams {
+    /// A shorter DNS TTL is raised to this (a TTL of 0 would resolve before every probe).
+    pub min_ttl: Duration,
+    /// A longer DNS TTL is cut to this, so a moved name is noticed in bounded time.
+    pub max_ttl: Duration,
+    /// After the TTL ran out and resolving fails, the last good addresses are still probed
+    /// for this long (and said to be stale); then the target fails with `reason="resolve"`.
+    pub keep_last_good: Duration,
+}
+
+impl Default for ResolverParams {
+    fn default() -> Self {
+        ResolverParams {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(3600),
+            keep_last_good: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[exporter]`
@@ -52,7 +77,28 @@ pub struct Target {
     /// Failed probes in a row after which the target is down (`[ranking] down_after` unless
     /// the target sets its own).
     pub down_after: usize,
+    /// `addresses`: which of the host name's addresses are probed.
+    pub addresses: Addresses,
     pub probe: ProbeConfig,
+}
+
+/// `addresses = "first" | "all"` of a target with a host name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Addresses {
+    /// The first address of the wanted family, as a client would connect.
+    #[default]
+    First,
+    /// Every address (up to `max`), each probed every interval as its own series.
+    All { label: AddressLabel, max: usize },
+}
+
+/// `address_label`: what tells the series of one address from another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressLabel {
+    /// `address_index="0"`..: bounded by `max_addresses`, kept by an address while it stays.
+    Index,
+    /// `address="192.0.2.1"`: readable, but every new address is a new set of series.
+    Address,
 }
 
 /// What to probe and how.

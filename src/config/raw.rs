@@ -18,6 +18,8 @@ pub(super) struct RawFile {
     pub ranking: RawRanking,
     #[serde(default)]
     pub web: RawWeb,
+    #[serde(default)]
+    pub resolver: RawResolver,
     #[serde(default, rename = "target")]
     pub targets: Vec<RawTarget>,
 }
@@ -47,6 +49,14 @@ pub(super) struct RawRanking {
     pub hysteresis: Option<f64>,
     pub hold: Option<String>,
     pub down_after: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawResolver {
+    pub min_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub keep_last_good: Option<String>,
 }
 
 /// `[web]`: the exporter toolkit's web configuration keys.
@@ -94,6 +104,10 @@ pub(super) struct RawTarget {
     pub buckets: Option<Vec<f64>>,
     pub down_after: Option<u32>,
     pub ip_version: Option<u8>,
+    // icmp, tcp, http: a host name's addresses
+    pub addresses: Option<String>,
+    pub address_label: Option<String>,
+    pub max_addresses: Option<u32>,
     // icmp
     pub host: Option<String>,
     pub payload_size: Option<u16>,

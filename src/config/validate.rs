@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::fields::Invalid;
-use super::model::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind, Target};
+use super::model::{
+    AddressLabel, Addresses, Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind,
+    ResolverParams, Target,
+};
 use super::probes;
 use super::raw::{RawFile, RawTarget};
 use crate::ranking::Params as RankingParams;
@@ -92,6 +95,7 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
     };
 
     let web = super::web::validate(raw.web)?;
+    let resolver = resolver(raw.resolver)?;
     let defaults = Defaults {
         interval,
         timeout,
@@ -126,8 +130,89 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         exporter: Exporter { region, listen },
         ranking,
         web,
+        resolver,
         targets,
     })
+}
+
+/// `[resolver]`: the TTL bounds and how long the last good addresses are kept.
+fn resolver(raw: super::raw::RawResolver) -> Result<ResolverParams, Invalid> {
+    let builtin = ResolverParams::default();
+    let params = ResolverParams {
+        min_ttl: match raw.min_ttl {
+            Some(text) => positive_duration("resolver.min_ttl", &text)?,
+            None => builtin.min_ttl,
+        },
+        max_ttl: match raw.max_ttl {
+            Some(text) => positive_duration("resolver.max_ttl", &text)?,
+            None => builtin.max_ttl,
+        },
+        keep_last_good: match raw.keep_last_good {
+            Some(text) => duration("resolver.keep_last_good", &text)?,
+            None => builtin.keep_last_good,
+        },
+    };
+    if params.min_ttl > params.max_ttl {
+        return Err((
+            "resolver.min_ttl".into(),
+            format!(
+                "{} is longer than resolver.max_ttl {}",
+                humantime::format_duration(params.min_ttl),
+                humantime::format_duration(params.max_ttl)
+            ),
+        ));
+    }
+    Ok(params)
+}
+
+/// The most addresses one `addresses = "all"` target may probe: it bounds `address_index`.
+const MAX_ADDRESSES: u32 = 64;
+
+/// `addresses`, `address_label` and `max_addresses` of one target (the kind was checked).
+fn addresses(key: &dyn Fn(&str) -> String, raw: &RawTarget) -> Result<Addresses, Invalid> {
+    let all = match raw.addresses.as_deref() {
+        None | Some("first") => false,
+        Some("all") => true,
+        Some(other) => {
+            return Err((
+                key("addresses"),
+                format!("unknown value \"{other}\"; expected \"first\" or \"all\""),
+            ));
+        }
+    };
+    let label = match raw.address_label.as_deref() {
+        None | Some("index") => AddressLabel::Index,
+        Some("address") => AddressLabel::Address,
+        Some(other) => {
+            return Err((
+                key("address_label"),
+                format!("unknown value \"{other}\"; expected \"index\" or \"address\""),
+            ));
+        }
+    };
+    let max = match raw.max_addresses {
+        None => 16,
+        Some(n) if (1..=MAX_ADDRESSES).contains(&n) => n as usize,
+        Some(n) => {
+            return Err((
+                key("max_addresses"),
+                format!("{n} is out of range; expected 1 to {MAX_ADDRESSES}"),
+            ));
+        }
+    };
+    if !all {
+        if let Some(field) = [
+            ("address_label", raw.address_label.is_some()),
+            ("max_addresses", raw.max_addresses.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(field, set)| set.then_some(field))
+        {
+            return Err((key(field), "only applies with addresses = \"all\"".into()));
+        }
+        return Ok(Addresses::First);
+    }
+    Ok(Addresses::All { label, max })
 }
 
 struct Defaults {
@@ -223,6 +308,8 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
         }
     };
 
+    probes::check_keys(index, kind, &raw)?;
+    let addresses = addresses(&key, &raw)?;
     let probe = probes::probe(index, kind, raw, ip_version)?;
 
     Ok(Target {
@@ -232,6 +319,7 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
         timeout,
         buckets,
         down_after,
+        addresses,
         probe,
     })
 }

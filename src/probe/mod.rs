@@ -20,6 +20,7 @@ pub use icmp::IcmpSockets;
 pub use outcome::{Failure, Outcome, Phase, Reason};
 
 use crate::config::{ProbeConfig, ProbeKind};
+pub use resolve::Host;
 use resolve::Resolver;
 
 /// The reasons a probe kind can fail with. Their counters start at zero so that `rate()` and
@@ -87,6 +88,26 @@ impl Probe {
             Probe::Tcp(p) => p.run().await,
             Probe::Http(p) => p.run().await,
             Probe::Dns(p) => p.run().await,
+        }
+    }
+
+    /// The host name (or address) the probe resolves; `None` for DNS probes, whose server is
+    /// an address.
+    pub fn host(&self) -> Option<&Host> {
+        match self {
+            Probe::Icmp(p) => Some(p.host()),
+            Probe::Tcp(p) => Some(p.host()),
+            Probe::Http(p) => Some(p.host()),
+            Probe::Dns(_) => None,
+        }
+    }
+
+    pub fn host_mut(&mut self) -> Option<&mut Host> {
+        match self {
+            Probe::Icmp(p) => Some(p.host_mut()),
+            Probe::Tcp(p) => Some(p.host_mut()),
+            Probe::Http(p) => Some(p.host_mut()),
+            Probe::Dns(_) => None,
         }
     }
 

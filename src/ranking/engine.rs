@@ -233,8 +233,10 @@ struct TargetSamples {
     /// Successful latencies, microseconds.
     latencies: Vec<u32>,
     failures: usize,
-    /// Its last `down_after` answers failed.
+    /// Its last `down_after` answers failed (every address's, for several).
     down: Option<bool>,
+    /// Addresses of the target that are down while others are not.
+    addresses_down: usize,
     /// Its newest probe failed on our side.
     failing_locally: bool,
 }
@@ -244,9 +246,7 @@ impl Tally {
         Tally::default()
     }
 
-    /// Adds target `name` of `region`: its samples live at `now`, and whether it is down after
-    /// `down_after` failures in a row. A target without samples still counts, so a configured
-    /// region shows up (at `+Inf`) before anything answered.
+    /// Adds target `name` of `region` with one window: [`Tally::add_all`].
     pub fn add(
         &mut self,
         region: &str,
@@ -255,13 +255,43 @@ impl Tally {
         now: Instant,
         down_after: usize,
     ) {
+        self.add_all(region, name, &[window], now, down_after);
+    }
+
+    /// Adds target `name` of `region` from its `windows` (one per address it probes): its
+    /// samples live at `now`, and whether it is down after `down_after` failures in a row. A
+    /// target with several addresses pools their samples; it is down when every address is,
+    /// and counts its down addresses otherwise (the region is then degraded). A target without
+    /// samples still counts, so a configured region shows up (at `+Inf`) before anything
+    /// answered.
+    pub fn add_all(
+        &mut self,
+        region: &str,
+        name: &str,
+        windows: &[&Window],
+        now: Instant,
+        down_after: usize,
+    ) {
+        let downs: Vec<Option<bool>> = windows.iter().map(|w| w.down(now, down_after)).collect();
+        let down = if !downs.is_empty() && downs.iter().all(|d| *d == Some(true)) {
+            Some(true)
+        } else if downs.contains(&Some(false)) {
+            Some(false)
+        } else {
+            None
+        };
         let mut target = TargetSamples {
             name: name.to_owned(),
-            down: window.down(now, down_after),
-            failing_locally: window.failing_locally(now),
+            down,
+            addresses_down: if down == Some(true) {
+                0
+            } else {
+                downs.iter().filter(|d| **d == Some(true)).count()
+            },
+            failing_locally: windows.iter().any(|w| w.failing_locally(now)),
             ..TargetSamples::default()
         };
-        for sample in window.live(now) {
+        for sample in windows.iter().flat_map(|w| w.live(now)) {
             match sample.latency {
                 FAILED => target.failures += 1,
                 LOCAL => {}
@@ -352,6 +382,10 @@ fn region_rank(region: String, targets: &mut [TargetSamples], params: &Params) -
     if up == Some(false) {
         score = f64::INFINITY;
     }
+    let degraded = up == Some(true)
+        && targets
+            .iter()
+            .any(|t| t.down == Some(true) || t.addresses_down > 0);
     let mut pooled: Vec<u32> = targets
         .iter()
         .flat_map(|t| t.latencies.iter().copied())
@@ -366,6 +400,7 @@ fn region_rank(region: String, targets: &mut [TargetSamples], params: &Params) -
         rank: 0,
         score,
         up,
+        degraded,
         worst_target,
         p50,
         p95,
@@ -458,6 +493,9 @@ pub struct RegionRank {
     /// `Some(false)` when every target is down (its last `down_after` probes failed),
     /// `Some(true)` when one is up, `None` before any target had that many probes.
     pub up: Option<bool>,
+    /// Up, but some of its targets, or some addresses of an `addresses = "all"` target, are
+    /// down: still a place to go, with less capacity behind it.
+    pub degraded: bool,
     /// The target whose score is the region's.
     pub worst_target: Option<String>,
     /// Quantiles of the successful latencies; `None` without a success.
@@ -690,6 +728,7 @@ mod tests {
                     rank: 0,
                     score: *score,
                     up: Some(score.is_finite()),
+                    degraded: false,
                     worst_target: None,
                     p50: None,
                     p95: None,

@@ -54,7 +54,12 @@ pub struct TargetMetrics {
 }
 
 impl TargetMetrics {
-    pub fn new(source_region: &str, target: &Target) -> Self {
+    /// `address`: the extra label of one address of an `addresses = "all"` target.
+    pub fn new(
+        source_region: &str,
+        target: &Target,
+        address: Option<(&'static str, String)>,
+    ) -> Self {
         let kind = target.probe.kind();
         TargetMetrics {
             labels: TargetLabels {
@@ -62,6 +67,7 @@ impl TargetMetrics {
                 target_region: target.region.clone(),
                 target: target.name.clone(),
                 probe: kind.as_str(),
+                address,
             },
             duration: latency_histogram(target.buckets.iter().copied()),
             probes: Counter::default(),
