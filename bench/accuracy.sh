@@ -20,8 +20,9 @@
 #
 # Topology (built per run, deleted after it; nothing leaves the machine): two network
 # namespaces, A (the probers) and B (the probed addresses), without default routes, joined by
-# two TUN devices through bench/delay_forwarder.py, which delays every packet by the path's
-# one-way delay (+ jitter), drops some (loss) and counts what it dropped. A: 10.77.0.1/24;
+# two TUN devices through the test kit's WAN emulator (`wan`, testkit/src/wan.rs: a reader and
+# a writer thread per direction that spins to each packet's due time), which delays every
+# packet by the path's one-way delay (+ jitter), drops some (loss) and counts what it dropped. A: 10.77.0.1/24;
 # B: 10.77.0.2/24 plus one address per prober: ping probes 10.77.0.11, smokeping_prober
 # 10.77.0.12, regionprobe 10.77.0.13, all three at 1 s, concurrently. The extra targets are
 # 127.1.Y.Z inside A.
@@ -47,7 +48,8 @@ BENCH=accuracy
 SMOKEPING=/usr/bin/prometheus-smokeping-prober
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-STOPPABLE=("$REGIONPROBE " "$SMOKEPING " "python3 $BENCH_DIR/delay_forwarder.py" "ping " "python3 -c")
+WAN="$ROOT/target/release/wan"
+STOPPABLE=("$REGIONPROBE " "$SMOKEPING " "$WAN " "ping " "python3 -c")
 
 DURATION=${DURATION:-60}
 WARMUP=${WARMUP:-5}
@@ -67,6 +69,8 @@ for l in $LOADS; do [[ "$l" =~ ^(none|targets|hammer)$ ]] || die "unknown load '
 install_missing ping:iputils-ping "$SMOKEPING:prometheus-smokeping-prober" ip:iproute2
 warn_running "$SMOKEPING"
 build_release
+log "building the WAN emulator (cargo build --release -p regionprobe-testkit --bin wan)"
+(cd "$ROOT" && cargo build --release --quiet -p regionprobe-testkit --bin wan) || die "building wan failed"
 bench_workdir
 
 # Bucket bounds shared by smokeping_prober and regionprobe's measured target.
@@ -117,7 +121,7 @@ run_one() {
     ip netns add "$NS_A"
     ip netns add "$NS_B"
     # shellcheck disable=SC2046  # path_args is a list of words
-    python3 "$BENCH_DIR/delay_forwarder.py" --a "$TUN_A" --b "$TUN_B" $(path_args "$path") \
+    "$WAN" --a "$TUN_A" --b "$TUN_B" $(path_args "$path") \
         --stats "$dir/emulator.json" >"$dir/forwarder.out" 2>"$dir/forwarder.err" &
     track_pid $!
     local fwd=$!
@@ -238,7 +242,7 @@ def emulator(d, addr):
     g = lambda e, k: e[k].get(addr, 0)
     seen = g(e1, 'seen') - g(e0, 'seen')
     dropped = sum(g(e1, k) - g(e0, k) for k in ('dropped_ab', 'dropped_ba'))
-    return dropped / seen if seen else None, e1['late_ms_max']
+    return dropped / seen if seen else None, e1['late_us_max'] / 1e3
 
 def record(d, path, load, t_ping, t0, t1):
     t_ping, t0, t1 = float(t_ping), float(t0), float(t1)

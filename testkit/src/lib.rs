@@ -6,6 +6,8 @@
 //! - [`corpus`]: the fuzz corpus of `tests/fixtures/fuzz/` and the property tests' case count;
 //! - [`services`]: the real Prometheus and Alertmanager, a webhook receiver, an HTTPS app;
 //! - [`black_box`]: run the exporter binary, HTTP to it, parse `/metrics`, wait, skip, `ip`.
+//! - [`netns`]: network namespaces, veth pairs and uplinks for tests that need a network.
+//! - [`wan`]: a WAN emulator (delay, jitter, loss per direction) over TUN devices.
 
 // Blocking helpers on real time: there is no tokio clock to pause here (clippy.toml bans
 // std's Instant for the code under test, whose tests pause time).
@@ -14,5 +16,7 @@
 pub mod black_box;
 pub mod corpus;
 pub mod dns;
+pub mod netns;
 pub mod peers;
 pub mod services;
+pub mod wan;

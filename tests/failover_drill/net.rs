@@ -15,49 +15,8 @@
 //! all, also when the test panics.
 
 use regionprobe_testkit::black_box::{ip, run, run_quietly};
+pub use regionprobe_testkit::netns::Netns;
 use std::net::Ipv4Addr;
-
-/// A network namespace with `lo` up, deleted (with every interface in it) on drop.
-#[derive(Debug)]
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Self {
-        // A leftover of a killed earlier process that had the same pid.
-        run_quietly(&["ip", "netns", "del", &name]);
-        run(&["ip", "netns", "add", &name]);
-        let netns = Netns { name };
-        netns.ip("link set lo up");
-        netns
-    }
-
-    /// `ip -n <ns> <command>`: iproute2 acting inside the namespace.
-    pub fn ip(&self, command: &str) {
-        ip(&format!("-n {} {command}", self.name));
-    }
-
-    /// The command prefix that runs a program in the namespace.
-    pub fn prefix(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.name]
-    }
-
-    /// Sets a per-namespace sysctl by writing /proc/sys from inside the namespace.
-    pub fn sysctl(&self, key: &str, value: &str) {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let script = r#"printf '%s\n' "$1" > "$2""#;
-        let mut args = self.prefix().to_vec();
-        args.extend(["sh", "-c", script, "sh", value, &path]);
-        run(&args);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        run_quietly(&["ip", "netns", "del", &self.name]);
-    }
-}
 
 /// The root namespace's end of the uplink. Deleting the backbone namespace destroys it too,
 /// unless something (a stray process) keeps that namespace alive: hence a guard of its own.
@@ -98,7 +57,7 @@ impl Topology {
         let first = u32::from(Ipv4Addr::new(10, 208, 0, 0)) + (pid % 8192) * 8;
         let host = Ipv4Addr::from(first + 1);
 
-        let backbone = Netns::new(format!("{prefix}bb"));
+        let backbone = Netns::named(format!("{prefix}bb"));
         backbone.ip("link add br0 type bridge");
         backbone.ip("link set br0 up");
 
@@ -116,7 +75,7 @@ impl Topology {
 
         let mut regions = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            let netns = Netns::new(format!("{prefix}{name}"));
+            let netns = Netns::named(format!("{prefix}{name}"));
             let addr = Ipv4Addr::from(first + 2 + i as u32);
             let port = format!("p{name}");
             backbone.ip(&format!(
@@ -128,7 +87,7 @@ impl Topology {
             netns.ip(&format!("addr add {addr}/29 dev eth0"));
             netns.ip("link set eth0 up");
             // Root (gid 0) may open ping sockets: the "preferred" way of the README.
-            netns.sysctl("net.ipv4.ping_group_range", "0 2147483647");
+            netns.ping_sockets(true);
             regions.push(Region {
                 name,
                 addr,
