@@ -596,6 +596,47 @@ mod tests {
         assert!(!server.received().is_empty(), "the server was asked");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn last_good_addresses_outlive_a_failing_name_server_for_a_bounded_time() {
+        let params = ResolverParams {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(60),
+            keep_last_good: Duration::from_secs(10),
+        };
+        let a = IpAddr::from([192, 0, 2, 1]);
+        let b = IpAddr::from([192, 0, 2, 2]);
+        let mut host = Host::new("lb.example.test.", IpVersion::Any);
+        let ok = |addrs: Vec<IpAddr>| Ok((addrs, Duration::from_secs(5)));
+        assert_eq!(host.absorb(ok(vec![a, b]), params), Ok(vec![a, b]));
+        // Round-robin order is no change; another set is one.
+        host.absorb(ok(vec![b, a]), params).unwrap();
+        assert_eq!(host.changes(), 0);
+        host.absorb(ok(vec![a]), params).unwrap();
+        assert_eq!(host.changes(), 1);
+
+        // The TTL (5 s) ran out and the name server fails: the last good addresses, stale.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let failed = || Err("resolving lb.example.test.: timed out".to_owned());
+        assert_eq!(host.absorb(failed(), params), Ok(vec![a]));
+        assert!(host.is_stale());
+        // Asked again after min_ttl, not before every probe.
+        let resolved = host.resolved.as_ref().unwrap();
+        assert_eq!(
+            resolved.fresh_until,
+            Instant::now() + params.min_ttl,
+            "retry after min_ttl"
+        );
+        // Until TTL + keep_last_good after the last answer (15 s); then the failure shows.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(host.absorb(failed(), params), Ok(vec![a]));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(host.absorb(failed(), params).is_err());
+        assert!(!host.is_stale() && host.resolved.is_none());
+        // And an answer brings it back.
+        assert_eq!(host.absorb(ok(vec![b]), params), Ok(vec![b]));
+        assert!(!host.is_stale());
+    }
+
     #[tokio::test]
     async fn an_unresolvable_name_is_an_error_not_a_panic() {
         let resolver = Resolver::default();

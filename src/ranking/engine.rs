@@ -718,6 +718,35 @@ mod tests {
         tally.rank(params, "local")
     }
 
+    #[test]
+    fn one_dead_address_of_three_makes_the_region_degraded_not_down() {
+        let now = Instant::now();
+        let params = Params::default();
+        let live = window(&[10; 20], 0, now);
+        let dead = window(&[], 20, now);
+        let mut tally = Tally::new();
+        tally.add_all("eu", "lb", &[&live, &live, &dead], now, 3);
+        tally.add("us", "api", &window(&[10; 20], 0, now), now, 3);
+        let ranking = tally.rank(&params, "local");
+        let eu = ranking.get("eu").unwrap();
+        assert_eq!((eu.up, eu.degraded), (Some(true), true));
+        // The pooled loss (a third) costs its share of the penalty, not +Inf.
+        let expected = 0.010 + params.loss_penalty.as_secs_f64() / 3.0;
+        assert!((eu.score - expected).abs() < 1e-9, "{}", eu.score);
+        let us = ranking.get("us").unwrap();
+        assert_eq!((us.up, us.degraded), (Some(true), false));
+        assert_eq!(ranking.regions[0].region, "us");
+
+        // Every address dead: the target, and so the region, is down (and not degraded).
+        let mut tally = Tally::new();
+        tally.add_all("eu", "lb", &[&dead, &dead, &dead], now, 3);
+        let eu = tally.rank(&params, "local").get("eu").cloned().unwrap();
+        assert_eq!(
+            (eu.up, eu.degraded, eu.score),
+            (Some(false), false, f64::INFINITY)
+        );
+    }
+
     /// A ranking with the given scores and nothing else.
     fn ranking(scores: &[(&str, f64)]) -> Ranking {
         ordered(

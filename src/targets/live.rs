@@ -261,3 +261,73 @@ pub fn tally(live: &LiveTargets, now: Instant) -> Tally {
     }
     tally
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(lines: &str) -> Target {
+        let text = format!(
+            "[[target]]\nname = \"lb\"\nregion = \"eu\"\nprobe = \"icmp\"\nhost = \"lb.example.test\"\n{lines}"
+        );
+        crate::config::parse("t.toml", &text, Some(Default::default()))
+            .unwrap()
+            .targets
+            .remove(0)
+    }
+
+    type Label = Option<(&'static str, String)>;
+
+    fn labels(slots: &[Arc<Slot>]) -> Vec<(usize, String, Label)> {
+        slots
+            .iter()
+            .map(|s| {
+                (
+                    s.index,
+                    s.address.to_string(),
+                    s.metrics.labels.address.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_address_keeps_its_index_and_series_while_it_stays() {
+        let live = LiveTarget::new(
+            "here",
+            &target("addresses = \"all\""),
+            Duration::from_secs(60),
+        );
+        let ip = |last: u8| IpAddr::from([192, 0, 2, last]);
+        let first = live.assign(&[ip(1), ip(2), ip(3)]);
+        first[1].record(&Err(Failure::new(crate::probe::Reason::Timeout, "x")));
+        let second = live.assign(&[ip(2), ip(4)]);
+        let index = |n: usize| Some(("address_index", n.to_string()));
+        assert_eq!(
+            labels(&second),
+            vec![
+                (0, "192.0.2.4".to_owned(), index(0)),
+                (1, "192.0.2.2".to_owned(), index(1)),
+            ],
+            "the new address takes the lowest free index"
+        );
+        assert!(Arc::ptr_eq(&first[1], &second[1]), "same series");
+        assert_eq!(second[1].metrics.probes.get(), 1);
+        assert_eq!(
+            live.series().len(),
+            2,
+            "the target's own series is not exported"
+        );
+
+        let by_address = LiveTarget::new(
+            "here",
+            &target("addresses = \"all\"\naddress_label = \"address\""),
+            Duration::from_secs(60),
+        );
+        let slots = by_address.assign(&[ip(9)]);
+        assert_eq!(
+            slots[0].metrics.labels.address,
+            Some(("address", "192.0.2.9".to_owned()))
+        );
+    }
+}
