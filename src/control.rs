@@ -13,7 +13,7 @@ use crate::config::{Config, ConfigSource, Overrides};
 use crate::http::{Guard, ReloadRequest, RenderCache};
 use crate::metrics::Registry;
 use crate::ranking::{self, Ranker, SharedSnapshot};
-use crate::targets::{self, LiveTargets, Supervisor};
+use crate::targets::{self, LiveTargets, Supervisor, TargetFiles};
 
 /// The reload gauges.
 #[derive(Debug)]
@@ -69,6 +69,10 @@ pub struct Control {
     pub ranker: Ranker,
     pub snapshot: SharedSnapshot,
     pub web: Arc<Guard>,
+    /// `[[target_file]]`s, polled at every ranking tick.
+    pub files: TargetFiles,
+    /// The configuration as loaded, before the target files' targets join it.
+    pub base: Arc<Config>,
 }
 
 impl Control {
@@ -85,6 +89,13 @@ impl Control {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
+                    if self.files.poll(&self.base) {
+                        let config = self.files.merged(&self.base);
+                        let diff = self.supervisor.apply(&config);
+                        tracing::info!(%diff, "target files applied");
+                        *self.current.write().expect("config lock") = Arc::new(config);
+                        self.renderings.invalidate();
+                    }
                     let now = Instant::now();
                     let snapshot = self.ranker.rank(targets::tally(&self.live, now), now);
                     *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
@@ -119,6 +130,10 @@ impl Control {
                         "exporter.listen changed; the new address takes effect after a restart"
                     );
                 }
+                self.files.configure(&config.target_files);
+                self.files.poll(&config);
+                self.base = Arc::new(config.clone());
+                let config = self.files.merged(&config);
                 let diff = self.supervisor.apply(&config);
                 self.web.apply(&config.web);
                 self.ranker

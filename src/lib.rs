@@ -39,7 +39,7 @@ use crate::http::{Guard, RenderCache, State};
 use crate::metrics::Registry;
 use crate::probe::Shared;
 use crate::ranking::Ranker;
-use crate::targets::{LiveTargets, SchedulerMetrics, Supervisor};
+use crate::targets::{LiveTargets, SchedulerMetrics, Supervisor, TargetFiles};
 
 /// Runs the exporter on `listener` with `config` (read from `source`, which reloads re-read)
 /// until `shutdown` completes, with the endpoint's default [`Options`]. Reloads come from
@@ -103,11 +103,16 @@ pub async fn run_with(
     ranking::register(&mut registry, snapshot.clone());
     let scheduler = SchedulerMetrics::register(&mut registry);
     let reloads = ReloadMetrics::register(&mut registry);
+    let mut files = TargetFiles::register(&mut registry);
     let web = Arc::new(Guard::new(&config.web));
     web.refusals().register(&mut registry);
     registry.register_process();
     let registry = Arc::new(registry);
 
+    files.configure(&config.target_files);
+    files.poll(&config);
+    let base = Arc::new(config.clone());
+    let config = files.merged(&config);
     let mut supervisor = Supervisor::new(shared, scheduler, live.clone());
     let diff = supervisor.apply(&config);
     tracing::info!(region = %config.exporter.region, targets = config.targets.len(), %diff, "configuration loaded from {}", source.name());
@@ -140,6 +145,8 @@ pub async fn run_with(
         ranker,
         snapshot,
         web,
+        files,
+        base,
     };
     // The server's runtime: the listener moves to its reactor.
     let server = ServerRuntime(Some(

@@ -29,6 +29,49 @@ pub struct Config {
     /// `[resolver]`: how long resolved host names are kept.
     pub resolver: ResolverParams,
     pub targets: Vec<Target>,
+    /// `[[target_file]]`: more targets, from files in Prometheus' file_sd format.
+    pub target_files: Vec<TargetFile>,
+}
+
+/// One `[[target_file]]`: a file of targets in Prometheus' `file_sd` format (JSON or YAML),
+/// read and watched at run time (a bad file is not a configuration error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetFile {
+    pub path: PathBuf,
+    /// `probe` for the file's entries without a `__probe` label.
+    pub probe: Option<ProbeKind>,
+    /// `region` for the file's entries without a `__region` label.
+    pub region: Option<String>,
+    /// `[defaults]` and `[ranking] down_after`, as inline targets inherit them.
+    pub defaults: TargetDefaults,
+}
+
+/// What a target inherits: `[defaults]` and `[ranking] down_after`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetDefaults {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub buckets: Vec<f64>,
+    pub down_after: usize,
+}
+
+/// Where a target came from.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum TargetSource {
+    /// A `[[target]]` of the configuration file.
+    #[default]
+    Inline,
+    /// An entry of a `[[target_file]]`.
+    File(PathBuf),
+}
+
+impl fmt::Display for TargetSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetSource::Inline => f.write_str("inline"),
+            TargetSource::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
 }
 
 /// `[resolver]`: the bounds on how long a resolved name is used before it is resolved again,
@@ -80,6 +123,8 @@ pub struct Target {
     /// `addresses`: which of the host name's addresses are probed.
     pub addresses: Addresses,
     pub probe: ProbeConfig,
+    /// Where the target came from (shown in `/api/v1/targets` and on the page).
+    pub source: TargetSource,
 }
 
 /// `addresses = "first" | "all"` of a target with a host name.

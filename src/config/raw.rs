@@ -22,6 +22,16 @@ pub(super) struct RawFile {
     pub resolver: RawResolver,
     #[serde(default, rename = "target")]
     pub targets: Vec<RawTarget>,
+    #[serde(default, rename = "target_file")]
+    pub target_files: Vec<RawTargetFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTargetFile {
+    pub path: Option<String>,
+    pub probe: Option<String>,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::fields::Invalid;
 use super::model::{
     AddressLabel, Addresses, Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind,
-    ResolverParams, Target,
+    ResolverParams, Target, TargetDefaults as Defaults, TargetFile, TargetSource,
 };
 use super::probes;
 use super::raw::{RawFile, RawTarget};
@@ -119,7 +119,51 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         targets.push(target);
     }
 
-    if empty {
+    let mut target_files: Vec<TargetFile> = Vec::with_capacity(raw.target_files.len());
+    for (index, file) in raw.target_files.into_iter().enumerate() {
+        let key = |field: &str| format!("target_file[{index}].{field}");
+        let path = match file.path {
+            Some(path) if !path.trim().is_empty() => std::path::PathBuf::from(path),
+            _ => return Err((key("path"), "missing; the file of targets to read".into())),
+        };
+        if let Some(first) = target_files.iter().position(|f| f.path == path) {
+            return Err((
+                key("path"),
+                format!(
+                    "\"{}\" is already read by target_file[{first}]",
+                    path.display()
+                ),
+            ));
+        }
+        let probe = match file.probe.as_deref() {
+            None => None,
+            Some(name) => Some(
+                ProbeKind::ALL
+                    .into_iter()
+                    .find(|kind| kind.as_str() == name)
+                    .ok_or_else(|| {
+                        (
+                            key("probe"),
+                            format!(
+                                "unknown probe kind \"{name}\"; expected one of: icmp, tcp, http, dns"
+                            ),
+                        )
+                    })?,
+            ),
+        };
+        let region = match file.region {
+            Some(region) => Some(label_value(&key("region"), Some(region), "")?),
+            None => None,
+        };
+        target_files.push(TargetFile {
+            path,
+            probe,
+            region,
+            defaults: defaults.clone(),
+        });
+    }
+
+    if empty && target_files.is_empty() {
         return Err((
             "exporter.region".into(),
             "missing, and no [[target]] either: the file looks empty or truncated; set exporter.allow_empty = true to run without targets".into(),
@@ -132,6 +176,7 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         web,
         resolver,
         targets,
+        target_files,
     })
 }
 
@@ -215,13 +260,6 @@ fn addresses(key: &dyn Fn(&str) -> String, raw: &RawTarget) -> Result<Addresses,
     Ok(Addresses::All { label, max })
 }
 
-struct Defaults {
-    interval: Duration,
-    timeout: Duration,
-    buckets: Vec<f64>,
-    down_after: usize,
-}
-
 /// Between 1 and 100 probes: more would take minutes to notice a dead target.
 fn check_down_after(key: &str, n: u32) -> Result<usize, Invalid> {
     if (1..=100).contains(&n) {
@@ -234,7 +272,11 @@ fn check_down_after(key: &str, n: u32) -> Result<usize, Invalid> {
     }
 }
 
-fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Target, Invalid> {
+pub(super) fn target(
+    index: usize,
+    mut raw: RawTarget,
+    defaults: &Defaults,
+) -> Result<Target, Invalid> {
     let key = |field: &str| format!("target[{index}].{field}");
 
     let name = match raw.name.take() {
@@ -321,6 +363,7 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
         down_after,
         addresses,
         probe,
+        source: TargetSource::Inline,
     })
 }
 

@@ -97,8 +97,9 @@ pub struct TargetView {
     pub endpoint: String,
     pub interval_seconds: f64,
     pub timeout_seconds: f64,
-    /// Where the target came from: `inline` (a `[[target]]` of the configuration file).
-    pub source: &'static str,
+    /// Where the target came from: `inline` (a `[[target]]` of the configuration file) or
+    /// `file:<path>` (an entry of a `[[target_file]]`).
+    pub source: String,
     /// `null` before the first probe. With `addresses = "all"`: whether any address answered
     /// its last probe.
     pub up: Option<bool>,
@@ -250,7 +251,7 @@ fn target_view(target: &LiveTarget) -> TargetView {
         endpoint: probe::endpoint(&config.probe),
         interval_seconds: secs(config.interval),
         timeout_seconds: secs(config.timeout),
-        source: "inline",
+        source: config.source.to_string(),
         up: status.last.as_ref().map(|last| last.failure.is_none()),
         state: "pending",
         last: status.last.as_ref().map(last_view),

@@ -195,7 +195,7 @@ a region whose every target is down ranks last</p>\
             name = escape(&target.name),
             region = escape(&target.region),
             probe = target.probe,
-            source = target.source,
+            source = escape(&target.source),
             latency = target
                 .last
                 .as_ref()

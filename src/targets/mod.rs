@@ -7,11 +7,13 @@
 //! (its metric series) and [`collector`] (which encodes them at scrape time).
 
 mod collector;
+mod files;
 mod live;
 mod schedule;
 mod series;
 
 pub use collector::register;
+pub use files::TargetFiles;
 pub use live::{LastResult, LiveTarget, LiveTargets, tally};
 pub use schedule::SchedulerMetrics;
 
