@@ -13,7 +13,7 @@ use crate::config::{Config, ConfigSource, Overrides};
 use crate::http::{Guard, ReloadRequest, RenderCache};
 use crate::metrics::Registry;
 use crate::ranking::{self, Ranker, SharedSnapshot};
-use crate::targets::{self, LiveTargets, Supervisor, TargetFiles};
+use crate::targets::{self, LiveTargets, SrvTargets, Supervisor, TargetFiles};
 
 /// The reload gauges.
 #[derive(Debug)]
@@ -71,6 +71,8 @@ pub struct Control {
     pub web: Arc<Guard>,
     /// `[[target_file]]`s, polled at every ranking tick.
     pub files: TargetFiles,
+    /// `[[target_srv]]`s, looked up by tasks of their own, taken at every ranking tick.
+    pub srv: SrvTargets,
     /// The configuration as loaded, before the target files' targets join it.
     pub base: Arc<Config>,
 }
@@ -89,10 +91,14 @@ impl Control {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
-                    if self.files.poll(&self.base) {
-                        let config = self.files.merged(&self.base);
+                    let files = self.files.poll(&self.base);
+                    let with_files = self.files.merged(&self.base);
+                    let srv = self.srv.poll(&with_files);
+                    if files || srv {
+                        let mut config = with_files;
+                        self.srv.extend(&mut config);
                         let diff = self.supervisor.apply(&config);
-                        tracing::info!(%diff, "target files applied");
+                        tracing::info!(%diff, "discovered targets applied");
                         *self.current.write().expect("config lock") = Arc::new(config);
                         self.renderings.invalidate();
                     }
@@ -132,8 +138,13 @@ impl Control {
                 }
                 self.files.configure(&config.target_files);
                 self.files.poll(&config);
+                // SRV names are looked up afresh; their last good targets stay meanwhile.
+                self.srv
+                    .configure(&config.target_srvs, self.supervisor.resolver());
                 self.base = Arc::new(config.clone());
-                let config = self.files.merged(&config);
+                let mut config = self.files.merged(&config);
+                self.srv.poll(&config);
+                self.srv.extend(&mut config);
                 let diff = self.supervisor.apply(&config);
                 self.web.apply(&config.web);
                 self.ranker

@@ -30,7 +30,8 @@ const INTERVAL: Duration = Duration::from_millis(500);
 struct Dnsmasq(Child);
 
 impl Dnsmasq {
-    fn start(netns: &Netns, hosts: &std::path::Path, listen: &str) -> Self {
+    /// `srv`: SRV records as dnsmasq's `--srv-host` takes them (`name,target,port`).
+    fn start(netns: &Netns, hosts: &std::path::Path, listen: &str, srv: &[&str]) -> Self {
         let mut args: Vec<String> = netns.prefix().iter().map(|s| s.to_string()).collect();
         args.extend(
             [
@@ -49,6 +50,7 @@ impl Dnsmasq {
         args.push(format!("--listen-address={listen}"));
         args.push(format!("--addn-hosts={}", hosts.display()));
         args.push(format!("--local-ttl={TTL}"));
+        args.extend(srv.iter().map(|record| format!("--srv-host={record}")));
         let child = Command::new(&args[0])
             .args(&args[1..])
             .stdout(Stdio::null())
@@ -75,9 +77,29 @@ impl Drop for Dnsmasq {
 }
 
 fn hosts(addresses: &[&str]) -> String {
-    addresses
+    let mut hosts: String = addresses
         .iter()
         .map(|address| format!("{address} {NAME}\n"))
+        .collect();
+    // The SRV records' targets.
+    hosts.push_str("10.77.0.11 n1.regionprobe.test\n10.77.0.12 n2.regionprobe.test\n");
+    hosts
+}
+
+const SRV: &str = "_app._tcp.regionprobe.test";
+const N1: &str = "_app._tcp.regionprobe.test,n1.regionprobe.test,8080";
+const N2: &str = "_app._tcp.regionprobe.test,n2.regionprobe.test,8080";
+
+/// The targets from the SRV name, by name, as the API lists them (with their source).
+fn srv_targets(exporter: &Exporter) -> Vec<String> {
+    let (_, body) = exporter.get("/api/v1/targets");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["source"] == format!("srv:{SRV}").as_str() && t["up"] == true)
+        .map(|t| t["name"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -149,7 +171,7 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
 
     let dir = TempDir::new("discovery");
     let hosts_file = dir.write("hosts", &hosts(&["10.77.0.11", "10.77.0.12", "10.77.0.13"]));
-    let mut dns = Some(Dnsmasq::start(&servers, &hosts_file, "10.77.0.1"));
+    let mut dns = Some(Dnsmasq::start(&servers, &hosts_file, "10.77.0.1", &[N1]));
 
     let config = dir.write(
         "exporter.toml",
@@ -157,7 +179,8 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
             "[exporter]\nregion = \"here\"\nlisten = \"{inside}:0\"\n\
              [resolver]\nmin_ttl = \"1s\"\nmax_ttl = \"{TTL}s\"\nkeep_last_good = \"4s\"\n\
              [[target]]\nname = \"lb\"\nregion = \"eu\"\nprobe = \"icmp\"\nhost = \"{NAME}\"\n\
-             ip_version = 4\naddresses = \"all\"\ninterval = \"500ms\"\ntimeout = \"300ms\"\n",
+             ip_version = 4\naddresses = \"all\"\ninterval = \"500ms\"\ntimeout = \"300ms\"\n\
+             [[target_srv]]\nname = \"{SRV}\"\nregion = \"ap\"\nprobe = \"icmp\"\n",
             inside = uplink.inside,
         ),
     );
@@ -278,6 +301,41 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
             .contains("the host name's addresses changed")
     );
 
+    // SRV records: n1 from the start; n2 added; n1 removed (dnsmasq reads --srv-host at
+    // start only: it is restarted with the new records).
+    wait_for(Duration::from_secs(10), "n1 from SRV", || {
+        (srv_targets(&exporter) == ["n1.regionprobe.test:8080"]).then_some(())
+    });
+    drop(dns.take());
+    dns = Some(Dnsmasq::start(
+        &servers,
+        &hosts_file,
+        "10.77.0.1",
+        &[N1, N2],
+    ));
+    wait_for(Duration::from_secs(10), "n2 added", || {
+        (srv_targets(&exporter) == ["n1.regionprobe.test:8080", "n2.regionprobe.test:8080"])
+            .then_some(())
+    });
+    drop(dns.take());
+    dns = Some(Dnsmasq::start(&servers, &hosts_file, "10.77.0.1", &[N2]));
+    wait_for(Duration::from_secs(10), "n1 removed", || {
+        (srv_targets(&exporter) == ["n2.regionprobe.test:8080"]).then_some(())
+    });
+    let scrape = exporter.metrics();
+    assert_eq!(
+        scrape.value("regionprobe_target_srv_targets", &[("name", SRV)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "regionprobe_probes_total",
+            &[("target", "n1.regionprobe.test:8080")]
+        ),
+        None,
+        "a removed SRV target's series go with it"
+    );
+
     // The name server stops: the last good addresses are kept (and said to be stale)...
     let before = resolve_failures(&scrape);
     drop(dns.take());
@@ -322,5 +380,17 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
             .then_some(())
     });
     assert!(exporter.log_text().contains("too old to use"));
+    // The SRV name's last good targets stay, and its failure is reported.
+    assert_eq!(
+        exporter
+            .metrics()
+            .value("regionprobe_target_srv_valid", &[("name", SRV)]),
+        Some(0.0)
+    );
+    assert!(
+        exporter
+            .log_text()
+            .contains("SRV lookup failed; keeping the last good targets")
+    );
     drop(exporter);
 }

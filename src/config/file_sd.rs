@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{Target, TargetFile, TargetSource};
+use super::model::{ProbeKind, Target, TargetFile, TargetSource, TargetSrv};
 use super::raw::RawTarget;
 use super::validate;
 
@@ -103,6 +103,36 @@ pub fn read_target_file(file: &TargetFile, text: &str) -> Result<Vec<Target>, St
             target.source = TargetSource::File(file.path.clone());
             targets.push(target);
         }
+    }
+    Ok(targets)
+}
+
+/// The targets of a `[[target_srv]]` whose name has these SRV records (target host, port).
+pub fn srv_targets(srv: &TargetSrv, records: &[(String, u16)]) -> Result<Vec<Target>, String> {
+    let mut targets = Vec::with_capacity(records.len());
+    for (t, (host, port)) in records.iter().enumerate() {
+        let host = host.trim_end_matches('.');
+        let mut raw = RawTarget {
+            name: Some(format!("{host}:{port}")),
+            region: Some(srv.region.clone()),
+            probe: Some(srv.probe.as_str().to_owned()),
+            ..RawTarget::default()
+        };
+        match srv.probe {
+            ProbeKind::Icmp => raw.host = Some(host.to_owned()),
+            ProbeKind::Tcp => raw.address = Some(format!("{host}:{port}")),
+            _ => raw.url = Some(format!("{}://{host}:{port}{}", srv.scheme, srv.path)),
+        }
+        let mut target = validate::target(t, raw, &srv.defaults)
+            .map_err(|(_, problem)| format!("record {host}:{port}: {problem}"))?;
+        if targets
+            .iter()
+            .any(|other: &Target| other.name == target.name)
+        {
+            continue;
+        }
+        target.source = TargetSource::Srv(srv.name.clone());
+        targets.push(target);
     }
     Ok(targets)
 }
@@ -279,6 +309,42 @@ mod tests {
         assert_eq!(from_json[2].interval, Duration::from_secs(5));
         assert!(matches!(from_json[2].probe, ProbeConfig::Http(_)));
         assert_eq!(from_json[0].source, TargetSource::File("t.json".into()));
+    }
+
+    #[test]
+    fn srv_records_become_targets_of_the_kind() {
+        use crate::config::model::TargetSrv;
+        let srv = |probe, scheme| TargetSrv {
+            name: "_https._tcp.api.example.test".into(),
+            region: "eu".into(),
+            probe,
+            scheme,
+            path: "/healthz".into(),
+            defaults: file("x.json").defaults,
+        };
+        let records = [
+            ("api-1.example.test.".to_owned(), 443),
+            ("api-2.example.test.".to_owned(), 8443),
+        ];
+        let http = srv_targets(&srv(ProbeKind::Http, "https"), &records).unwrap();
+        let names: Vec<&str> = http.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["api-1.example.test:443", "api-2.example.test:8443"]);
+        match &http[1].probe {
+            ProbeConfig::Http(c) => {
+                assert_eq!(c.url.to_string(), "https://api-2.example.test:8443/healthz")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            http[0].source,
+            TargetSource::Srv("_https._tcp.api.example.test".into())
+        );
+        let tcp = srv_targets(&srv(ProbeKind::Tcp, "https"), &records).unwrap();
+        assert!(
+            matches!(&tcp[0].probe, ProbeConfig::Tcp(c) if c.host == "api-1.example.test" && c.port == 443)
+        );
+        let icmp = srv_targets(&srv(ProbeKind::Icmp, "https"), &records).unwrap();
+        assert!(matches!(&icmp[0].probe, ProbeConfig::Icmp(c) if c.host == "api-1.example.test"));
     }
 
     #[test]

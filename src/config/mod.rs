@@ -12,7 +12,7 @@ mod raw;
 mod validate;
 mod web;
 
-pub use file_sd::read_target_file;
+pub use file_sd::{read_target_file, srv_targets};
 pub use model::*;
 pub use probes::rcode_name;
 pub use validate::parse_listen;

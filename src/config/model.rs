@@ -31,6 +31,8 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// `[[target_file]]`: more targets, from files in Prometheus' file_sd format.
     pub target_files: Vec<TargetFile>,
+    /// `[[target_srv]]`: more targets, from DNS SRV records.
+    pub target_srvs: Vec<TargetSrv>,
 }
 
 /// One `[[target_file]]`: a file of targets in Prometheus' `file_sd` format (JSON or YAML),
@@ -43,6 +45,20 @@ pub struct TargetFile {
     /// `region` for the file's entries without a `__region` label.
     pub region: Option<String>,
     /// `[defaults]` and `[ranking] down_after`, as inline targets inherit them.
+    pub defaults: TargetDefaults,
+}
+
+/// One `[[target_srv]]`: targets from a DNS SRV name, resolved again on its TTL.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetSrv {
+    /// The SRV name, e.g. `_https._tcp.api.eu-west-1.example.com`.
+    pub name: String,
+    pub region: String,
+    /// icmp (the SRV target's host), tcp (host:port) or http (a URL on host:port).
+    pub probe: ProbeKind,
+    /// http: the URL's scheme (`https` unless the name starts with `_http.`) and path.
+    pub scheme: &'static str,
+    pub path: String,
     pub defaults: TargetDefaults,
 }
 
@@ -63,6 +79,8 @@ pub enum TargetSource {
     Inline,
     /// An entry of a `[[target_file]]`.
     File(PathBuf),
+    /// A record of a `[[target_srv]]`'s name.
+    Srv(String),
 }
 
 impl fmt::Display for TargetSource {
@@ -70,6 +88,7 @@ impl fmt::Display for TargetSource {
         match self {
             TargetSource::Inline => f.write_str("inline"),
             TargetSource::File(path) => write!(f, "file:{}", path.display()),
+            TargetSource::Srv(name) => write!(f, "srv:{name}"),
         }
     }
 }

@@ -24,6 +24,17 @@ pub(super) struct RawFile {
     pub targets: Vec<RawTarget>,
     #[serde(default, rename = "target_file")]
     pub target_files: Vec<RawTargetFile>,
+    #[serde(default, rename = "target_srv")]
+    pub target_srvs: Vec<RawTargetSrv>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTargetSrv {
+    pub name: Option<String>,
+    pub region: Option<String>,
+    pub probe: Option<String>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::fields::Invalid;
 use super::model::{
     AddressLabel, Addresses, Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind,
-    ResolverParams, Target, TargetDefaults as Defaults, TargetFile, TargetSource,
+    ResolverParams, Target, TargetDefaults as Defaults, TargetFile, TargetSource, TargetSrv,
 };
 use super::probes;
 use super::raw::{RawFile, RawTarget};
@@ -163,7 +163,63 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         });
     }
 
-    if empty && target_files.is_empty() {
+    let mut target_srvs: Vec<TargetSrv> = Vec::with_capacity(raw.target_srvs.len());
+    for (index, srv) in raw.target_srvs.into_iter().enumerate() {
+        let key = |field: &str| format!("target_srv[{index}].{field}");
+        let name = match srv.name {
+            Some(name)
+                if hickory_resolver::proto::rr::Name::from_ascii(&name).is_ok()
+                    && !name.is_empty() =>
+            {
+                name
+            }
+            Some(name) => return Err((key("name"), format!("\"{name}\" is not a DNS name"))),
+            None => {
+                return Err((
+                    key("name"),
+                    "missing; the SRV name, e.g. \"_https._tcp.api.example.com\"".into(),
+                ));
+            }
+        };
+        let region = match srv.region {
+            Some(region) => label_value(&key("region"), Some(region), "")?,
+            None => return Err((key("region"), "missing; the region of its targets".into())),
+        };
+        let probe = match srv.probe.as_deref() {
+            Some("icmp") => ProbeKind::Icmp,
+            Some("tcp") => ProbeKind::Tcp,
+            Some("http") => ProbeKind::Http,
+            Some(other) => {
+                return Err((
+                    key("probe"),
+                    format!("\"{other}\" cannot probe an SRV target; expected icmp, tcp or http"),
+                ));
+            }
+            None => return Err((key("probe"), "missing; expected icmp, tcp or http".into())),
+        };
+        let path = srv.path.unwrap_or_else(|| "/".to_owned());
+        if probe != ProbeKind::Http && path != "/" {
+            return Err((key("path"), "only applies with probe = \"http\"".into()));
+        }
+        if !path.starts_with('/') {
+            return Err((key("path"), format!("\"{path}\" must start with /")));
+        }
+        let scheme = if name.starts_with("_http.") {
+            "http"
+        } else {
+            "https"
+        };
+        target_srvs.push(TargetSrv {
+            name,
+            region,
+            probe,
+            scheme,
+            path,
+            defaults: defaults.clone(),
+        });
+    }
+
+    if empty && target_files.is_empty() && target_srvs.is_empty() {
         return Err((
             "exporter.region".into(),
             "missing, and no [[target]] either: the file looks empty or truncated; set exporter.allow_empty = true to run without targets".into(),
@@ -177,6 +233,7 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         resolver,
         targets,
         target_files,
+        target_srvs,
     })
 }
 

@@ -119,7 +119,7 @@ impl Resolver {
         state.params = params;
     }
 
-    fn params(&self) -> ResolverParams {
+    pub fn params(&self) -> ResolverParams {
         self.inner.lock().expect("resolver lock").params
     }
 
@@ -150,6 +150,39 @@ impl Resolver {
         match built {
             Some(built) => built.clone(),
             None => Err("no resolver".to_owned()),
+        }
+    }
+
+    /// The SRV records of `name` (target host, port) and how long they may be used (the
+    /// shortest TTL, within `min_ttl` and `max_ttl`). A name without SRV records, or that does
+    /// not exist, has none: that is an answer, not a failure.
+    pub async fn srv(&self, name: &str) -> Result<(Vec<(String, u16)>, Duration), String> {
+        use hickory_resolver::proto::rr::{RData, RecordType};
+        let params = self.params();
+        let resolver = self.get()?;
+        match resolver.lookup(name, RecordType::SRV).await {
+            Ok(lookup) => {
+                let answers = lookup.answers();
+                let ttl = answers
+                    .iter()
+                    .map(|record| Duration::from_secs(u64::from(record.ttl)))
+                    .min()
+                    .unwrap_or(Duration::ZERO);
+                let mut records: Vec<(String, u16)> = answers
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::SRV(srv) => Some((srv.target.to_ascii(), srv.port)),
+                        _ => None,
+                    })
+                    .collect();
+                records.sort();
+                records.dedup();
+                Ok((records, ttl.clamp(params.min_ttl, params.max_ttl)))
+            }
+            Err(err) if err.is_nx_domain() || err.is_no_records_found() => {
+                Ok((Vec::new(), params.min_ttl))
+            }
+            Err(err) => Err(format!("resolving SRV {name}: {err}")),
         }
     }
 

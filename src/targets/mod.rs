@@ -11,11 +11,13 @@ mod files;
 mod live;
 mod schedule;
 mod series;
+mod srv;
 
 pub use collector::register;
 pub use files::TargetFiles;
 pub use live::{LastResult, LiveTarget, LiveTargets, tally};
 pub use schedule::SchedulerMetrics;
+pub use srv::SrvTargets;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -87,6 +89,11 @@ impl Supervisor {
             live,
             running: HashMap::new(),
         }
+    }
+
+    /// The probes' resolver (also the SRV names').
+    pub fn resolver(&self) -> &crate::probe::resolve::Resolver {
+        &self.shared.resolver
     }
 
     /// Makes the probes' resolver read its configuration (`/etc/resolv.conf`) again.
