@@ -92,10 +92,10 @@ impl Control {
             tokio::select! {
                 _ = ticks.tick() => {
                     let files = self.files.poll(&self.base);
-                    let with_files = self.files.merged(&self.base);
-                    let srv = self.srv.poll(&with_files);
+                    let inline = self.base.targets.iter().map(|t| t.name.as_str());
+                    let srv = self.srv.poll(inline.chain(self.files.names()));
                     if files || srv {
-                        let mut config = with_files;
+                        let mut config = self.files.merged(&self.base);
                         self.srv.extend(&mut config);
                         let diff = self.supervisor.apply(&config);
                         tracing::info!(%diff, "discovered targets applied");
@@ -143,7 +143,6 @@ impl Control {
                     .configure(&config.target_srvs, self.supervisor.resolver());
                 self.base = Arc::new(config.clone());
                 let mut config = self.files.merged(&config);
-                self.srv.poll(&config);
                 self.srv.extend(&mut config);
                 let diff = self.supervisor.apply(&config);
                 self.web.apply(&config.web);

@@ -81,7 +81,8 @@ fn hosts(addresses: &[&str]) -> String {
         .iter()
         .map(|address| format!("{address} {NAME}\n"))
         .collect();
-    // The SRV records' targets.
+    // The IPv6 target's two nodes, and the SRV records' targets.
+    hosts.push_str(&format!("fd77::11 {NAME}\nfd77::12 {NAME}\n"));
     hosts.push_str("10.77.0.11 n1.regionprobe.test\n10.77.0.12 n2.regionprobe.test\n");
     hosts
 }
@@ -156,13 +157,18 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
     // Drop order: exporter, name server, then the namespaces.
     let servers = Netns::new("ds");
     let prober = Netns::new("dp");
-    veth(
-        &prober,
-        &["10.77.0.2/24"],
-        &servers,
+    // The IPv6 half (a second target on the same name's AAAA records) needs IPv6.
+    let v6 = regionprobe_testkit::netns::ipv6_available();
+    let (mut prober_addrs, mut server_addrs) = (
+        vec!["10.77.0.2/24"],
         // The name server, and two live nodes; 10.77.0.13 is on no interface: the dead node.
-        &["10.77.0.1/24", "10.77.0.11/24", "10.77.0.12/24"],
+        vec!["10.77.0.1/24", "10.77.0.11/24", "10.77.0.12/24"],
     );
+    if v6 {
+        prober_addrs.push("fd77::2/64");
+        server_addrs.extend(["fd77::11/64", "fd77::12/64"]);
+    }
+    veth(&prober, &prober_addrs, &servers, &server_addrs);
     let server_end = format!("{}0", servers.name);
     prober.ping_sockets(true);
     // Short DNS timeouts, so a stopped name server is noticed within a second.
@@ -173,6 +179,14 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
     let hosts_file = dir.write("hosts", &hosts(&["10.77.0.11", "10.77.0.12", "10.77.0.13"]));
     let mut dns = Some(Dnsmasq::start(&servers, &hosts_file, "10.77.0.1", &[N1]));
 
+    let lb6 = if v6 {
+        format!(
+            "[[target]]\nname = \"lb6\"\nregion = \"eu6\"\nprobe = \"icmp\"\nhost = \"{NAME}\"\n\
+             ip_version = 6\naddresses = \"all\"\ninterval = \"500ms\"\ntimeout = \"300ms\"\n"
+        )
+    } else {
+        String::new()
+    };
     let config = dir.write(
         "exporter.toml",
         &format!(
@@ -180,7 +194,7 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
              [resolver]\nmin_ttl = \"1s\"\nmax_ttl = \"{TTL}s\"\nkeep_last_good = \"4s\"\n\
              [[target]]\nname = \"lb\"\nregion = \"eu\"\nprobe = \"icmp\"\nhost = \"{NAME}\"\n\
              ip_version = 4\naddresses = \"all\"\ninterval = \"500ms\"\ntimeout = \"300ms\"\n\
-             [[target_srv]]\nname = \"{SRV}\"\nregion = \"ap\"\nprobe = \"icmp\"\n",
+             [[target_srv]]\nname = \"{SRV}\"\nregion = \"ap\"\nprobe = \"icmp\"\n{lb6}",
             inside = uplink.inside,
         ),
     );
@@ -251,6 +265,24 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
         "{page}"
     );
     assert!(page.contains("data-address=\"10.77.0.13\""), "{page}");
+
+    // The same name's AAAA records: an IPv6 target with two live nodes, up and not degraded.
+    if v6 {
+        let scrape = wait_for(Duration::from_secs(10), "lb6's two addresses up", || {
+            let scrape = exporter.metrics();
+            (scrape.value("regionprobe_target_addresses_up", &[("target", "lb6")]) == Some(2.0))
+                .then_some(scrape)
+        });
+        assert_eq!(
+            scrape.value("regionprobe_target_addresses", &[("target", "lb6")]),
+            Some(2.0),
+            "ip_version = 6: only the AAAA records"
+        );
+        assert_eq!(
+            scrape.value("regionprobe_region_degraded", &[("target_region", "eu6")]),
+            Some(0.0)
+        );
+    }
 
     // The dead node is replaced by a new one: the records change, the TTL runs out.
     servers.ip(&format!("addr add 10.77.0.14/24 dev {server_end}"));

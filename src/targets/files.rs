@@ -98,6 +98,13 @@ impl TargetFiles {
         changed
     }
 
+    /// The names of every file's last good targets.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.files
+            .iter()
+            .flat_map(|w| w.good.iter().map(|t| t.name.as_str()))
+    }
+
     /// `base` with every file's last good targets added.
     pub fn merged(&self, base: &Config) -> Config {
         let mut config = base.clone();

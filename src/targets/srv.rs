@@ -83,10 +83,17 @@ impl SrvTargets {
             .collect();
     }
 
-    /// Takes the records that arrived; true when the targets changed. `base` is the
-    /// configuration (inline and file targets) whose names the SRV targets must not take.
-    pub fn poll(&mut self, base: &Config) -> bool {
-        let mut taken: HashSet<String> = base.targets.iter().map(|t| t.name.clone()).collect();
+    /// Takes the records that arrived; true when the targets changed. `taken`: the names of
+    /// the other targets (inline and from files), which SRV targets must not take.
+    pub fn poll<'a>(&mut self, taken: impl Iterator<Item = &'a str>) -> bool {
+        if !self
+            .entries
+            .iter()
+            .any(|e| e.records.has_changed().unwrap_or(false))
+        {
+            return false;
+        }
+        let mut taken: HashSet<String> = taken.map(str::to_owned).collect();
         let mut changed = false;
         for entry in &mut self.entries {
             changed |= entry.poll(&taken);
