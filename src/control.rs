@@ -13,7 +13,7 @@ use crate::config::{Config, ConfigSource, Overrides};
 use crate::http::{Guard, ReloadRequest, RenderCache};
 use crate::metrics::Registry;
 use crate::ranking::{self, Ranker, SharedSnapshot};
-use crate::targets::{self, LiveTargets, Supervisor};
+use crate::targets::{self, LiveTargets, SrvTargets, Supervisor, TargetFiles};
 
 /// The reload gauges.
 #[derive(Debug)]
@@ -70,6 +70,12 @@ pub struct Control {
     pub snapshot: SharedSnapshot,
     pub web: Arc<Guard>,
     pub reflectors: crate::reflector::Reflectors,
+    /// `[[target_file]]`s, polled at every ranking tick.
+    pub files: TargetFiles,
+    /// `[[target_srv]]`s, looked up by tasks of their own, taken at every ranking tick.
+    pub srv: SrvTargets,
+    /// The configuration as loaded, before the target files' targets join it.
+    pub base: Arc<Config>,
 }
 
 impl Control {
@@ -86,6 +92,17 @@ impl Control {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
+                    let files = self.files.poll(&self.base);
+                    let inline = self.base.targets.iter().map(|t| t.name.as_str());
+                    let srv = self.srv.poll(inline.chain(self.files.names()));
+                    if files || srv {
+                        let mut config = self.files.merged(&self.base);
+                        self.srv.extend(&mut config);
+                        let diff = self.supervisor.apply(&config);
+                        tracing::info!(%diff, "discovered targets applied");
+                        *self.current.write().expect("config lock") = Arc::new(config);
+                        self.renderings.invalidate();
+                    }
                     let now = Instant::now();
                     let snapshot = self.ranker.rank(targets::tally(&self.live, now), now);
                     *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
@@ -120,6 +137,14 @@ impl Control {
                         "exporter.listen changed; the new address takes effect after a restart"
                     );
                 }
+                self.files.configure(&config.target_files);
+                self.files.poll(&config);
+                // SRV names are looked up afresh; their last good targets stay meanwhile.
+                self.srv
+                    .configure(&config.target_srvs, self.supervisor.resolver());
+                self.base = Arc::new(config.clone());
+                let mut config = self.files.merged(&config);
+                self.srv.extend(&mut config);
                 let diff = self.supervisor.apply(&config);
                 self.web.apply(&config.web);
                 self.reflectors.apply(config.reflector.as_ref());

@@ -41,7 +41,7 @@ use crate::http::{Guard, RenderCache, State};
 use crate::metrics::Registry;
 use crate::probe::Shared;
 use crate::ranking::Ranker;
-use crate::targets::{LiveTargets, SchedulerMetrics, Supervisor};
+use crate::targets::{LiveTargets, SchedulerMetrics, SrvTargets, Supervisor, TargetFiles};
 
 /// Runs the exporter on `listener` with `config` (read from `source`, which reloads re-read)
 /// until `shutdown` completes, with the endpoint's default [`Options`]. Reloads come from
@@ -105,6 +105,8 @@ pub async fn run_with(
     ranking::register(&mut registry, snapshot.clone());
     let scheduler = SchedulerMetrics::register(&mut registry);
     let reloads = ReloadMetrics::register(&mut registry);
+    let mut files = TargetFiles::register(&mut registry);
+    let mut srv = SrvTargets::register(&mut registry);
     let web = Arc::new(Guard::new(&config.web));
     web.refusals().register(&mut registry);
     let mut reflectors = reflector::Reflectors::default();
@@ -113,7 +115,13 @@ pub async fn run_with(
     let registry = Arc::new(registry);
     reflectors.apply(config.reflector.as_ref());
 
+    files.configure(&config.target_files);
+    files.poll(&config);
+    let base = Arc::new(config.clone());
+    let config = files.merged(&config);
     let mut supervisor = Supervisor::new(shared, scheduler, live.clone());
+    // SRV names join at the control loop's first tick, once looked up.
+    srv.configure(&config.target_srvs, supervisor.resolver());
     let diff = supervisor.apply(&config);
     tracing::info!(region = %config.exporter.region, targets = config.targets.len(), %diff, "configuration loaded from {}", source.name());
     let renderings = Arc::new(RenderCache::default());
@@ -146,6 +154,9 @@ pub async fn run_with(
         snapshot,
         web,
         reflectors,
+        files,
+        srv,
+        base,
     };
     // The server's runtime: the listener moves to its reactor.
     let server = ServerRuntime(Some(

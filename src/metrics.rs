@@ -135,13 +135,31 @@ impl Exposition {
     }
 }
 
-/// The labels every per-target series carries.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The labels every per-target series carries; the series of one address of an
+/// `addresses = "all"` target add `address_index` (or `address`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct TargetLabels {
     pub source_region: String,
     pub target_region: String,
     pub target: String,
     pub probe: &'static str,
+    pub address: Option<(&'static str, String)>,
+}
+
+impl EncodeLabelSet for TargetLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        [
+            ("source_region", self.source_region.as_str()),
+            ("target_region", self.target_region.as_str()),
+            ("target", self.target.as_str()),
+            ("probe", self.probe),
+        ]
+        .encode(encoder)?;
+        match &self.address {
+            Some((name, value)) => [(*name, value.as_str())].encode(encoder),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A target's labels plus one more (`reason`, `phase`), borrowed so a scrape clones no strings.

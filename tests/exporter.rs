@@ -590,13 +590,29 @@ fn promtool_check_metrics_reports_nothing() {
     let server = common::http_server(Duration::ZERO);
     let exporter = Exporter::start(&format!(
         "{}\n[[target]]\nname = \"ping\"\nregion = \"eu\"\nprobe = \"icmp\"\nhost = \"127.0.0.1\"\n\
-         [[target]]\nname = \"web\"\nregion = \"eu\"\nprobe = \"http\"\nurl = \"http://{server}/\"\n",
+         [[target]]\nname = \"web\"\nregion = \"eu\"\nprobe = \"http\"\nurl = \"http://{server}/\"\n\
+         [[target]]\nname = \"every\"\nregion = \"eu\"\nprobe = \"tcp\"\naddress = \"localhost:{port}\"\n\
+         ip_version = 4\naddresses = \"all\"\n",
         config(&[
             tcp_target("up", "us", port),
             tcp_target("down", "ap", closed)
         ])
     ));
     wait_for_probes(&exporter, "ping", 2.0);
+    // The series of an `addresses = "all"` target (address_index) and of its name's
+    // resolution are linted too.
+    wait_for(Duration::from_secs(10), "every's address series", || {
+        let scrape = exporter.metrics();
+        (scrape.value(
+            "regionprobe_target_up",
+            &[("target", "every"), ("address_index", "0")],
+        ) == Some(1.0)
+            && scrape.value(
+                "regionprobe_target_address_changes_total",
+                &[("target", "every")],
+            ) == Some(0.0))
+        .then_some(())
+    });
     let (_, body) = exporter.get("/metrics");
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])

@@ -200,6 +200,7 @@ fn json_has_every_field_and_ranks_fast_above_slow_above_unreachable() {
             keys,
             [
                 "candidate",
+                "degraded",
                 "loss_ratio",
                 "own",
                 "p50_seconds",

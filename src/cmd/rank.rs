@@ -115,14 +115,14 @@ fn count(live: &LiveTargets, now: Instant) -> (usize, usize) {
     let live = live.read().expect("live targets lock");
     live.values()
         .map(|target| {
-            target.with_status(|status| {
-                status
-                    .window
-                    .samples(now)
-                    .fold((0, 0), |(probes, failures), (_, latency)| {
-                        (probes + 1, failures + usize::from(latency.is_none()))
-                    })
-            })
+            let mut counts = (0, 0);
+            target.for_each_status(|status| {
+                for (_, latency) in status.window.samples(now) {
+                    counts.0 += 1;
+                    counts.1 += usize::from(latency.is_none());
+                }
+            });
+            counts
         })
         .fold((0, 0), |(p, f), (probes, failures)| {
             (p + probes, f + failures)

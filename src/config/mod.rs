@@ -5,6 +5,7 @@
 //! `exporter.toml: key `target[2].timeout`: timeout 2s is longer than the interval 1s`.
 
 mod fields;
+mod file_sd;
 mod model;
 mod probes;
 mod raw;
@@ -12,6 +13,7 @@ mod stamp;
 mod validate;
 mod web;
 
+pub use file_sd::{read_target_file, srv_targets};
 pub use model::*;
 pub use probes::rcode_name;
 pub use validate::parse_listen;

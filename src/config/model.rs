@@ -28,7 +28,96 @@ pub struct Config {
     pub web: Web,
     /// `[reflector]`: the STAMP session-reflector, off unless the section is present.
     pub reflector: Option<ReflectorConfig>,
+    /// `[resolver]`: how long resolved host names are kept.
+    pub resolver: ResolverParams,
     pub targets: Vec<Target>,
+    /// `[[target_file]]`: more targets, from files in Prometheus' file_sd format.
+    pub target_files: Vec<TargetFile>,
+    /// `[[target_srv]]`: more targets, from DNS SRV records.
+    pub target_srvs: Vec<TargetSrv>,
+}
+
+/// One `[[target_file]]`: a file of targets in Prometheus' `file_sd` format (JSON or YAML),
+/// read and watched at run time (a bad file is not a configuration error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetFile {
+    pub path: PathBuf,
+    /// `probe` for the file's entries without a `__probe` label.
+    pub probe: Option<ProbeKind>,
+    /// `region` for the file's entries without a `__region` label.
+    pub region: Option<String>,
+    /// `[defaults]` and `[ranking] down_after`, as inline targets inherit them.
+    pub defaults: TargetDefaults,
+}
+
+/// One `[[target_srv]]`: targets from a DNS SRV name, resolved again on its TTL.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetSrv {
+    /// The SRV name, e.g. `_https._tcp.api.eu-west-1.example.com`.
+    pub name: String,
+    pub region: String,
+    /// icmp (the SRV target's host), tcp (host:port) or http (a URL on host:port).
+    pub probe: ProbeKind,
+    /// http: the URL's scheme (`https` unless the name starts with `_http.`) and path.
+    pub scheme: &'static str,
+    pub path: String,
+    pub defaults: TargetDefaults,
+}
+
+/// What a target inherits: `[defaults]` and `[ranking] down_after`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetDefaults {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub buckets: Vec<f64>,
+    pub down_after: usize,
+    /// `[exporter] clock_sync_error`: what STAMP targets claim of this sidecar's clock.
+    pub clock_sync_error: Option<Duration>,
+}
+
+/// Where a target came from.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum TargetSource {
+    /// A `[[target]]` of the configuration file.
+    #[default]
+    Inline,
+    /// An entry of a `[[target_file]]`.
+    File(PathBuf),
+    /// A record of a `[[target_srv]]`'s name.
+    Srv(String),
+}
+
+impl fmt::Display for TargetSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetSource::Inline => f.write_str("inline"),
+            TargetSource::File(path) => write!(f, "file:{}", path.display()),
+            TargetSource::Srv(name) => write!(f, "srv:{name}"),
+        }
+    }
+}
+
+/// `[resolver]`: the bounds on how long a resolved name is used before it is resolved again,
+/// and how long the last good addresses outlive a name server that stopped answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolverParams {
+    /// A shorter DNS TTL is raised to this (a TTL of 0 would resolve before every probe).
+    pub min_ttl: Duration,
+    /// A longer DNS TTL is cut to this, so a moved name is noticed in bounded time.
+    pub max_ttl: Duration,
+    /// After the TTL ran out and resolving fails, the last good addresses are still probed
+    /// for this long (and said to be stale); then the target fails with `reason="resolve"`.
+    pub keep_last_good: Duration,
+}
+
+impl Default for ResolverParams {
+    fn default() -> Self {
+        ResolverParams {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(3600),
+            keep_last_good: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[exporter]`
@@ -57,7 +146,30 @@ pub struct Target {
     /// Failed probes in a row after which the target is down (`[ranking] down_after` unless
     /// the target sets its own).
     pub down_after: usize,
+    /// `addresses`: which of the host name's addresses are probed.
+    pub addresses: Addresses,
     pub probe: ProbeConfig,
+    /// Where the target came from (shown in `/api/v1/targets` and on the page).
+    pub source: TargetSource,
+}
+
+/// `addresses = "first" | "all"` of a target with a host name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Addresses {
+    /// The first address of the wanted family, as a client would connect.
+    #[default]
+    First,
+    /// Every address (up to `max`), each probed every interval as its own series.
+    All { label: AddressLabel, max: usize },
+}
+
+/// `address_label`: what tells the series of one address from another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressLabel {
+    /// `address_index="0"`..: bounded by `max_addresses`, kept by an address while it stays.
+    Index,
+    /// `address="192.0.2.1"`: readable, but every new address is a new set of series.
+    Address,
 }
 
 /// What to probe and how.

@@ -28,11 +28,16 @@ const TLS_KEYS: [&str; 3] = ["tls_ca_file", "tls_server_name", "tls_skip_verify"
 
 /// Every probe-specific key: whether this target sets it, and the probe kinds it belongs
 /// to. The one table of which key goes with which kind.
-fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 41] {
+fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 44] {
     use ProbeKind::{Dns, Http, Icmp, Mysql, Postgres, Redis, Stamp, Tcp};
     const TLS: &[ProbeKind] = &[Tcp, Http, Postgres, Mysql, Redis];
     const DB: &[ProbeKind] = &[Postgres, Mysql, Redis];
+    // The kinds whose endpoint is a host name (a DNS probe's server is an IP address).
+    const NAMED: &[ProbeKind] = &[Icmp, Tcp, Http];
     [
+        ("addresses", raw.addresses.is_some(), NAMED),
+        ("address_label", raw.address_label.is_some(), NAMED),
+        ("max_addresses", raw.max_addresses.is_some(), NAMED),
         ("host", raw.host.is_some(), &[Icmp]),
         ("payload_size", raw.payload_size.is_some(), &[Icmp]),
         (
@@ -97,6 +102,20 @@ fn probe_keys(raw: &RawTarget) -> [(&'static str, bool, &'static [ProbeKind]); 4
     ]
 }
 
+/// A key of another probe kind is a mistake worth reporting, not ignoring.
+pub(super) fn check_keys(index: usize, kind: ProbeKind, raw: &RawTarget) -> Result<(), Invalid> {
+    match probe_keys(raw)
+        .into_iter()
+        .find(|(_, set, kinds)| *set && !kinds.contains(&kind))
+    {
+        Some((foreign, _, _)) => Err((
+            format!("target[{index}].{foreign}"),
+            format!("not valid for probe \"{}\"", kind.as_str()),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The probe configuration of target `index`, whose kind and IP version are already known.
 pub(super) fn probe(
     index: usize,
@@ -105,16 +124,7 @@ pub(super) fn probe(
     ip_version: IpVersion,
 ) -> Result<ProbeConfig, Invalid> {
     let key = |field: &str| format!("target[{index}].{field}");
-    // A key of another probe kind is a mistake worth reporting, not ignoring.
-    if let Some((foreign, _, _)) = probe_keys(&raw)
-        .into_iter()
-        .find(|(_, set, kinds)| *set && !kinds.contains(&kind))
-    {
-        return Err((
-            key(foreign),
-            format!("not valid for probe \"{}\"", kind.as_str()),
-        ));
-    }
+    check_keys(index, kind, &raw)?;
     match kind {
         ProbeKind::Icmp => icmp(&key, raw, ip_version),
         ProbeKind::Tcp => tcp(&key, raw, ip_version),

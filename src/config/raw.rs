@@ -19,8 +19,31 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub web: RawWeb,
     pub reflector: Option<RawReflector>,
+    #[serde(default)]
+    pub resolver: RawResolver,
     #[serde(default, rename = "target")]
     pub targets: Vec<RawTarget>,
+    #[serde(default, rename = "target_file")]
+    pub target_files: Vec<RawTargetFile>,
+    #[serde(default, rename = "target_srv")]
+    pub target_srvs: Vec<RawTargetSrv>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTargetSrv {
+    pub name: Option<String>,
+    pub region: Option<String>,
+    pub probe: Option<String>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTargetFile {
+    pub path: Option<String>,
+    pub probe: Option<String>,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +93,14 @@ pub(super) struct RawRanking {
     pub max_replication_lag: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawResolver {
+    pub min_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub keep_last_good: Option<String>,
+}
+
 /// `[web]`: the exporter toolkit's web configuration keys.
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,6 +146,10 @@ pub(super) struct RawTarget {
     pub buckets: Option<Vec<f64>>,
     pub down_after: Option<u32>,
     pub ip_version: Option<u8>,
+    // icmp, tcp, http: a host name's addresses
+    pub addresses: Option<String>,
+    pub address_label: Option<String>,
+    pub max_addresses: Option<u32>,
     // icmp
     pub host: Option<String>,
     pub payload_size: Option<u16>,

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::fields::{Invalid, label_value};
-use super::model::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeConfig, ProbeKind, Target};
+use super::model::{
+    AddressLabel, Addresses, Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeConfig, ProbeKind,
+    ResolverParams, Target, TargetDefaults as Defaults, TargetFile, TargetSource, TargetSrv,
+};
 use super::probes;
 use super::raw::{RawFile, RawTarget};
 use crate::ranking::Params as RankingParams;
@@ -104,6 +107,7 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         Some(section) => Some(super::stamp::reflector(section, clock_sync_error)?),
         None => None,
     };
+    let resolver = resolver(raw.resolver)?;
     let defaults = Defaults {
         interval,
         timeout,
@@ -128,7 +132,107 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         targets.push(target);
     }
 
-    if empty {
+    let mut target_files: Vec<TargetFile> = Vec::with_capacity(raw.target_files.len());
+    for (index, file) in raw.target_files.into_iter().enumerate() {
+        let key = |field: &str| format!("target_file[{index}].{field}");
+        let path = match file.path {
+            Some(path) if !path.trim().is_empty() => std::path::PathBuf::from(path),
+            _ => return Err((key("path"), "missing; the file of targets to read".into())),
+        };
+        if let Some(first) = target_files.iter().position(|f| f.path == path) {
+            return Err((
+                key("path"),
+                format!(
+                    "\"{}\" is already read by target_file[{first}]",
+                    path.display()
+                ),
+            ));
+        }
+        let probe = match file.probe.as_deref() {
+            None => None,
+            Some(name) => Some(
+                ProbeKind::ALL
+                    .into_iter()
+                    .find(|kind| kind.as_str() == name)
+                    .ok_or_else(|| {
+                        (
+                            key("probe"),
+                            format!(
+                                "unknown probe kind \"{name}\"; expected one of: icmp, tcp, http, dns"
+                            ),
+                        )
+                    })?,
+            ),
+        };
+        let region = match file.region {
+            Some(region) => Some(label_value(&key("region"), Some(region), "")?),
+            None => None,
+        };
+        target_files.push(TargetFile {
+            path,
+            probe,
+            region,
+            defaults: defaults.clone(),
+        });
+    }
+
+    let mut target_srvs: Vec<TargetSrv> = Vec::with_capacity(raw.target_srvs.len());
+    for (index, srv) in raw.target_srvs.into_iter().enumerate() {
+        let key = |field: &str| format!("target_srv[{index}].{field}");
+        let name = match srv.name {
+            Some(name)
+                if hickory_resolver::proto::rr::Name::from_ascii(&name).is_ok()
+                    && !name.is_empty() =>
+            {
+                name
+            }
+            Some(name) => return Err((key("name"), format!("\"{name}\" is not a DNS name"))),
+            None => {
+                return Err((
+                    key("name"),
+                    "missing; the SRV name, e.g. \"_https._tcp.api.example.com\"".into(),
+                ));
+            }
+        };
+        let region = match srv.region {
+            Some(region) => label_value(&key("region"), Some(region), "")?,
+            None => return Err((key("region"), "missing; the region of its targets".into())),
+        };
+        let probe = match srv.probe.as_deref() {
+            Some("icmp") => ProbeKind::Icmp,
+            Some("tcp") => ProbeKind::Tcp,
+            Some("http") => ProbeKind::Http,
+            Some(other) => {
+                return Err((
+                    key("probe"),
+                    format!("\"{other}\" cannot probe an SRV target; expected icmp, tcp or http"),
+                ));
+            }
+            None => return Err((key("probe"), "missing; expected icmp, tcp or http".into())),
+        };
+        let path = srv.path.unwrap_or_else(|| "/".to_owned());
+        if probe != ProbeKind::Http && path != "/" {
+            return Err((key("path"), "only applies with probe = \"http\"".into()));
+        }
+        if !path.starts_with('/') {
+            return Err((key("path"), format!("\"{path}\" must start with /")));
+        }
+        let scheme = if name.starts_with("_http.") {
+            "http"
+        } else {
+            "https"
+        };
+        target_srvs.push(TargetSrv {
+            name,
+            region,
+            probe,
+            scheme,
+            path,
+            defaults: defaults.clone(),
+        });
+    }
+
+    if empty && target_files.is_empty() && target_srvs.is_empty() {
         return Err((
             "exporter.region".into(),
             "missing, and no [[target]] either: the file looks empty or truncated; set exporter.allow_empty = true to run without targets".into(),
@@ -144,16 +248,91 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         ranking,
         web,
         reflector,
+        resolver,
         targets,
+        target_files,
+        target_srvs,
     })
 }
 
-struct Defaults {
-    interval: Duration,
-    timeout: Duration,
-    buckets: Vec<f64>,
-    down_after: usize,
-    clock_sync_error: Option<Duration>,
+/// `[resolver]`: the TTL bounds and how long the last good addresses are kept.
+fn resolver(raw: super::raw::RawResolver) -> Result<ResolverParams, Invalid> {
+    let builtin = ResolverParams::default();
+    let params = ResolverParams {
+        min_ttl: match raw.min_ttl {
+            Some(text) => positive_duration("resolver.min_ttl", &text)?,
+            None => builtin.min_ttl,
+        },
+        max_ttl: match raw.max_ttl {
+            Some(text) => positive_duration("resolver.max_ttl", &text)?,
+            None => builtin.max_ttl,
+        },
+        keep_last_good: match raw.keep_last_good {
+            Some(text) => duration("resolver.keep_last_good", &text)?,
+            None => builtin.keep_last_good,
+        },
+    };
+    if params.min_ttl > params.max_ttl {
+        return Err((
+            "resolver.min_ttl".into(),
+            format!(
+                "{} is longer than resolver.max_ttl {}",
+                humantime::format_duration(params.min_ttl),
+                humantime::format_duration(params.max_ttl)
+            ),
+        ));
+    }
+    Ok(params)
+}
+
+/// The most addresses one `addresses = "all"` target may probe: it bounds `address_index`.
+const MAX_ADDRESSES: u32 = 64;
+
+/// `addresses`, `address_label` and `max_addresses` of one target (the kind was checked).
+fn addresses(key: &dyn Fn(&str) -> String, raw: &RawTarget) -> Result<Addresses, Invalid> {
+    let all = match raw.addresses.as_deref() {
+        None | Some("first") => false,
+        Some("all") => true,
+        Some(other) => {
+            return Err((
+                key("addresses"),
+                format!("unknown value \"{other}\"; expected \"first\" or \"all\""),
+            ));
+        }
+    };
+    let label = match raw.address_label.as_deref() {
+        None | Some("index") => AddressLabel::Index,
+        Some("address") => AddressLabel::Address,
+        Some(other) => {
+            return Err((
+                key("address_label"),
+                format!("unknown value \"{other}\"; expected \"index\" or \"address\""),
+            ));
+        }
+    };
+    let max = match raw.max_addresses {
+        None => 16,
+        Some(n) if (1..=MAX_ADDRESSES).contains(&n) => n as usize,
+        Some(n) => {
+            return Err((
+                key("max_addresses"),
+                format!("{n} is out of range; expected 1 to {MAX_ADDRESSES}"),
+            ));
+        }
+    };
+    if !all {
+        if let Some(field) = [
+            ("address_label", raw.address_label.is_some()),
+            ("max_addresses", raw.max_addresses.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(field, set)| set.then_some(field))
+        {
+            return Err((key(field), "only applies with addresses = \"all\"".into()));
+        }
+        return Ok(Addresses::First);
+    }
+    Ok(Addresses::All { label, max })
 }
 
 /// Between 1 and 100 probes: more would take minutes to notice a dead target.
@@ -168,7 +347,11 @@ fn check_down_after(key: &str, n: u32) -> Result<usize, Invalid> {
     }
 }
 
-fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Target, Invalid> {
+pub(super) fn target(
+    index: usize,
+    mut raw: RawTarget,
+    defaults: &Defaults,
+) -> Result<Target, Invalid> {
     let key = |field: &str| format!("target[{index}].{field}");
 
     let name = match raw.name.take() {
@@ -242,6 +425,8 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
         }
     };
 
+    probes::check_keys(index, kind, &raw)?;
+    let addresses = addresses(&key, &raw)?;
     let mut probe = probes::probe(index, kind, raw, ip_version)?;
     if let ProbeConfig::Stamp(stamp) = &mut probe {
         stamp.wait = timeout;
@@ -255,7 +440,9 @@ fn target(index: usize, mut raw: RawTarget, defaults: &Defaults) -> Result<Targe
         timeout,
         buckets,
         down_after,
+        addresses,
         probe,
+        source: TargetSource::Inline,
     })
 }
 

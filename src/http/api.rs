@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::probe;
+use std::sync::atomic::Ordering;
+
+use crate::config::{Addresses, Config};
+use crate::probe::{self, Failure};
 use crate::ranking::{Snapshot, describe};
-use crate::targets::LiveTargets;
+use crate::targets::{LastResult, LiveTarget, LiveTargets};
 
 #[derive(Debug, Serialize)]
 pub struct RankingView {
@@ -63,6 +65,9 @@ pub struct RegionView {
     /// `false` when every target of the region is down (its last `down_after` probes
     /// failed), `true` when one is up, `null` before that is known.
     pub up: Option<bool>,
+    /// Up, but some of its targets, or some addresses of an `addresses = "all"` target, are
+    /// down.
+    pub degraded: bool,
     /// The target whose score is the region's (the worst one).
     pub worst_target: Option<String>,
     /// `null` when nothing answered in the window (the score is +Inf).
@@ -99,13 +104,41 @@ pub struct TargetView {
     pub endpoint: String,
     pub interval_seconds: f64,
     pub timeout_seconds: f64,
-    /// `null` before the first probe.
+    /// Where the target came from: `inline` (a `[[target]]` of the configuration file) or
+    /// `file:<path>` (an entry of a `[[target_file]]`).
+    pub source: String,
+    /// `null` before the first probe. With `addresses = "all"`: whether any address answered
+    /// its last probe.
     pub up: Option<bool>,
+    /// `up`, `degraded` (`addresses = "all"`: some addresses fail), `down` or `pending`.
+    pub state: &'static str,
     pub last: Option<LastView>,
     pub last_success: Option<String>,
     pub last_error: Option<ErrorView>,
-    /// Samples in the ranking window.
+    /// Samples in the ranking window (of every address).
     pub window_samples: usize,
+    /// The host name's resolution; `null` for a literal address or a DNS probe.
+    pub resolution: Option<ResolutionView>,
+    /// `addresses = "all"`: each address probed, by index; `null` otherwise.
+    pub addresses: Option<Vec<AddressView>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResolutionView {
+    /// Times the name resolved to a different set of addresses.
+    pub changes: u64,
+    /// The name does not resolve and its last good addresses are in use.
+    pub stale: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AddressView {
+    /// The `address_index` label of its series.
+    pub index: usize,
+    pub address: String,
+    pub up: Option<bool>,
+    pub last: Option<LastView>,
+    pub last_error: Option<ErrorView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,6 +202,7 @@ pub fn ranking(snapshot: &Snapshot, config: &Config) -> RankingView {
                 rank: r.rank,
                 own: r.region == snapshot.source_region,
                 up: r.up,
+                degraded: r.degraded,
                 worst_target: r.worst_target.clone(),
                 score_seconds: r.score.is_finite().then_some(r.score),
                 p50_seconds: r.p50.map(secs),
@@ -202,35 +236,106 @@ pub fn ranking(snapshot: &Snapshot, config: &Config) -> RankingView {
 pub fn targets(live: &LiveTargets) -> TargetsView {
     let live = live.read().expect("live targets lock");
     TargetsView {
-        targets: live
-            .values()
-            .map(|target| {
-                let config = &target.config;
-                target.with_status(|status| TargetView {
-                    name: config.name.clone(),
-                    region: config.region.clone(),
-                    probe: config.probe.kind().as_str(),
-                    endpoint: probe::endpoint(&config.probe),
-                    interval_seconds: secs(config.interval),
-                    timeout_seconds: secs(config.timeout),
-                    up: status.last.as_ref().map(|last| last.failure.is_none()),
-                    last: status.last.as_ref().map(|last| LastView {
-                        at: time(last.at),
-                        success: last.failure.is_none(),
-                        latency_seconds: last.latency.map(secs),
-                        reason: last.failure.as_ref().map(|f| f.reason.as_str()),
-                    }),
-                    last_success: status.last_success.map(time),
-                    last_error: status.last_failure.as_ref().map(|(at, failure)| ErrorView {
-                        at: time(*at),
-                        reason: failure.reason.as_str(),
-                        error: failure.detail.clone(),
-                    }),
-                    window_samples: status.window.len(),
-                })
-            })
-            .collect(),
+        targets: live.values().map(|target| target_view(target)).collect(),
     }
+}
+
+fn last_view(last: &LastResult) -> LastView {
+    LastView {
+        at: time(last.at),
+        success: last.failure.is_none(),
+        latency_seconds: last.latency.map(secs),
+        reason: last.failure.as_ref().map(|f| f.reason.as_str()),
+    }
+}
+
+fn error_view((at, failure): &(SystemTime, Failure)) -> ErrorView {
+    ErrorView {
+        at: time(*at),
+        reason: failure.reason.as_str(),
+        error: failure.detail.clone(),
+    }
+}
+
+fn target_view(target: &LiveTarget) -> TargetView {
+    let config = &target.config;
+    let resolution = target
+        .resolution
+        .named
+        .load(Ordering::Relaxed)
+        .then(|| ResolutionView {
+            changes: target.resolution.changes.load(Ordering::Relaxed),
+            stale: target.resolution.stale.load(Ordering::Relaxed),
+        });
+    let mut view = target.with_status(|status| TargetView {
+        name: config.name.clone(),
+        region: config.region.clone(),
+        probe: config.probe.kind().as_str(),
+        endpoint: probe::endpoint(&config.probe),
+        interval_seconds: secs(config.interval),
+        timeout_seconds: secs(config.timeout),
+        source: config.source.to_string(),
+        up: status.last.as_ref().map(|last| last.failure.is_none()),
+        state: "pending",
+        last: status.last.as_ref().map(last_view),
+        last_success: status.last_success.map(time),
+        last_error: status.last_failure.as_ref().map(error_view),
+        window_samples: status.window.len(),
+        resolution,
+        addresses: None,
+    });
+    let slots = target.slots();
+    if matches!(config.addresses, Addresses::All { .. }) && !slots.is_empty() {
+        let mut addresses = Vec::with_capacity(slots.len());
+        let mut samples = 0;
+        let mut newest: Option<(SystemTime, LastView)> = None;
+        let mut last_success = None;
+        let mut last_error: Option<(SystemTime, Failure)> = None;
+        for slot in &slots {
+            slot.with_status(|status| {
+                samples += status.window.len();
+                if let Some(last) = &status.last
+                    && newest.as_ref().is_none_or(|(at, _)| last.at > *at)
+                {
+                    newest = Some((last.at, last_view(last)));
+                }
+                last_success = last_success.max(status.last_success);
+                if let Some(failure) = &status.last_failure
+                    && last_error.as_ref().is_none_or(|(at, _)| failure.0 > *at)
+                {
+                    last_error = Some(failure.clone());
+                }
+                addresses.push(AddressView {
+                    index: slot.index,
+                    address: slot.address.to_string(),
+                    up: status.last.as_ref().map(|last| last.failure.is_none()),
+                    last: status.last.as_ref().map(last_view),
+                    last_error: status.last_failure.as_ref().map(error_view),
+                });
+            });
+        }
+        let up = addresses.iter().filter(|a| a.up == Some(true)).count();
+        let known = addresses.iter().filter(|a| a.up.is_some()).count();
+        view.up = (known > 0).then_some(up > 0);
+        view.state = match (known, up) {
+            (0, _) => "pending",
+            (_, 0) => "down",
+            (_, up) if up < addresses.len() => "degraded",
+            _ => "up",
+        };
+        view.window_samples = samples;
+        view.last = newest.map(|(_, last)| last);
+        view.last_success = last_success.map(time);
+        view.last_error = last_error.as_ref().map(error_view);
+        view.addresses = Some(addresses);
+    } else {
+        view.state = match view.up {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "pending",
+        };
+    }
+    view
 }
 
 /// Seconds as milliseconds, to about three significant digits (latencies are measured in

@@ -27,7 +27,7 @@ pub fn samples(live: &LiveTargets) -> Samples {
     let mut by_region = Samples::new();
     for target in live.read().expect("live targets lock").values() {
         let points = by_region.entry(target.config.region.clone()).or_default();
-        target.with_status(|status| {
+        target.for_each_status(|status| {
             points.extend(
                 status
                     .window
@@ -113,6 +113,7 @@ a region whose every target is down ranks last</p>\
             _ => "",
         };
         let state = match region.up {
+            Some(true) if region.degraded => "degraded",
             Some(true) => "up",
             Some(false) => "down",
             None => "pending",
@@ -151,14 +152,41 @@ a region whose every target is down ranks last</p>\
 
     page.push_str(
         "<h2>Targets</h2><table id=\"targets\"><thead><tr><th>target</th><th>region</th><th>probe</th><th>endpoint</th>\
-<th>state</th><th>last latency</th><th>last success</th><th>last error</th></tr></thead><tbody>",
+<th>source</th><th>state</th><th>last latency</th><th>last success</th><th>last error</th></tr></thead><tbody>",
     );
     for target in &targets.targets {
-        let state = match target.up {
-            Some(true) => "up",
-            Some(false) => "down",
-            None => "pending",
-        };
+        let state = target.state;
+        // Where it came from, and each address of an `addresses = "all"` target.
+        let mut endpoint = escape(&target.endpoint);
+        if let Some(resolution) = &target.resolution
+            && resolution.stale
+        {
+            endpoint.push_str(
+                " <span class=\"down\">(name does not resolve: last good addresses)</span>",
+            );
+        }
+        if let Some(addresses) = &target.addresses {
+            endpoint.push_str("<ul class=\"addresses\">");
+            for address in addresses {
+                let state = match address.up {
+                    Some(true) => "up",
+                    Some(false) => "down",
+                    None => "pending",
+                };
+                let _ = write!(
+                    endpoint,
+                    "<li data-address=\"{address}\">#{index} {address}: <span class=\"{state}\">{state}</span>{reason}</li>",
+                    index = address.index,
+                    address = escape(&address.address),
+                    reason = address
+                        .last
+                        .as_ref()
+                        .and_then(|l| l.reason)
+                        .map_or(String::new(), |r| format!(" ({r})")),
+                );
+            }
+            endpoint.push_str("</ul>");
+        }
         let error = target.last_error.as_ref().map_or("-".to_owned(), |e| {
             format!(
                 "{}: {} <span class=\"when\">({})</span>",
@@ -169,12 +197,12 @@ a region whose every target is down ranks last</p>\
         });
         let _ = write!(
             page,
-            "<tr><td>{name}</td><td>{region}</td><td>{probe}</td><td>{endpoint}</td><td class=\"{state}\">{state}</td>\
+            "<tr data-target=\"{name}\"><td>{name}</td><td>{region}</td><td>{probe}</td><td>{endpoint}</td><td>{source}</td><td class=\"{state}\">{state}</td>\
 <td>{latency}</td><td>{success}</td><td>{error}</td></tr>",
             name = escape(&target.name),
             region = escape(&target.region),
             probe = target.probe,
-            endpoint = escape(&target.endpoint),
+            source = escape(&target.source),
             latency = target
                 .last
                 .as_ref()
@@ -265,7 +293,7 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;text
 .best.none{background:#fbeeee;border-color:#c33}.note{color:#666;margin:0}\
 tr.chosen td{background:#eef6ee}tr.unreachable td{color:#a33}\
 #targets td{white-space:nowrap}#targets td:last-child{white-space:normal}\
-.up{color:#2a7;font-weight:bold}.down{color:#c33;font-weight:bold}.pending{color:#888}.when{color:#888;white-space:nowrap}\
+.up{color:#2a7;font-weight:bold}.degraded{color:#c80;font-weight:bold}.down{color:#c33;font-weight:bold}.pending{color:#888}.when{color:#888;white-space:nowrap}\
 svg.chart .bg{fill:#f7f7f7}svg.chart .latency{fill:none;stroke:#2563eb;stroke-width:1.5}svg.chart .failure{fill:#dc2626}\
 svg.chart .max{font-size:10px;fill:#666;stroke:#f7f7f7;stroke-width:3px;paint-order:stroke}";
 

@@ -181,6 +181,15 @@ impl Http {
         self.resolving
     }
 
+    /// The configured URL's host.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    pub fn host_mut(&mut self) -> &mut Host {
+        &mut self.host
+    }
+
     pub async fn run(&mut self) -> Result<Outcome, Failure> {
         let mut phases = Phases::default();
         let mut cert_expiry = None;

@@ -51,6 +51,10 @@ impl Icmp {
         &self.host
     }
 
+    pub fn host_mut(&mut self) -> &mut Host {
+        &mut self.host
+    }
+
     pub async fn run(&mut self) -> Result<Outcome, Failure> {
         let addr = self
             .host

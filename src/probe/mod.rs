@@ -25,6 +25,7 @@ pub use icmp::IcmpSockets;
 pub use outcome::{BACKWARD, FORWARD, Failure, Outcome, Phase, Reason, StampReport};
 
 use crate::config::{ProbeConfig, ProbeKind};
+pub use resolve::Host;
 use resolve::Resolver;
 
 /// The reasons a probe kind can fail with. Their counters start at zero so that `rate()` and
@@ -116,6 +117,35 @@ impl Probe {
             Probe::Postgres(p) => p.run().await,
             Probe::Mysql(p) => p.run().await,
             Probe::Redis(p) => p.run().await,
+        }
+    }
+
+    /// The host name (or address) the probe resolves; `None` for DNS probes, whose server is
+    /// an address.
+    pub fn host(&self) -> Option<&Host> {
+        match self {
+            Probe::Icmp(p) => Some(p.host()),
+            Probe::Tcp(p) => Some(p.host()),
+            Probe::Http(p) => Some(p.host()),
+            Probe::Dns(_) => None,
+            Probe::Stamp(p) => Some(p.host()),
+            Probe::Postgres(p) => Some(p.host()),
+            Probe::Mysql(p) => Some(p.host()),
+            Probe::Redis(p) => Some(p.host()),
+        }
+    }
+
+    /// The host of the kinds that may probe every address of a name (`addresses = "all"`).
+    pub fn host_mut(&mut self) -> Option<&mut Host> {
+        match self {
+            Probe::Icmp(p) => Some(p.host_mut()),
+            Probe::Tcp(p) => Some(p.host_mut()),
+            Probe::Http(p) => Some(p.host_mut()),
+            Probe::Dns(_)
+            | Probe::Stamp(_)
+            | Probe::Postgres(_)
+            | Probe::Mysql(_)
+            | Probe::Redis(_) => None,
         }
     }
 

@@ -1,8 +1,12 @@
 //! Host names to addresses: hickory-resolver with the system configuration, cached per target
-//! until the record's TTL runs out, then resolved again.
+//! until the record's TTL (bounded by `[resolver] min_ttl` and `max_ttl`) runs out, then
+//! resolved again.
 //!
-//! A literal IP address never touches the resolver. A failed lookup is not cached: the next
-//! probe tries again, so a target recovers as soon as DNS does.
+//! A literal IP address never touches the resolver. The first lookup of a name runs inside
+//! the probe; later ones run beside it, so a slow or dead name server never delays a probe
+//! that has addresses to use. A failed lookup is not cached: the next probe tries again, so a
+//! target recovers as soon as DNS does. When a name that resolved stops resolving, its last
+//! good addresses are kept for `keep_last_good` (the host says it is stale), then dropped.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -11,12 +15,14 @@ use std::time::{Duration, SystemTime};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::IpVersion;
+use crate::config::{IpVersion, ResolverParams};
 
-/// Longest time a resolved address is reused, whatever the TTL says.
-const MAX_CACHE: Duration = Duration::from_secs(3600);
+/// How long a probe waits for a lookup of a name whose TTL ran out before it uses the last
+/// addresses: long enough for a name server that answers, short against any probe timeout.
+const REFRESH_WAIT: Duration = Duration::from_millis(100);
 
 /// The system's resolver configuration.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -46,6 +52,9 @@ struct Source {
     port: Option<u16>,
 }
 
+/// A lookup's addresses and how long they may be used, or what went wrong.
+type Lookup = Result<(Vec<IpAddr>, Duration), String>;
+
 /// What the file looked like when the resolver was built.
 type Stamp = Option<(SystemTime, u64)>;
 
@@ -56,6 +65,7 @@ struct State {
     built: Option<Result<TokioResolver, String>>,
     stamp: Stamp,
     checked: Option<Instant>,
+    params: ResolverParams,
 }
 
 impl Resolver {
@@ -68,6 +78,7 @@ impl Resolver {
                 built: None,
                 stamp: None,
                 checked: None,
+                params: ResolverParams::default(),
             })),
         }
     }
@@ -85,6 +96,7 @@ impl Resolver {
                 built: Some(built),
                 stamp: None,
                 checked: None,
+                params: ResolverParams::default(),
             })),
         }
     }
@@ -97,6 +109,20 @@ impl Resolver {
         }
     }
 
+    /// New `[resolver]` bounds (from a (re)load); a new `max_ttl` rebuilds the resolver so
+    /// its own cache honours it too.
+    pub fn set_params(&self, params: ResolverParams) {
+        let mut state = self.inner.lock().expect("resolver lock");
+        if state.params.max_ttl != params.max_ttl && state.source.is_some() {
+            state.built = None;
+        }
+        state.params = params;
+    }
+
+    pub fn params(&self) -> ResolverParams {
+        self.inner.lock().expect("resolver lock").params
+    }
+
     fn get(&self) -> Result<TokioResolver, String> {
         let mut state = self.inner.lock().expect("resolver lock");
         let State {
@@ -104,6 +130,7 @@ impl Resolver {
             built,
             stamp,
             checked,
+            params,
         } = &mut *state;
         if let Some(Source { path, port }) = source {
             let now = Instant::now();
@@ -116,7 +143,7 @@ impl Resolver {
                         tracing::info!(file = %path.display(), "resolver configuration changed; reading it again");
                     }
                     *stamp = current;
-                    *built = Some(build(path, *port));
+                    *built = Some(build(path, *port, params.max_ttl));
                 }
             }
         }
@@ -126,8 +153,43 @@ impl Resolver {
         }
     }
 
-    /// Resolves `host`, returning the first address of the wanted family and its lifetime.
-    async fn lookup(&self, host: &str, version: IpVersion) -> Result<(IpAddr, Duration), String> {
+    /// The SRV records of `name` (target host, port) and how long they may be used (the
+    /// shortest TTL, within `min_ttl` and `max_ttl`). A name without SRV records, or that does
+    /// not exist, has none: that is an answer, not a failure.
+    pub async fn srv(&self, name: &str) -> Result<(Vec<(String, u16)>, Duration), String> {
+        use hickory_resolver::proto::rr::{RData, RecordType};
+        let params = self.params();
+        let resolver = self.get()?;
+        match resolver.lookup(name, RecordType::SRV).await {
+            Ok(lookup) => {
+                let answers = lookup.answers();
+                let ttl = answers
+                    .iter()
+                    .map(|record| Duration::from_secs(u64::from(record.ttl)))
+                    .min()
+                    .unwrap_or(Duration::ZERO);
+                let mut records: Vec<(String, u16)> = answers
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::SRV(srv) => Some((srv.target.to_ascii(), srv.port)),
+                        _ => None,
+                    })
+                    .collect();
+                records.sort();
+                records.dedup();
+                Ok((records, ttl.clamp(params.min_ttl, params.max_ttl)))
+            }
+            Err(err) if err.is_nx_domain() || err.is_no_records_found() => {
+                Ok((Vec::new(), params.min_ttl))
+            }
+            Err(err) => Err(format!("resolving SRV {name}: {err}")),
+        }
+    }
+
+    /// Resolves `host`: every address of the wanted family, in the resolver's order, and how
+    /// long they may be used (the shortest TTL, within `min_ttl` and `max_ttl`).
+    async fn lookup(&self, host: &str, version: IpVersion) -> Lookup {
+        let params = self.params();
         let resolver = self.get()?;
         let lookup = resolver.lookup_ip(host).await.map_err(|err| {
             // lookup_ip asks A and AAAA: whichever failed last is reported, but NXDOMAIN
@@ -147,11 +209,17 @@ impl Resolver {
             .map(|record| Duration::from_secs(u64::from(record.ttl)))
             .min()
             .unwrap_or(Duration::ZERO);
-        lookup
+        let addresses: Vec<IpAddr> = lookup
             .iter()
-            .find(|addr| version_matches(version, addr))
-            .map(|addr| (addr, ttl.min(MAX_CACHE)))
-            .ok_or_else(|| format!("resolving {host}: no {} address", version_name(version)))
+            .filter(|addr| version_matches(version, addr))
+            .collect();
+        if addresses.is_empty() {
+            return Err(format!(
+                "resolving {host}: no {} address",
+                version_name(version)
+            ));
+        }
+        Ok((addresses, ttl.clamp(params.min_ttl, params.max_ttl)))
     }
 }
 
@@ -160,7 +228,11 @@ fn file_stamp(path: &std::path::Path) -> Stamp {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn build(path: &std::path::Path, port: Option<u16>) -> Result<TokioResolver, String> {
+fn build(
+    path: &std::path::Path,
+    port: Option<u16>,
+    max_ttl: Duration,
+) -> Result<TokioResolver, String> {
     let text = std::fs::read(path).map_err(|err| {
         format!(
             "cannot read the resolver configuration {}: {err}",
@@ -181,6 +253,8 @@ fn build(path: &std::path::Path, port: Option<u16>) -> Result<TokioResolver, Str
     }
     let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
     *builder.options_mut() = options;
+    // Its cache must not hand back an answer older than our own bound.
+    builder.options_mut().positive_max_ttl = Some(max_ttl);
     builder
         .build()
         .map_err(|err| format!("cannot set up the resolver from {}: {err}", path.display()))
@@ -202,15 +276,39 @@ fn version_name(version: IpVersion) -> &'static str {
     }
 }
 
-/// One target's host: a literal address, or a name with its cached resolution.
+/// One target's host: a literal address, or a name with its resolution.
 #[derive(Debug)]
 pub struct Host {
     name: String,
     version: IpVersion,
     literal: Option<IpAddr>,
-    cached: Option<(IpAddr, Instant)>,
+    resolved: Option<Resolved>,
+    /// A lookup running beside the probes (the TTL ran out while addresses were known).
+    refresh: Option<JoinHandle<Lookup>>,
     /// True while a lookup is in flight; stays true if the probe's timeout cancels it.
     resolving: bool,
+    /// Times the address set changed since the name first resolved.
+    changes: u64,
+}
+
+/// The addresses a name resolved to and how long they may be used.
+#[derive(Debug)]
+struct Resolved {
+    addresses: Vec<IpAddr>,
+    /// Resolve again from then on.
+    fresh_until: Instant,
+    /// Until then the addresses outlive failed lookups; afterwards the name fails.
+    good_until: Instant,
+    /// Since when lookups fail and these addresses are used anyway.
+    stale_since: Option<Instant>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(refresh) = self.refresh.take() {
+            refresh.abort();
+        }
+    }
 }
 
 impl Host {
@@ -219,8 +317,10 @@ impl Host {
             name: name.to_owned(),
             version,
             literal: name.parse().ok(),
-            cached: None,
+            resolved: None,
+            refresh: None,
             resolving: false,
+            changes: 0,
         }
     }
 
@@ -229,8 +329,38 @@ impl Host {
         &self.name
     }
 
-    /// The address to probe now: literal, cached, or freshly resolved.
+    /// Whether the host is a name (not a literal address), so it has a resolution to show.
+    pub fn is_name(&self) -> bool {
+        self.literal.is_none()
+    }
+
+    /// Probes `address` from now on, whatever the name resolves to (one address of an
+    /// `addresses = "all"` target); the name still goes to TLS and the `Host` header.
+    pub fn pin(&mut self, address: IpAddr) {
+        self.literal = Some(address);
+        self.resolved = None;
+    }
+
+    /// Times the name's address set changed (not counting the first resolution).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Whether the addresses in use are the last good ones of a name that no longer resolves.
+    pub fn is_stale(&self) -> bool {
+        self.resolved
+            .as_ref()
+            .is_some_and(|resolved| resolved.stale_since.is_some())
+    }
+
+    /// The address to probe now: the first of [`Host::addresses`].
     pub async fn address(&mut self, resolver: &Resolver) -> Result<IpAddr, String> {
+        Ok(self.addresses(resolver).await?[0])
+    }
+
+    /// Every address of the wanted family: the literal, the cached resolution, or a fresh one.
+    /// Never empty.
+    pub async fn addresses(&mut self, resolver: &Resolver) -> Result<Vec<IpAddr>, String> {
         if let Some(addr) = self.literal {
             if !version_matches(self.version, &addr) {
                 return Err(format!(
@@ -238,19 +368,78 @@ impl Host {
                     version_name(self.version)
                 ));
             }
-            return Ok(addr);
+            return Ok(vec![addr]);
         }
         let now = Instant::now();
-        if let Some((addr, until)) = self.cached
-            && now < until
-        {
-            return Ok(addr);
+        match &self.resolved {
+            Some(resolved) if now < resolved.fresh_until => {
+                return Ok(resolved.addresses.clone());
+            }
+            // Known addresses: resolve beside the probes, waiting only briefly.
+            Some(_) => {
+                let refresh = self.refresh.get_or_insert_with(|| {
+                    let (resolver, name, version) =
+                        (resolver.clone(), self.name.clone(), self.version);
+                    tokio::spawn(async move { resolver.lookup(&name, version).await })
+                });
+                if let Ok(joined) = tokio::time::timeout(REFRESH_WAIT, refresh).await {
+                    self.refresh = None;
+                    let result = joined.unwrap_or_else(|err| Err(format!("lookup task: {err}")));
+                    return self.absorb(result, resolver.params());
+                }
+                let resolved = self.resolved.as_ref().expect("matched above");
+                return Ok(resolved.addresses.clone());
+            }
+            None => {}
         }
         self.resolving = true;
-        let (addr, ttl) = resolver.lookup(&self.name, self.version).await?;
+        let result = resolver.lookup(&self.name, self.version).await;
         self.resolving = false;
-        self.cached = Some((addr, now + ttl));
-        Ok(addr)
+        self.absorb(result, resolver.params())
+    }
+
+    /// Takes a lookup's result: new addresses (logging a change), or a failure that the last
+    /// good addresses ride out while they may.
+    fn absorb(&mut self, result: Lookup, params: ResolverParams) -> Result<Vec<IpAddr>, String> {
+        let now = Instant::now();
+        match result {
+            Ok((addresses, ttl)) => {
+                if let Some(previous) = &self.resolved {
+                    if !same_set(&previous.addresses, &addresses) {
+                        self.changes += 1;
+                        tracing::info!(host = %self.name, from = ?previous.addresses, to = ?addresses, "the host name's addresses changed");
+                    }
+                    if let Some(since) = previous.stale_since {
+                        tracing::info!(host = %self.name, stale_for = ?now.duration_since(since), "the host name resolves again");
+                    }
+                }
+                self.resolved = Some(Resolved {
+                    addresses: addresses.clone(),
+                    fresh_until: now + ttl,
+                    good_until: now + ttl + params.keep_last_good,
+                    stale_since: None,
+                });
+                Ok(addresses)
+            }
+            Err(err) => match &mut self.resolved {
+                Some(resolved) if now < resolved.good_until => {
+                    if resolved.stale_since.is_none() {
+                        let left = resolved.good_until.duration_since(now);
+                        tracing::warn!(host = %self.name, error = %err, keep_for = %humantime::format_duration(Duration::from_secs(left.as_secs())), "cannot resolve the host name; probing its last good addresses");
+                        resolved.stale_since = Some(now);
+                    }
+                    // Ask again after the shortest TTL, not before every probe.
+                    resolved.fresh_until = (now + params.min_ttl).min(resolved.good_until);
+                    Ok(resolved.addresses.clone())
+                }
+                Some(_) => {
+                    tracing::error!(host = %self.name, error = %err, "cannot resolve the host name, and its last good addresses are too old to use");
+                    self.resolved = None;
+                    Err(err)
+                }
+                None => Err(err),
+            },
+        }
     }
 
     /// Whether the last lookup was cut short (by the probe's timeout): the probe then failed
@@ -258,6 +447,16 @@ impl Host {
     pub fn was_resolving(&self) -> bool {
         self.resolving
     }
+}
+
+/// Whether two address lists hold the same addresses, in any order (round-robin DNS rotates
+/// them: that is no change).
+fn same_set(a: &[IpAddr], b: &[IpAddr]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort();
+    b.sort();
+    a == b
 }
 
 #[cfg(test)]
@@ -292,7 +491,7 @@ mod tests {
         let mut host = Host::new("localhost", IpVersion::V4);
         let addr = host.address(&resolver).await.unwrap();
         assert!(addr.is_loopback(), "{addr}");
-        assert!(host.cached.is_some());
+        assert!(host.resolved.is_some());
     }
 
     /// A DNS server on loopback that answers every A query with `answer` and a 1 s TTL,
@@ -430,6 +629,47 @@ mod tests {
         assert!(!server.received().is_empty(), "the server was asked");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn last_good_addresses_outlive_a_failing_name_server_for_a_bounded_time() {
+        let params = ResolverParams {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(60),
+            keep_last_good: Duration::from_secs(10),
+        };
+        let a = IpAddr::from([192, 0, 2, 1]);
+        let b = IpAddr::from([192, 0, 2, 2]);
+        let mut host = Host::new("lb.example.test.", IpVersion::Any);
+        let ok = |addrs: Vec<IpAddr>| Ok((addrs, Duration::from_secs(5)));
+        assert_eq!(host.absorb(ok(vec![a, b]), params), Ok(vec![a, b]));
+        // Round-robin order is no change; another set is one.
+        host.absorb(ok(vec![b, a]), params).unwrap();
+        assert_eq!(host.changes(), 0);
+        host.absorb(ok(vec![a]), params).unwrap();
+        assert_eq!(host.changes(), 1);
+
+        // The TTL (5 s) ran out and the name server fails: the last good addresses, stale.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let failed = || Err("resolving lb.example.test.: timed out".to_owned());
+        assert_eq!(host.absorb(failed(), params), Ok(vec![a]));
+        assert!(host.is_stale());
+        // Asked again after min_ttl, not before every probe.
+        let resolved = host.resolved.as_ref().unwrap();
+        assert_eq!(
+            resolved.fresh_until,
+            Instant::now() + params.min_ttl,
+            "retry after min_ttl"
+        );
+        // Until TTL + keep_last_good after the last answer (15 s); then the failure shows.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(host.absorb(failed(), params), Ok(vec![a]));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(host.absorb(failed(), params).is_err());
+        assert!(!host.is_stale() && host.resolved.is_none());
+        // And an answer brings it back.
+        assert_eq!(host.absorb(ok(vec![b]), params), Ok(vec![b]));
+        assert!(!host.is_stale());
+    }
+
     #[tokio::test]
     async fn an_unresolvable_name_is_an_error_not_a_panic() {
         let resolver = Resolver::default();
@@ -438,6 +678,6 @@ mod tests {
         let mut host = Host::new("no-such-host.invalid.", IpVersion::Any);
         let err = host.address(&resolver).await.unwrap_err();
         assert!(err.contains("no-such-host.invalid"), "{err}");
-        assert!(host.cached.is_none(), "failures are not cached");
+        assert!(host.resolved.is_none(), "failures are not cached");
     }
 }

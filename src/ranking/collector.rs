@@ -107,6 +107,19 @@ impl Collector for RankingCollector {
                 .encode(family.encode_family(&with_reason)?)?;
         }
 
+        let mut family = encoder.encode_descriptor(
+            "regionprobe_region_degraded",
+            "1 while the region is up but some of its targets, or some addresses of an addresses = \"all\" target, are down; absent until the region's state is known.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions {
+            if region.up.is_some() {
+                ConstGauge::new(i64::from(region.degraded))
+                    .encode(family.encode_family(&labels(&region.region))?)?;
+            }
+        }
+
         let own = [("source_region", source)];
         let mut family = encoder.encode_descriptor(
             "regionprobe_source_impaired",

@@ -237,8 +237,10 @@ struct TargetSamples {
     /// Successful latencies, microseconds.
     latencies: Vec<u32>,
     failures: usize,
-    /// Its last `down_after` answers failed.
+    /// Its last `down_after` answers failed (every address's, for several).
     down: Option<bool>,
+    /// Addresses of the target that are down while others are not.
+    addresses_down: usize,
     /// Its newest probe failed on our side.
     failing_locally: bool,
     /// Replication lag, seconds, by its last report (database targets that read it).
@@ -250,10 +252,7 @@ impl Tally {
         Tally::default()
     }
 
-    /// Adds target `name` of `region`: its samples live at `now`, whether it is down after
-    /// `down_after` failures in a row, and its replication lag (seconds) if it reads one. A
-    /// target without samples still counts, so a configured region shows up (at `+Inf`)
-    /// before anything answered.
+    /// Adds target `name` of `region` with one window: [`Tally::add_all`].
     pub fn add(
         &mut self,
         region: &str,
@@ -263,14 +262,45 @@ impl Tally {
         down_after: usize,
         lag: Option<f64>,
     ) {
+        self.add_all(region, name, &[window], now, down_after, lag);
+    }
+
+    /// Adds target `name` of `region` from its `windows` (one per address it probes): its
+    /// samples live at `now`, and whether it is down after `down_after` failures in a row. A
+    /// target with several addresses pools their samples; it is down when every address is,
+    /// and counts its down addresses otherwise (the region is then degraded). A target without
+    /// samples still counts, so a configured region shows up (at `+Inf`) before anything
+    /// answered. `lag` is the target's replication lag (seconds) if it reads one.
+    pub fn add_all(
+        &mut self,
+        region: &str,
+        name: &str,
+        windows: &[&Window],
+        now: Instant,
+        down_after: usize,
+        lag: Option<f64>,
+    ) {
+        let downs: Vec<Option<bool>> = windows.iter().map(|w| w.down(now, down_after)).collect();
+        let down = if !downs.is_empty() && downs.iter().all(|d| *d == Some(true)) {
+            Some(true)
+        } else if downs.contains(&Some(false)) {
+            Some(false)
+        } else {
+            None
+        };
         let mut target = TargetSamples {
             name: name.to_owned(),
             lag,
-            down: window.down(now, down_after),
-            failing_locally: window.failing_locally(now),
+            down,
+            addresses_down: if down == Some(true) {
+                0
+            } else {
+                downs.iter().filter(|d| **d == Some(true)).count()
+            },
+            failing_locally: windows.iter().any(|w| w.failing_locally(now)),
             ..TargetSamples::default()
         };
-        for sample in window.live(now) {
+        for sample in windows.iter().flat_map(|w| w.live(now)) {
             match sample.latency {
                 FAILED => target.failures += 1,
                 LOCAL => {}
@@ -361,6 +391,10 @@ fn region_rank(region: String, targets: &mut [TargetSamples], params: &Params) -
     if up == Some(false) {
         score = f64::INFINITY;
     }
+    let degraded = up == Some(true)
+        && targets
+            .iter()
+            .any(|t| t.down == Some(true) || t.addresses_down > 0);
     let mut pooled: Vec<u32> = targets
         .iter()
         .flat_map(|t| t.latencies.iter().copied())
@@ -387,6 +421,7 @@ fn region_rank(region: String, targets: &mut [TargetSamples], params: &Params) -
         rank: 0,
         score,
         up,
+        degraded,
         worst_target,
         p50,
         p95,
@@ -495,6 +530,9 @@ pub struct RegionRank {
     /// `Some(false)` when every target is down (its last `down_after` probes failed),
     /// `Some(true)` when one is up, `None` before any target had that many probes.
     pub up: Option<bool>,
+    /// Up, but some of its targets, or some addresses of an `addresses = "all"` target, are
+    /// down: still a place to go, with less capacity behind it.
+    pub degraded: bool,
     /// The target whose score is the region's.
     pub worst_target: Option<String>,
     /// Quantiles of the successful latencies; `None` without a success.
@@ -748,6 +786,35 @@ mod tests {
         tally.rank(params, "local")
     }
 
+    #[test]
+    fn one_dead_address_of_three_makes_the_region_degraded_not_down() {
+        let now = Instant::now();
+        let params = Params::default();
+        let live = window(&[10; 20], 0, now);
+        let dead = window(&[], 20, now);
+        let mut tally = Tally::new();
+        tally.add_all("eu", "lb", &[&live, &live, &dead], now, 3, None);
+        tally.add("us", "api", &window(&[10; 20], 0, now), now, 3, None);
+        let ranking = tally.rank(&params, "local");
+        let eu = ranking.get("eu").unwrap();
+        assert_eq!((eu.up, eu.degraded), (Some(true), true));
+        // The pooled loss (a third) costs its share of the penalty, not +Inf.
+        let expected = 0.010 + params.loss_penalty.as_secs_f64() / 3.0;
+        assert!((eu.score - expected).abs() < 1e-9, "{}", eu.score);
+        let us = ranking.get("us").unwrap();
+        assert_eq!((us.up, us.degraded), (Some(true), false));
+        assert_eq!(ranking.regions[0].region, "us");
+
+        // Every address dead: the target, and so the region, is down (and not degraded).
+        let mut tally = Tally::new();
+        tally.add_all("eu", "lb", &[&dead, &dead, &dead], now, 3, None);
+        let eu = tally.rank(&params, "local").get("eu").cloned().unwrap();
+        assert_eq!(
+            (eu.up, eu.degraded, eu.score),
+            (Some(false), false, f64::INFINITY)
+        );
+    }
+
     /// A ranking with the given scores and nothing else.
     fn ranking(scores: &[(&str, f64)]) -> Ranking {
         ordered(
@@ -758,6 +825,7 @@ mod tests {
                     rank: 0,
                     score: *score,
                     up: Some(score.is_finite()),
+                    degraded: false,
                     worst_target: None,
                     p50: None,
                     p95: None,

@@ -7,9 +7,13 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::live::LiveTargets;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::live::{LiveTarget, LiveTargets};
 use super::series::{DIRECTIONS, StampSeries, TargetMetrics};
-use crate::config::ProbeKind;
+use crate::config::{Addresses, ProbeKind};
 use crate::metrics::{ProbeLabel, Registry, WithExtra, WithPairs};
 use crate::probe::IcmpSockets;
 use crate::probe::db::ReplicationReport;
@@ -29,7 +33,9 @@ struct TargetCollector {
 impl Collector for TargetCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let targets = self.targets.read().expect("targets lock");
-        let all = || targets.values().map(|live| &live.metrics);
+        // Each target's series, or each of its addresses' (`addresses = "all"`).
+        let series: Vec<_> = targets.values().flat_map(|live| live.series()).collect();
+        let all = || series.iter().map(|metrics| &**metrics);
 
         let mut family = encoder.encode_descriptor(
             "regionprobe_probe_duration_seconds",
@@ -138,14 +144,79 @@ impl Collector for TargetCollector {
             MetricType::Gauge,
         )?;
         for kind in ProbeKind::ALL {
-            let count = all().filter(|t| t.labels.probe == kind.as_str()).count();
+            let count = targets
+                .values()
+                .filter(|t| t.config.probe.kind() == kind)
+                .count();
             let labels = ProbeLabel {
                 probe: kind.as_str(),
             };
             ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
         }
-        Ok(())
+        encode_resolution(&mut encoder, &targets)
     }
+}
+
+/// The host names' resolution and the addresses of `addresses = "all"` targets.
+fn encode_resolution(
+    encoder: &mut DescriptorEncoder,
+    targets: &BTreeMap<String, Arc<LiveTarget>>,
+) -> Result<(), std::fmt::Error> {
+    let named = || {
+        targets
+            .values()
+            .filter(|t| t.resolution.named.load(Ordering::Relaxed))
+    };
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_target_address_changes",
+        "Times the target's host name resolved to a different set of addresses.",
+        None,
+        MetricType::Counter,
+    )?;
+    for t in named() {
+        let changes = t.resolution.changes.load(Ordering::Relaxed);
+        ConstCounter::new(changes).encode(family.encode_family(&t.metrics.labels)?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_target_addresses_stale",
+        "1 while the target's host name does not resolve and its last good addresses are probed (for at most resolver.keep_last_good).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for t in named() {
+        let stale = t.resolution.stale.load(Ordering::Relaxed);
+        ConstGauge::new(i64::from(stale)).encode(family.encode_family(&t.metrics.labels)?)?;
+    }
+    let all = || {
+        targets
+            .values()
+            .filter(|t| matches!(t.config.addresses, Addresses::All { .. }))
+    };
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_target_addresses",
+        "Addresses probed for an addresses = \"all\" target (at most its max_addresses).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for t in all() {
+        let count = t.slots().len() as i64;
+        ConstGauge::new(count).encode(family.encode_family(&t.metrics.labels)?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "regionprobe_target_addresses_up",
+        "Addresses of an addresses = \"all\" target whose last probe succeeded; fewer than regionprobe_target_addresses (and more than 0) is degraded.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for t in all() {
+        let up = t
+            .slots()
+            .iter()
+            .filter(|slot| slot.metrics.up.get() == 1)
+            .count() as i64;
+        ConstGauge::new(up).encode(family.encode_family(&t.metrics.labels)?)?;
+    }
+    Ok(())
 }
 
 /// The STAMP targets' per-direction families.

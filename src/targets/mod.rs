@@ -7,13 +7,17 @@
 //! (its metric series) and [`collector`] (which encodes them at scrape time).
 
 mod collector;
+mod files;
 mod live;
 mod schedule;
 mod series;
+mod srv;
 
 pub use collector::register;
-pub use live::{LiveTarget, LiveTargets, tally};
+pub use files::TargetFiles;
+pub use live::{LastResult, LiveTarget, LiveTargets, tally};
 pub use schedule::SchedulerMetrics;
+pub use srv::SrvTargets;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,8 +26,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
-use crate::config::{Config, Target};
-use crate::probe::{Probe, Shared};
+use crate::config::{Addresses, Config, Target};
+use crate::probe::{Failure, Probe, Reason, Shared};
+use live::Slot;
 use schedule::{Lateness, Schedule, Ticker};
 
 /// What [`Supervisor::apply`] did.
@@ -86,14 +91,20 @@ impl Supervisor {
         }
     }
 
-    /// Makes the running targets match `config`.
+    /// The probes' resolver (also the SRV names').
+    pub fn resolver(&self) -> &crate::probe::resolve::Resolver {
+        &self.shared.resolver
+    }
+
     /// Makes the probes' resolver read its configuration (`/etc/resolv.conf`) again.
     pub fn reload_resolver(&self) {
         self.shared.resolver.reload();
     }
 
+    /// Makes the running targets match `config`.
     pub fn apply(&mut self, config: &Config) -> Diff {
         let mut diff = Diff::default();
+        self.shared.resolver.set_params(config.resolver);
         let region_changed = self.region != config.exporter.region;
         self.region = config.exporter.region.clone();
         let window_changed = self.ranking_window != config.ranking.window;
@@ -159,9 +170,17 @@ async fn target_task(
     shared: Shared,
     region: String,
 ) {
+    let ticker = Ticker::new(schedule, lateness);
+    match live.config.addresses {
+        Addresses::First => first_address(ticker, live, shared, region).await,
+        Addresses::All { max, .. } => all_addresses(ticker, live, shared, max, region).await,
+    }
+}
+
+/// `addresses = "first"`: the probe resolves its host itself and probes the first address.
+async fn first_address(mut ticker: Ticker, live: Arc<LiveTarget>, shared: Shared, region: String) {
     let target = &live.config;
     let mut probe = Probe::new(&target.probe, &shared, &region);
-    let mut ticker = Ticker::new(schedule, lateness);
     let mut was_up: Option<bool> = None;
     loop {
         ticker.tick().await;
@@ -169,6 +188,9 @@ async fn target_task(
             Ok(result) => result,
             Err(_) => Err(probe.timed_out(target.timeout)),
         };
+        if let Some(host) = probe.host() {
+            live.note_resolution(host.is_name(), host.changes(), host.is_stale());
+        }
         live.record(&result);
         match &result {
             Err(failure) if was_up != Some(false) => {
@@ -185,5 +207,117 @@ async fn target_task(
             }
         }
         was_up = Some(result.is_ok());
+    }
+}
+
+/// `addresses = "all"`: the task resolves the name (on its TTL) and probes every address at
+/// once each tick, one prober pinned to each address, each recording into its own slot.
+async fn all_addresses(
+    mut ticker: Ticker,
+    live: Arc<LiveTarget>,
+    shared: Shared,
+    max: usize,
+    region: String,
+) {
+    let target = &live.config;
+    // This prober only resolves: its host follows the name's TTL and keeps the last good
+    // addresses when the name server fails.
+    let mut names = Probe::new(&target.probe, &shared, &region);
+    let mut probes: Vec<(Arc<Slot>, Probe)> = Vec::new();
+    let mut was: Option<(usize, usize)> = None;
+    let mut warned_cut = false;
+    loop {
+        ticker.tick().await;
+        let Some(host) = names.host_mut() else {
+            // Validation allows `addresses` only for kinds with a host.
+            return;
+        };
+        let resolved = match timeout(target.timeout, host.addresses(&shared.resolver)).await {
+            Ok(Ok(addresses)) => Ok(addresses),
+            Ok(Err(detail)) => Err(Failure::new(Reason::Resolve, detail)),
+            Err(_) => Err(Failure::new(
+                Reason::Resolve,
+                format!(
+                    "no DNS answer within {}",
+                    humantime::format_duration(target.timeout)
+                ),
+            )),
+        };
+        live.note_resolution(host.is_name(), host.changes(), host.is_stale());
+        let mut addresses = match resolved {
+            Ok(addresses) => addresses,
+            Err(failure) => {
+                // Every address we knew fails (or the target's own series, if none yet).
+                if probes.is_empty() {
+                    live.record(&Err(failure.clone()));
+                } else {
+                    for (slot, _) in &probes {
+                        slot.record(&Err(failure.clone()));
+                    }
+                }
+                if was != Some((0, probes.len())) {
+                    tracing::warn!(target = %target.name, region = %target.region, reason = failure.reason.as_str(), detail = %failure.detail, "target down");
+                }
+                was = Some((0, probes.len()));
+                continue;
+            }
+        };
+        // Sorted, so that a cut to `max` keeps the same addresses whatever order DNS answers in.
+        addresses.sort();
+        addresses.dedup();
+        if addresses.len() > max {
+            if !warned_cut {
+                tracing::warn!(target = %target.name, resolved = addresses.len(), max_addresses = max, "the name has more addresses than max_addresses; probing the lowest");
+                warned_cut = true;
+            }
+            addresses.truncate(max);
+        }
+        let slots = live.assign(&addresses);
+        probes.retain(|(slot, _)| slots.iter().any(|s| Arc::ptr_eq(s, slot)));
+        for slot in &slots {
+            if !probes.iter().any(|(s, _)| Arc::ptr_eq(s, slot)) {
+                let mut probe = Probe::new(&target.probe, &shared, &region);
+                if let Some(host) = probe.host_mut() {
+                    host.pin(slot.address);
+                }
+                probes.push((slot.clone(), probe));
+            }
+        }
+        probes.sort_by_key(|(slot, _)| slot.index);
+        let results =
+            futures_util::future::join_all(probes.iter_mut().map(|(slot, probe)| async move {
+                let result = match timeout(target.timeout, probe.run()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(probe.timed_out(target.timeout)),
+                };
+                slot.record(&result);
+                (slot.address, result)
+            }))
+            .await;
+        let up = results.iter().filter(|(_, r)| r.is_ok()).count();
+        let now = (up, results.len());
+        if was != Some(now) {
+            let failing: Vec<String> = results
+                .iter()
+                .filter_map(|(address, r)| {
+                    r.as_ref()
+                        .err()
+                        .map(|f| format!("{address}: {} ({})", f.reason.as_str(), f.detail))
+                })
+                .collect();
+            match up {
+                0 => {
+                    tracing::warn!(target = %target.name, region = %target.region, failing = ?failing, "target down: no address answers");
+                }
+                up if up < results.len() => {
+                    tracing::warn!(target = %target.name, region = %target.region, up, addresses = results.len(), failing = ?failing, "target degraded: some addresses fail");
+                }
+                _ if was.is_some() => {
+                    tracing::info!(target = %target.name, region = %target.region, addresses = results.len(), "target up: every address answers");
+                }
+                _ => {}
+            }
+        }
+        was = Some(now);
     }
 }

@@ -136,7 +136,12 @@ impl StampSeries {
 }
 
 impl TargetMetrics {
-    pub fn new(source_region: &str, target: &Target) -> Self {
+    /// `address`: the extra label of one address of an `addresses = "all"` target.
+    pub fn new(
+        source_region: &str,
+        target: &Target,
+        address: Option<(&'static str, String)>,
+    ) -> Self {
         let kind = target.probe.kind();
         TargetMetrics {
             labels: TargetLabels {
@@ -144,6 +149,7 @@ impl TargetMetrics {
                 target_region: target.region.clone(),
                 target: target.name.clone(),
                 probe: kind.as_str(),
+                address,
             },
             duration: latency_histogram(target.buckets.iter().copied()),
             probes: Counter::default(),
