@@ -178,7 +178,8 @@ impl Stamp {
                 Err(err) => return Err(io_failure(addr, "receive from", &err)),
             }
         }
-        self.session.settle(Instant::now() - self.wait);
+        self.session
+            .settle(Instant::now().checked_sub(self.wait).unwrap_or(started));
         self.carried.merge(self.session.take());
         if rtts.is_empty() {
             let mut failure = match refused {
