@@ -340,8 +340,8 @@ fn one_way_delays_follow_each_directions_delay_when_both_clocks_are_claimed() {
     // Each direction at least its own delay (a wrong split or a wrong clock would put one
     // below it), and the split right: forward exceeds backward by the 15 ms applied. The
     // forwarder and the sidecars only add time, a few ms on a loaded machine, mostly alike.
-    assert!(forward >= 0.020 && forward < 0.030, "forward {forward}");
-    assert!(backward >= 0.005 && backward < 0.015, "backward {backward}");
+    assert!((0.020..0.030).contains(&forward), "forward {forward}");
+    assert!((0.005..0.015).contains(&backward), "backward {backward}");
     assert!(
         (forward - backward - 0.015).abs() < 0.005,
         "forward {forward} - backward {backward} is not the 15 ms applied"
