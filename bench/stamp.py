@@ -172,24 +172,26 @@ def main():
         port = free_port()
         reflector = start([STAMP_SUITE, "-i", "-S", "127.0.0.1", "-o", str(port), "--stateful-reflector"])
         time.sleep(0.5)
-        http = free_port(socket.SOCK_STREAM)
-        cfg = os.path.join(work, "sender.toml")
-        with open(cfg, "w") as f:
-            f.write(f'[exporter]\nregion = "s"\nlisten = "127.0.0.1:{http}"\n'
-                    f'[[target]]\nname = "r"\nregion = "r"\nprobe = "stamp"\naddress = "127.0.0.1:{port}"\n'
-                    'interval = "100ms"\ntimeout = "100ms"\ntrain = 100\n')
-        sender = start([REGIONPROBE, "--config", cfg])
-        wait_http(http)
-        time.sleep(2)
-        before_cpu = cpu_seconds(sender.pid)
-        before = value(metrics(http), "regionprobe_stamp_packets_total")
-        time.sleep(DURATION)
-        cpu = cpu_seconds(sender.pid) - before_cpu
-        text = metrics(http)
-        packets = value(text, "regionprobe_stamp_packets_total") - before
-        lost = value(text, "regionprobe_stamp_lost_packets_total")
-        stop(sender)
-        sender_rows = [f"| regionprobe (train 100 / 100 ms) | {packets:,.0f} | {cpu:.2f} | {cpu / packets * 1e6:.1f} | {lost:.0f} |"]
+        sender_rows = []
+        for train, interval in [(100, "100ms"), (10, "10ms")]:
+            http = free_port(socket.SOCK_STREAM)
+            cfg = os.path.join(work, "sender.toml")
+            with open(cfg, "w") as f:
+                f.write(f'[exporter]\nregion = "s"\nlisten = "127.0.0.1:{http}"\n'
+                        f'[[target]]\nname = "r"\nregion = "r"\nprobe = "stamp"\naddress = "127.0.0.1:{port}"\n'
+                        f'interval = "{interval}"\ntimeout = "{interval}"\ntrain = {train}\n')
+            sender = start([REGIONPROBE, "--config", cfg])
+            wait_http(http)
+            time.sleep(2)
+            before_cpu = cpu_seconds(sender.pid)
+            before = value(metrics(http), "regionprobe_stamp_packets_total")
+            time.sleep(DURATION)
+            cpu = cpu_seconds(sender.pid) - before_cpu
+            text = metrics(http)
+            packets = value(text, "regionprobe_stamp_packets_total") - before
+            lost = value(text, "regionprobe_stamp_lost_packets_total")
+            stop(sender)
+            sender_rows.append(f"| regionprobe (train {train} / {interval}) | {packets:,.0f} | {cpu:.2f} | {cpu / packets * 1e6:.1f} | {lost:.0f} |")
         count = int(DURATION * 1000)
         t0 = os.times()
         out = subprocess.run([STAMP_SUITE, "-r", "127.0.0.1", "-p", str(port), "-S", "127.0.0.1",

@@ -370,17 +370,32 @@ fn the_reflector_answers_what_is_due_and_counts_why_not() {
         "{replies} replies to 20,000 packets in {elapsed:.2} s"
     );
 
-    // Every reply we got is counted as reflected, and nothing else is (a rendering of
-    // /metrics is shared for 500 ms: wait for a fresh one).
-    let scrape = wait_for(Duration::from_secs(5), "the reflected count", || {
+    // Once the counters stop moving (the reflector may still work through the queued flood
+    // on a loaded machine; a rendering of /metrics is shared for 500 ms), every reply we got
+    // is counted as reflected, and no more were sent than the rate allows.
+    let mut last = -1.0;
+    let scrape = wait_for(Duration::from_secs(10), "the counters to settle", || {
+        std::thread::sleep(Duration::from_millis(600));
         let scrape = reflector.metrics();
         let reflected = value(
             &scrape,
             "regionprobe_reflector_reflected_packets_total",
             &[("sender_region", "s")],
         );
-        (reflected == 2.0 + replies as f64).then_some(scrape)
+        let settled = reflected == last;
+        last = reflected;
+        settled.then_some(scrape)
     });
+    let reflected = value(
+        &scrape,
+        "regionprobe_reflector_reflected_packets_total",
+        &[("sender_region", "s")],
+    );
+    let due = 2.0 + 200.0 + 200.0 * started.elapsed().as_secs_f64();
+    assert!(
+        reflected >= 2.0 + replies as f64 && reflected <= due,
+        "reflected {reflected}: {replies} replies received, at most {due} due"
+    );
     assert!(
         value(
             &scrape,

@@ -40,7 +40,7 @@ pub const BACKWARD: usize = 1;
 /// What a STAMP session learnt since the last success: counter increments and samples.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StampReport {
-    /// Packets settled (answered or given up on).
+    /// Packets settled (answered, or given up on a second or three timeouts after sending).
     pub settled: u64,
     pub lost: [u64; 2],
     pub reordered: [u64; 2],

@@ -48,6 +48,12 @@ pub fn endpoint(config: &StampConfig) -> String {
 /// packet still reports what did come back before the timeout cancels the run.
 const WAIT_SHARE: f64 = 0.9;
 
+/// A packet is given up on (lost) this long after it was sent, at least: a reply that comes
+/// after the run stopped waiting, but within this, still proves the packet and its reply
+/// crossed (it is read at the next run). Keeps a loaded reflector or sender from turning
+/// slowness into backward loss.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct Stamp {
     host: Host,
@@ -57,6 +63,9 @@ pub struct Stamp {
     key: Option<Key>,
     train: u32,
     wait: Duration,
+    /// When an unanswered packet counts as lost: the larger of [`GIVE_UP_AFTER`] and three
+    /// waits.
+    give_up: Duration,
     /// Our clock's claim: the error estimate we send, and its seconds when synchronised.
     error: ErrorEstimate,
     synchronised: Option<f64>,
@@ -88,6 +97,7 @@ impl Stamp {
             key: config.key.as_ref().map(|k| Key::new(k.bytes())),
             train: config.train,
             wait: config.wait.mul_f64(WAIT_SHARE),
+            give_up: (config.wait * 3).max(GIVE_UP_AFTER),
             error,
             synchronised,
             ssid: rand::random(),
@@ -178,7 +188,8 @@ impl Stamp {
                 Err(err) => return Err(io_failure(addr, "receive from", &err)),
             }
         }
-        self.session.settle(Instant::now() - self.wait);
+        self.session
+            .settle(Instant::now().checked_sub(self.give_up).unwrap_or(started));
         self.carried.merge(self.session.take());
         if rtts.is_empty() {
             let mut failure = match refused {

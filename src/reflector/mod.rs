@@ -136,17 +136,18 @@ struct ReflectorCollector {
 
 impl Collector for ReflectorCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some((up, listen)) = self.shared.state.lock().expect("state lock").clone() else {
-            return Ok(());
-        };
+        // Declared even without `[reflector]` (as every family is), with no series then.
+        let state = self.shared.state.lock().expect("state lock").clone();
         let mut family = encoder.encode_descriptor(
             "regionprobe_reflector_up",
             "1 while the STAMP reflector answers on its socket (listen: the address bound), 0 when its socket could not be bound.",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(i64::from(up))
-            .encode(family.encode_family(&[("listen", listen.as_str())])?)?;
+        if let Some((up, listen)) = state {
+            ConstGauge::new(i64::from(up))
+                .encode(family.encode_family(&[("listen", listen.as_str())])?)?;
+        }
         let regions = self.shared.regions.lock().expect("regions lock");
         let families = [
             (

@@ -247,7 +247,7 @@ fn encode_stamp<'a>(
     ];
     let mut family = encoder.encode_descriptor(
         "regionprobe_stamp_packets",
-        "STAMP test packets settled: answered, or given up on after the target's timeout.",
+        "STAMP test packets settled: answered, or given up on (1 s or three timeouts after sending, whichever is longer).",
         None,
         MetricType::Counter,
     )?;
