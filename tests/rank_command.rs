@@ -201,6 +201,8 @@ fn json_has_every_field_and_ranks_fast_above_slow_above_unreachable() {
             [
                 "candidate",
                 "degraded",
+                "eligible",
+                "ineligible",
                 "loss_ratio",
                 "own",
                 "p50_seconds",
@@ -208,6 +210,7 @@ fn json_has_every_field_and_ranks_fast_above_slow_above_unreachable() {
                 "p99_seconds",
                 "rank",
                 "region",
+                "replication_lag_seconds",
                 "samples",
                 "score_seconds",
                 "successes",
