@@ -29,6 +29,16 @@ pub struct Config {
     pub targets: Vec<Target>,
 }
 
+impl Config {
+    /// Probes per second the targets make, all together.
+    pub fn probes_per_second(&self) -> f64 {
+        self.targets
+            .iter()
+            .map(|target| 1.0 / target.interval.as_secs_f64())
+            .sum()
+    }
+}
+
 /// `[exporter]`
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exporter {
@@ -36,6 +46,13 @@ pub struct Exporter {
     pub region: String,
     /// Address of the HTTP server (`/metrics`, status, reload).
     pub listen: SocketAddr,
+    /// `exporter.shard` or `--shard`: this replica probes only the targets hashed to it.
+    pub shard: Option<super::Shard>,
+    /// `exporter.max_probes_per_second`: a configuration whose targets (this replica's share)
+    /// need more is refused, with what to do about it.
+    pub max_probes_per_second: u64,
+    /// Targets in the file before sharding (equal to `targets.len()` without a shard).
+    pub configured_targets: usize,
 }
 
 /// One `[[target]]` with the `[defaults]` applied.

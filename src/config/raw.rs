@@ -28,6 +28,8 @@ pub(super) struct RawExporter {
     pub region: Option<String>,
     pub listen: Option<String>,
     pub allow_empty: Option<bool>,
+    pub shard: Option<String>,
+    pub max_probes_per_second: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,6 +8,7 @@ use super::fields::Invalid;
 use super::model::{Config, DEFAULT_BUCKETS, Exporter, IpVersion, ProbeKind, Target};
 use super::probes;
 use super::raw::{RawFile, RawTarget};
+use super::shard::Shard;
 use crate::ranking::Params as RankingParams;
 
 const DEFAULT_REGION: &str = "local";
@@ -16,6 +17,10 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A faster schedule is a load test, not monitoring.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// The default ceiling of `exporter.max_probes_per_second`: twice the 10,000 targets at 1 Hz
+/// that one sidecar runs within 64 MiB and 0.15 cores (docs/benchmarks.md); beyond it ticks
+/// start to be skipped on two cores.
+pub const DEFAULT_MAX_PROBES_PER_SECOND: u64 = 20_000;
 
 pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
     // An empty or truncated file would otherwise load "successfully", stop every target and
@@ -26,6 +31,23 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         && raw.exporter.allow_empty != Some(true);
     let region = label_value("exporter.region", raw.exporter.region, DEFAULT_REGION)?;
     let listen = listen_address(raw.exporter.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    let shard = match raw.exporter.shard.as_deref() {
+        Some(text) => {
+            Some(Shard::parse(text).map_err(|problem| ("exporter.shard".into(), problem))?)
+        }
+        None => None,
+    };
+    let max_probes_per_second = match raw.exporter.max_probes_per_second {
+        Some(0) => {
+            return Err((
+                "exporter.max_probes_per_second".into(),
+                "0 would refuse every target; expected a positive number of probes per second"
+                    .into(),
+            ));
+        }
+        Some(max) => max,
+        None => DEFAULT_MAX_PROBES_PER_SECOND,
+    };
 
     let interval = match raw.defaults.interval {
         Some(text) => interval("defaults.interval", &text)?,
@@ -123,7 +145,13 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
     }
 
     Ok(Config {
-        exporter: Exporter { region, listen },
+        exporter: Exporter {
+            region,
+            listen,
+            shard,
+            max_probes_per_second,
+            configured_targets: targets.len(),
+        },
         ranking,
         web,
         targets,

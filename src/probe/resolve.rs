@@ -247,7 +247,9 @@ impl Host {
             return Ok(addr);
         }
         self.resolving = true;
-        let (addr, ttl) = resolver.lookup(&self.name, self.version).await?;
+        // Boxed: hickory's lookup future is large, and inline it would sit in every target's
+        // task for its whole life; a lookup is rare (once per TTL), the allocation is nothing.
+        let (addr, ttl) = Box::pin(resolver.lookup(&self.name, self.version)).await?;
         self.resolving = false;
         self.cached = Some((addr, now + ttl));
         Ok(addr)

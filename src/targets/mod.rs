@@ -6,11 +6,13 @@
 //! runs), [`live`] (each target's state as the rest of the exporter reads it), [`series`]
 //! (its metric series) and [`collector`] (which encodes them at scrape time).
 
+mod capacity;
 mod collector;
 mod live;
 mod schedule;
 mod series;
 
+pub use capacity::Capacity;
 pub use collector::register;
 pub use live::{LiveTarget, LiveTargets, tally};
 pub use schedule::SchedulerMetrics;
