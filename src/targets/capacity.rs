@@ -175,13 +175,13 @@ mod tests {
         let one = Capacity::of(&config(10, "1s"));
         assert_eq!(one.targets, 10);
         assert!((one.probes_per_second - 10.0).abs() < 1e-9);
-        // 18 buckets + +Inf + sum + count, probes, up, four failure reasons.
-        assert_eq!(one.series, 10 * (21 + 2 + 4));
+        // 18 buckets + +Inf + sum + count, probes, up, five failure reasons.
+        assert_eq!(one.series, 10 * (21 + 2 + 5));
         let slow = Capacity::of(&config(10, "4s"));
         assert!((slow.probes_per_second - 2.5).abs() < 1e-9);
         assert!(
             one.to_string()
-                .contains("10 targets, 10 probes/s (ceiling 20000), 270 series")
+                .contains("10 targets, 10 probes/s (ceiling 20000), 280 series")
         );
     }
 
