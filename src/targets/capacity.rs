@@ -13,15 +13,17 @@ use std::fmt;
 use crate::config::{Config, ProbeKind, Target};
 use crate::probe;
 
-/// The resident memory of a process with no target: runtimes, TLS roots, buffers.
-const BASE_BYTES: u64 = 9 * 1024 * 1024;
+/// The resident memory of a process with 100 targets, less theirs: runtimes, TLS roots,
+/// buffers (10.3-10.6 MiB measured with 100 ICMP targets, docs/scale.md).
+const BASE_BYTES: u64 = 10 * 1024 * 1024;
 
-/// Resident memory per target, as measured at 10,000 ICMP targets (docs/benchmarks.md):
-/// the task, its series, its ranking window and its share of the compressed rendering.
-const ICMP_TARGET_BYTES: u64 = 4_600;
+/// Resident memory per ICMP target, as measured at 10,000 targets at 1 s (88-90 MiB,
+/// docs/scale.md): the task, its series, its ranking window, two copies of its configuration
+/// and its share of the compressed rendering.
+const ICMP_TARGET_BYTES: u64 = 8_000;
 
 /// Per HTTP, TCP or DNS target: the same, plus the connection's buffers during a probe and,
-/// for HTTP, five phase histograms.
+/// for HTTP, five phase histograms. Not re-measured since the task-size cut: rough.
 fn target_bytes(target: &Target) -> u64 {
     let window = 8 * window_samples(target);
     let histograms = (1 + probe::phases(&target.probe).len() as u64) * 600;
