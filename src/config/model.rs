@@ -47,7 +47,7 @@ pub struct Exporter {
     /// Address of the HTTP server (`/metrics`, status, reload).
     pub listen: SocketAddr,
     /// `exporter.shard` or `--shard`: this replica probes only the targets hashed to it.
-    pub shard: Option<super::Shard>,
+    pub shard: Option<super::shard::Shard>,
     /// `exporter.max_probes_per_second`: a configuration whose targets (this replica's share)
     /// need more is refused, with what to do about it.
     pub max_probes_per_second: u64,

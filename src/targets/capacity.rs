@@ -193,11 +193,11 @@ mod tests {
         use crate::metrics::{Exposition, Registry};
         let config = config(200, "1s");
         let mut registry = Registry::default();
-        let live = super::super::LiveTargets::default();
+        let live = super::super::live::LiveTargets::default();
         {
             let mut map = live.write().unwrap();
             for target in &config.targets {
-                let target_live = super::super::LiveTarget::new(
+                let target_live = super::super::live::LiveTarget::new(
                     &config.exporter.region,
                     target,
                     config.ranking.window,
@@ -205,7 +205,11 @@ mod tests {
                 map.insert(target.name.clone(), std::sync::Arc::new(target_live));
             }
         }
-        super::super::register(&mut registry, live, crate::probe::Shared::default().icmp);
+        super::super::collector::register(
+            &mut registry,
+            live,
+            crate::probe::Shared::default().icmp,
+        );
         let text = registry.encode_to_vec(Exposition::Text);
         let estimate = Capacity::of(&config).metrics_bytes as f64;
         let actual = text.len() as f64;
