@@ -67,9 +67,10 @@ const TRIM_AFTER_RELOAD: Duration = Duration::from_secs(2);
 /// stay resident for ever (the issue measured 977 MB kept after a shrink to 9 targets).
 /// `malloc_trim` releases every free page of every arena, wherever it is. It walks the
 /// arenas under their locks: milliseconds, once a minute and once after each reload. Chosen
-/// over another allocator (jemalloc, mimalloc): those return memory in 64 KiB-4 MiB pages or
-/// extents, which a few survivors among freed targets keep resident, where glibc's trim works
-/// on 4 KiB pages; and no allocator crate is built in C (docs/design.md, "Memory").
+/// over another allocator (jemalloc, mimalloc; reasoned, not measured): those return memory
+/// in 64 KiB-4 MiB pages or extents, which a few survivors among freed targets keep
+/// resident, where glibc's trim works on 4 KiB pages (docs/scale.md, "Memory that comes
+/// back").
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 pub fn release_free_memory() {
