@@ -2,12 +2,19 @@
 # ICMP scale benchmark: regionprobe against Debian's prometheus-smokeping-prober, side by side.
 #
 # Usage (as root, from anywhere):
-#   bench/icmp_scale.sh                              # N_LIST="100 1000", DURATION=60
+#   bench/icmp_scale.sh                              # N_LIST="1000 10000 50000", DURATION=60
+#   QUIET_CORES=0 DURATION=20 bench/icmp_scale.sh    # quick run on a loaded machine (issue 15)
 #   DURATION=20 bench/icmp_scale.sh                  # quick run
 #   N_LIST="100" DURATION=15 bench/icmp_scale.sh     # debug run
 #
 # Environment:
-#   N_LIST     target counts to run, space separated          (default "100 1000")
+#   N_LIST     target counts to run, space separated          (default "1000 10000 50000")
+#   SMOKEPING_MAX_N  smokeping_prober runs only at N up to this (default 1000: past it, it
+#              takes both cores and its start alone takes minutes)
+#   SHRINK_TO  regionprobe only: after the measurement, reload down to the first SHRINK_TO
+#              targets, wait SHRINK_WAIT s (default 30), read RSS; then start a fresh
+#              regionprobe with those targets and read its RSS after as long (default 100;
+#              0 skips)
 #   DURATION   measured seconds per run                        (default 60)
 #   WARMUP     seconds between "/metrics answers" and the start of the measurement (default 5)
 #   SCRAPES    /metrics requests timed at the end of each run  (default 10)
@@ -28,7 +35,11 @@
 #   probes/s   counter deltas from the prober's own /metrics (regionprobe_probes_total,
 #              smokeping_requests_total) / wall time, against the expected N per second
 #   success    responses (the latency histograms' _count) / probes
-#   scrape     median time of SCRAPES `curl /metrics`, and the body size
+#   scrape     median time of SCRAPES `curl /metrics`, and the body size; for regionprobe also
+#              the gzip body's size and the CPU of one fresh rendering (process CPU ticks
+#              around one scrape made after the shared rendering expired)
+#   shrink     regionprobe only: RSS after a reload down to SHRINK_TO targets, and of a fresh
+#              start with them (goal: within 1.5x)
 #   lag p99    regionprobe only: from regionprobe_scheduler_lag_seconds bucket deltas
 #   skipped    regionprobe only: regionprobe_scheduler_skipped_ticks_total delta
 # and prints one table, plus the goal line for regionprobe at N=1000 (< 0.05 cores, < 40 MiB
@@ -48,7 +59,10 @@ SMOKEPING=/usr/bin/prometheus-smokeping-prober
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 STOPPABLE=("$REGIONPROBE " "$SMOKEPING ")
 
-N_LIST=${N_LIST:-"100 1000"}
+N_LIST=${N_LIST:-"1000 10000 50000"}
+SMOKEPING_MAX_N=${SMOKEPING_MAX_N:-1000}
+SHRINK_TO=${SHRINK_TO:-100}
+SHRINK_WAIT=${SHRINK_WAIT:-30}
 DURATION=${DURATION:-60}
 WARMUP=${WARMUP:-5}
 SCRAPES=${SCRAPES:-10}
@@ -122,6 +136,11 @@ def analyze(a):
     r['scrape_ms_median'] = 1000 * (times[k // 2] if k % 2 else (times[k // 2 - 1] + times[k // 2]) / 2)
     r['scrape_ms_max'] = 1000 * times[-1]
     r['scrape_bytes'] = a['scrape_bytes']
+    r['gzip_bytes'] = a.get('gzip_bytes', 0)
+    r['render_cpu_ms'] = 1000 * a.get('render_ticks', 0) / hz
+    r['shrink_rss_mib'] = a.get('shrink_rss_kib', 0) / 1024
+    r['fresh_rss_mib'] = a.get('fresh_rss_kib', 0) / 1024
+    r['shrink_to'] = a.get('shrink_to', 0)
     if a['prober'] == 'regionprobe':
         probes = 'regionprobe_probes_total'
         ok = 'regionprobe_probe_duration_seconds_count'
@@ -175,7 +194,8 @@ def analyze(a):
 def table(results_path, goal_n, goal_cores, goal_rss):
     all_rows, rows = results(results_path)
     head = ['N', 'prober', 'cores', 'RSS MiB', 'probes/s (expected)', 'achieved', 'success',
-            'scrape ms', 'scrape KiB', 'lag p99 ms', 'skipped ticks']
+            'scrape ms', 'scrape KiB', 'gzip KiB', 'render CPU ms', 'lag p99 ms', 'skipped ticks',
+            'RSS after shrink / fresh MiB']
     body = []
     for r in all_rows:
         if 'failed' in r:
@@ -188,8 +208,13 @@ def table(results_path, goal_n, goal_cores, goal_rss):
             '%.1f%%' % (100 * r['achieved_ratio']),
             fmt(None if r['success_ratio'] is None else 100 * r['success_ratio'], '.2f') + '%',
             '%.2f' % r['scrape_ms_median'], '%.1f' % (r['scrape_bytes'] / 1024),
+            '%.1f' % (r['gzip_bytes'] / 1024) if rp else 'n/a',
+            '%.0f' % r['render_cpu_ms'] if rp else 'n/a',
             fmt(r.get('lag_p99_ms'), '.3f') if rp else 'n/a',
             str(r['skipped_ticks']) if rp else 'n/a',
+            ('%.1f / %.1f (%.2fx, to %d)' % (r['shrink_rss_mib'], r['fresh_rss_mib'],
+                                           r['shrink_rss_mib'] / r['fresh_rss_mib'], r['shrink_to'])
+             if rp and r['fresh_rss_mib'] else 'n/a'),
         ])
     print_table(head, body)
     print_failures_and_noise(all_rows, rows)
@@ -294,8 +319,42 @@ run_one() {
         times+=("${out% *}")
         bytes=${out#* }
     done
+    local gzip_bytes=0 render_ticks=0 shrink_rss=0 fresh_rss=0
+    if [[ $prober == regionprobe ]]; then
+        out=$(curl -sf -o /dev/null --max-time 120 -H 'Accept-Encoding: gzip' -w '%{size_download}' \
+            "http://127.0.0.1:$port/metrics") || die "gzip scrape failed"
+        gzip_bytes=$out
+        # One fresh rendering: the shared one expires after 0.5 s.
+        sleep 1
+        local r0 r1
+        r0=$(proc_ticks "$pid")
+        curl -sf -o /dev/null --max-time 120 -H 'Accept-Encoding: gzip' "http://127.0.0.1:$port/metrics" ||
+            die "render scrape failed"
+        r1=$(proc_ticks "$pid")
+        render_ticks=$(( (${r1% *} + ${r1#* }) - (${r0% *} + ${r0#* }) ))
+        if ((SHRINK_TO > 0 && SHRINK_TO < n)); then
+            regionprobe_icmp_config "$dir/regionprobe.toml" "$SHRINK_TO" "$port"
+            kill -HUP "$pid"
+            log "N=$n regionprobe: reloaded down to $SHRINK_TO targets; RSS in ${SHRINK_WAIT}s"
+            pause "$SHRINK_WAIT"
+            shrink_rss=$(status_kib "$pid" VmRSS)
+        fi
+    fi
     stop_pid "$pid"
     wait "$pid" 2>/dev/null || true
+    if ((shrink_rss > 0)); then
+        local fresh_dir="$dir/fresh"
+        mkdir -p "$fresh_dir"
+        PORT=$(free_port)
+        regionprobe_icmp_config "$fresh_dir/regionprobe.toml" "$SHRINK_TO" "$PORT"
+        start_regionprobe "$fresh_dir/regionprobe.toml" "$fresh_dir"
+        local fresh_pid=$STARTED_PID
+        wait_http "$fresh_pid" "http://127.0.0.1:$PORT/metrics" regionprobe "$fresh_dir/stderr.log"
+        pause "$SHRINK_WAIT"
+        fresh_rss=$(status_kib "$fresh_pid" VmRSS)
+        stop_pid "$fresh_pid"
+        wait "$fresh_pid" 2>/dev/null || true
+    fi
 
     local scrape_json
     scrape_json=$(IFS=,; echo "${times[*]}")
@@ -307,7 +366,8 @@ run_one() {
  "ticks0": [${ticks0/ /, }], "ticks1": [${ticks1/ /, }], "sys_busy0": $busy0, "sys_busy1": $busy1,
  "ctx0": $ctx0, "ctx1": $ctx1, "env": "${REGIONPROBE_ENV//\"/}", "quiet": "$QUIET_NOTE",
  "rss_kib": $rss, "hwm_kib": $hwm, "threads": $threads, "fds": $fds,
- "scrape_times": [$scrape_json], "scrape_bytes": $bytes}
+ "scrape_times": [$scrape_json], "scrape_bytes": $bytes, "gzip_bytes": $gzip_bytes,
+ "render_ticks": $render_ticks, "shrink_to": $SHRINK_TO, "shrink_rss_kib": $shrink_rss, "fresh_rss_kib": $fresh_rss}
 EOF
     helper analyze "$dir/raw.json" >>"$WORK/results.jsonl" || die "analysis of $prober N=$n failed"
     python3 - "$WORK/results.jsonl" <<'PY' >&2
@@ -333,6 +393,7 @@ PY
 
 for n in $N_LIST; do
     for prober in $PROBERS; do
+        [[ $prober == smokeping_prober ]] && ((n > SMOKEPING_MAX_N)) && continue
         run_isolated "$prober" "$n"
         [[ -f "$WORK/$prober-$n/stderr.log" ]] && cp "$WORK/$prober-$n/stderr.log" "$WORK/$prober-$n.stderr.log"
     done

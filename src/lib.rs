@@ -29,6 +29,7 @@ mod targets;
 pub use cmd::{healthcheck, rank};
 pub use http::Options;
 pub use probe::{Reason, reasons};
+pub use targets::Capacity;
 
 use std::sync::{Arc, RwLock};
 
@@ -124,6 +125,7 @@ pub async fn run_with(
     srv.configure(&config.target_srvs, supervisor.resolver());
     let diff = supervisor.apply(&config);
     tracing::info!(region = %config.exporter.region, targets = config.targets.len(), %diff, "configuration loaded from {}", source.name());
+    tracing::info!("{}", targets::Capacity::of(&config));
     let renderings = Arc::new(RenderCache::default());
     reloads.mark(true, &renderings);
 

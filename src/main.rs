@@ -69,6 +69,10 @@ struct Cli {
     /// reloads.
     #[arg(long = "web.enable-lifecycle", global = true, value_name = "BOOL", default_value_t = true, default_missing_value = "true", num_args = 0..=1, require_equals = true, action = clap::ArgAction::Set)]
     enable_lifecycle: bool,
+    /// Probe only this replica's share of the targets: K of N replicas (e.g. 2/4), chosen by
+    /// rendezvous hashing of the target names; overrides exporter.shard.
+    #[arg(long, global = true, value_name = "K/N", value_parser = shard)]
+    shard: Option<regionprobe::config::Shard>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -77,8 +81,13 @@ struct Cli {
 enum Command {
     /// Run the exporter (the default).
     Run,
-    /// Validate the configuration and exit: 0 if valid, 1 with the error otherwise.
-    CheckConfig,
+    /// Validate the configuration, print what it costs (probes/s, series, /metrics size,
+    /// memory) and exit: 0 if valid, 1 with the error otherwise.
+    CheckConfig {
+        /// Also list the targets this replica probes (its shard's share), one per line.
+        #[arg(long)]
+        targets: bool,
+    },
     /// Check a running exporter (GET /-/healthy, 2 s timeout): exit 0 if it answers 200, 1 otherwise.
     /// Without --url, asks the configuration's exporter.listen (0.0.0.0 and :: as loopback).
     Healthcheck {
@@ -117,6 +126,10 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+fn shard(text: &str) -> Result<regionprobe::config::Shard, String> {
+    regionprobe::config::Shard::parse(text)
+}
+
 fn listen_address(text: &str) -> Result<SocketAddr, String> {
     regionprobe::config::parse_listen(text)
 }
@@ -151,10 +164,11 @@ fn main() -> ExitCode {
     let overrides = regionprobe::config::Overrides {
         listen: cli.web_listen_address,
         web_config_file: cli.web_config_file.clone(),
+        shard: cli.shard,
     };
     let load = |source: &ConfigSource| overrides.load(source);
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => match load(&source) {
+        Command::CheckConfig { targets } => match load(&source) {
             Ok(config) => {
                 println!(
                     "{}: OK ({} targets, region {})",
@@ -162,6 +176,12 @@ fn main() -> ExitCode {
                     config.targets.len(),
                     config.exporter.region
                 );
+                println!("{}", regionprobe::Capacity::of(&config));
+                if targets {
+                    for target in &config.targets {
+                        println!("target {}", target.name);
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(err) => {

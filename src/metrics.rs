@@ -216,42 +216,70 @@ impl Registry {
         self.register_collector(ProcessCollector::open());
     }
 
-    /// Renders every family in `format`.
-    pub fn encode(&self, format: Exposition) -> Vec<u8> {
+    /// Renders every family in `format` into `out`, as it goes: the text is never whole in
+    /// memory (the render cache compresses it chunk by chunk).
+    pub fn encode<W: std::fmt::Write + std::io::Write>(&self, format: Exposition, out: &mut W) {
+        // Writing into the sink cannot fail; an encoder error would be a bug in our names.
         match format {
-            Exposition::Text => self.render_text(false).into_bytes(),
-            Exposition::OpenMetrics => self.render_text(true).into_bytes(),
-            Exposition::Protobuf => self.render_protobuf(),
+            Exposition::Text => {
+                prometheus_client::encoding::prometheus_text::encode(out, &self.families)
+                    .expect("encoding metrics");
+            }
+            Exposition::OpenMetrics => {
+                prometheus_client::encoding::text::encode(out, &self.families)
+                    .expect("encoding metrics");
+            }
+            Exposition::Protobuf => self.render_protobuf(out),
         }
     }
 
-    /// The Prometheus text format (0.0.4), or OpenMetrics when `openmetrics` is set.
-    fn render_text(&self, openmetrics: bool) -> String {
-        let mut out = String::with_capacity(64 * 1024);
-        let result = if openmetrics {
-            prometheus_client::encoding::text::encode(&mut out, &self.families)
-        } else {
-            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.families)
-        };
-        // Writing into a String cannot fail; an encoder error would be a bug in our names.
-        result.expect("encoding metrics");
-        out
+    /// Every family in `format`, whole (tests and the one-shot commands).
+    #[cfg(test)]
+    pub fn encode_to_vec(&self, format: Exposition) -> Vec<u8> {
+        let mut out = VecSink(Vec::new());
+        self.encode(format, &mut out);
+        out.0
     }
 
     /// Length-delimited protobuf `MetricFamily` messages, native buckets included. Families
     /// without a series (no HTTP target, no TLS handshake yet) are left out, as client_golang
     /// does.
-    fn render_protobuf(&self) -> Vec<u8> {
+    fn render_protobuf(&self, out: &mut impl std::io::Write) {
         use prost::Message as _;
         let families = prometheus_client::encoding::prometheus_protobuf::encode(&self.families)
             .expect("encoding metrics");
-        let mut out = Vec::with_capacity(64 * 1024);
+        let mut buffer = Vec::new();
         for family in families.iter().filter(|family| !family.metric.is_empty()) {
+            buffer.clear();
             family
-                .encode_length_delimited(&mut out)
+                .encode_length_delimited(&mut buffer)
                 .expect("a Vec grows as needed");
+            out.write_all(&buffer).expect("the sink takes every byte");
         }
-        out
+    }
+}
+
+/// A `Vec` that takes both kinds of writes.
+#[cfg(test)]
+pub struct VecSink(pub Vec<u8>);
+
+#[cfg(test)]
+impl std::fmt::Write for VecSink {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for VecSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -166,8 +166,8 @@ fn without_config_the_working_directory_exporter_toml_is_used_and_reloaded() {
         .output()
         .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&check.stdout).trim(),
-        "exporter.toml: OK (1 targets, region cwd-one)"
+        String::from_utf8_lossy(&check.stdout).lines().next(),
+        Some("exporter.toml: OK (1 targets, region cwd-one)")
     );
 
     let running = Running::start(&dir.0, &[]);

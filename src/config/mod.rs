@@ -9,6 +9,7 @@ mod file_sd;
 mod model;
 mod probes;
 mod raw;
+mod shard;
 mod stamp;
 mod validate;
 mod web;
@@ -16,6 +17,8 @@ mod web;
 pub use file_sd::{read_target_file, srv_targets};
 pub use model::*;
 pub use probes::rcode_name;
+pub use shard::{Shard, owner as shard_owner};
+pub use validate::DEFAULT_MAX_PROBES_PER_SECOND;
 pub use validate::parse_listen;
 pub use web::{ClientAuth, PasswordHash, Web, WebTls};
 
@@ -59,7 +62,13 @@ impl ConfigSource {
         env: Option<HashMap<String, String>>,
     ) -> Result<Config, ConfigError> {
         let file = self.name();
-        let text = match self {
+        finish(&file, parse_unfinished(&file, &self.read()?, env)?, None)
+    }
+
+    /// The configuration text.
+    fn read(&self) -> Result<String, ConfigError> {
+        let file = self.name();
+        Ok(match self {
             ConfigSource::Bundled => BUNDLED.to_owned(),
             ConfigSource::File(path) => {
                 std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -67,8 +76,7 @@ impl ConfigSource {
                     source,
                 })?
             }
-        };
-        parse(&file, &text, env)
+        })
     }
 }
 
@@ -81,13 +89,17 @@ pub struct Overrides {
     /// The exporter toolkit's web configuration (YAML), read at every (re)load in place of
     /// `[web]` (which must then be empty).
     pub web_config_file: Option<PathBuf>,
+    /// `--shard K/N`: replaces `exporter.shard`.
+    pub shard: Option<Shard>,
 }
 
 impl Overrides {
     /// Loads `source` and applies the overrides; a bad web configuration file fails the load
     /// (a reload keeps the running configuration, as for any bad file).
     pub fn load(&self, source: &ConfigSource) -> Result<Config, ConfigError> {
-        let mut config = source.load()?;
+        let file = source.name();
+        let unfinished = parse_unfinished(&file, &source.read()?, None)?;
+        let mut config = finish(&file, unfinished, self.shard)?;
         if let Some(listen) = self.listen {
             config.exporter.listen = listen;
         }
@@ -139,7 +151,53 @@ pub fn parse(
     text: &str,
     env: Option<HashMap<String, String>>,
 ) -> Result<Config, ConfigError> {
+    finish(file, parse_unfinished(file, text, env)?, None)
+}
+
+/// [`parse`] before sharding and the capacity ceiling.
+fn parse_unfinished(
+    file: &str,
+    text: &str,
+    env: Option<HashMap<String, String>>,
+) -> Result<Config, ConfigError> {
     parse_unredacted(file, text, env).map_err(ConfigError::redacted)
+}
+
+/// Keeps this replica's share of the targets (`shard`, else `exporter.shard`) and refuses a
+/// share that needs more probes per second than `exporter.max_probes_per_second`.
+fn finish(file: &str, mut config: Config, shard: Option<Shard>) -> Result<Config, ConfigError> {
+    if shard.is_some() {
+        config.exporter.shard = shard;
+    }
+    config.exporter.configured_targets = config.targets.len();
+    if let Some(shard) = config.exporter.shard {
+        config.targets.retain(|target| shard.owns(&target.name));
+    }
+    let rate = config.probes_per_second();
+    let max = config.exporter.max_probes_per_second;
+    if rate > max as f64 {
+        let replicas = config.exporter.shard.map_or(1, |s| s.count);
+        let needed = ((rate * f64::from(replicas)) / max as f64).ceil() as u64;
+        let share = match config.exporter.shard {
+            Some(shard) => format!(
+                "shard {shard} probes {} of the {} targets",
+                config.targets.len(),
+                config.exporter.configured_targets
+            ),
+            None => format!("the {} targets", config.targets.len()),
+        };
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            key: "exporter.max_probes_per_second".to_owned(),
+            problem: format!(
+                "{share} need {rate:.0} probes/s, more than the ceiling of {max}; raise the targets' \
+                 intervals (`interval` in [defaults] or per target), or shard them over {needed} or more \
+                 replicas (--shard K/{needed} or exporter.shard = \"K/{needed}\" on each), or raise \
+                 exporter.max_probes_per_second if this machine has the room (docs/scale.md)"
+            ),
+        });
+    }
+    Ok(config)
 }
 
 fn parse_unredacted(

@@ -120,6 +120,16 @@ impl Default for ResolverParams {
     }
 }
 
+impl Config {
+    /// Probes per second the targets make, all together.
+    pub fn probes_per_second(&self) -> f64 {
+        self.targets
+            .iter()
+            .map(|target| 1.0 / target.interval.as_secs_f64())
+            .sum()
+    }
+}
+
 /// `[exporter]`
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exporter {
@@ -130,6 +140,13 @@ pub struct Exporter {
     /// `clock_sync_error`: this host's clock is synchronised to UTC within this error; STAMP
     /// packets then carry the S bit, and one-way delays are exported.
     pub clock_sync_error: Option<Duration>,
+    /// `exporter.shard` or `--shard`: this replica probes only the targets hashed to it.
+    pub shard: Option<super::shard::Shard>,
+    /// `exporter.max_probes_per_second`: a configuration whose targets (this replica's share)
+    /// need more is refused, with what to do about it.
+    pub max_probes_per_second: u64,
+    /// Targets in the file before sharding (equal to `targets.len()` without a shard).
+    pub configured_targets: usize,
 }
 
 /// One `[[target]]` with the `[defaults]` applied.

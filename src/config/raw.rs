@@ -53,6 +53,8 @@ pub(super) struct RawExporter {
     pub listen: Option<String>,
     pub allow_empty: Option<bool>,
     pub clock_sync_error: Option<String>,
+    pub shard: Option<String>,
+    pub max_probes_per_second: Option<u64>,
 }
 
 /// `[reflector]`: the STAMP session-reflector.

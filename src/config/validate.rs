@@ -11,6 +11,7 @@ use super::model::{
 };
 use super::probes;
 use super::raw::{RawFile, RawTarget};
+use super::shard::Shard;
 use crate::ranking::Params as RankingParams;
 
 const DEFAULT_REGION: &str = "local";
@@ -19,6 +20,10 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A faster schedule is a load test, not monitoring.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// The default ceiling of `exporter.max_probes_per_second`: twice the 10,000 targets at 1 Hz
+/// that one sidecar runs within 64 MiB and 0.15 cores (docs/benchmarks.md); beyond it ticks
+/// start to be skipped on two cores.
+pub const DEFAULT_MAX_PROBES_PER_SECOND: u64 = 20_000;
 
 pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
     // An empty or truncated file would otherwise load "successfully", stop every target and
@@ -32,6 +37,23 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
     let clock_sync_error = match raw.exporter.clock_sync_error {
         Some(text) => Some(positive_duration("exporter.clock_sync_error", &text)?),
         None => None,
+    };
+    let shard = match raw.exporter.shard.as_deref() {
+        Some(text) => {
+            Some(Shard::parse(text).map_err(|problem| ("exporter.shard".into(), problem))?)
+        }
+        None => None,
+    };
+    let max_probes_per_second = match raw.exporter.max_probes_per_second {
+        Some(0) => {
+            return Err((
+                "exporter.max_probes_per_second".into(),
+                "0 would refuse every target; expected a positive number of probes per second"
+                    .into(),
+            ));
+        }
+        Some(max) => max,
+        None => DEFAULT_MAX_PROBES_PER_SECOND,
     };
 
     let interval = match raw.defaults.interval {
@@ -244,6 +266,9 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
             region,
             listen,
             clock_sync_error,
+            shard,
+            max_probes_per_second,
+            configured_targets: targets.len(),
         },
         ranking,
         web,

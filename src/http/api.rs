@@ -31,6 +31,11 @@ pub struct RankingView {
     /// reason `local` count as no one's loss, and while every other region is down at once
     /// the candidate is kept.
     pub source_impaired: Option<String>,
+    /// `null` unless this replica is one shard of several (`--shard K/N`); then `"K/N"`,
+    /// and this ranking covers this shard's targets only: the ranking of the whole source
+    /// region is the recording rules' (`regionprobe:region_score_seconds:5m`), which take
+    /// every shard's targets together (docs/scale.md).
+    pub shard: Option<String>,
     /// Best first.
     pub regions: Vec<RegionView>,
 }
@@ -178,6 +183,7 @@ pub fn ranking(snapshot: &Snapshot, config: &Config) -> RankingView {
     RankingView {
         source_region: snapshot.source_region.clone(),
         computed_at: snapshot.computed_at.map(time),
+        shard: config.exporter.shard.map(|shard| shard.to_string()),
         window_seconds: secs(config.ranking.window),
         quantile: config.ranking.quantile,
         loss_penalty_seconds: secs(config.ranking.loss_penalty),

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
     ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue,
@@ -187,12 +187,15 @@ where
     watcher.watch(connection).await
 }
 
+/// Every response body: whole, or a `/metrics` rendering inflated as it is sent.
+type ResponseBody = Either<Full<Bytes>, render::Inflate>;
+
 /// Basic auth first (when `[web]` sets users), then the routes.
 async fn guarded(
     request: Request<Incoming>,
     peer: SocketAddr,
     state: &Arc<State>,
-) -> Response<Full<Bytes>> {
+) -> Response<ResponseBody> {
     let authorization = request.headers().get(AUTHORIZATION);
     match state
         .web
@@ -239,7 +242,7 @@ async fn guarded(
     response
 }
 
-async fn route(request: &Request<Incoming>, state: &Arc<State>) -> Response<Full<Bytes>> {
+async fn route(request: &Request<Incoming>, state: &Arc<State>) -> Response<ResponseBody> {
     let method = request.method().clone();
     match (request.uri().path(), &method) {
         ("/metrics", &Method::GET | &Method::HEAD) => {
@@ -247,7 +250,17 @@ async fn route(request: &Request<Incoming>, state: &Arc<State>) -> Response<Full
             let format = Exposition::negotiate(header(ACCEPT));
             let gzip = render::accepts_gzip(header(ACCEPT_ENCODING));
             let body = state.renderings.get(&state.metrics, format, gzip).await;
-            let mut response = respond(StatusCode::OK, format.content_type(), body.bytes);
+            let mut response = if body.gzip {
+                respond(StatusCode::OK, format.content_type(), body.compressed.gzip)
+            } else {
+                let mut response =
+                    Response::new(Either::Right(render::Inflate::new(body.compressed)));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(format.content_type()),
+                );
+                response
+            };
             let headers = response.headers_mut();
             headers.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
             if body.gzip {
@@ -309,7 +322,7 @@ async fn route(request: &Request<Incoming>, state: &Arc<State>) -> Response<Full
     }
 }
 
-async fn reload(state: &State) -> Response<Full<Bytes>> {
+async fn reload(state: &State) -> Response<ResponseBody> {
     let (tx, rx) = oneshot::channel();
     if state.reload.send(tx).await.is_err() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
@@ -328,8 +341,8 @@ fn respond(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
+) -> Response<ResponseBody> {
+    let mut response = Response::new(Either::Left(Full::new(body.into())));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -337,11 +350,11 @@ fn respond(
     response
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {
     respond(status, "text/plain; charset=utf-8", body.to_owned())
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
     let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     response
         .headers_mut()

@@ -393,7 +393,9 @@ impl Host {
             None => {}
         }
         self.resolving = true;
-        let result = resolver.lookup(&self.name, self.version).await;
+        // Boxed: hickory's lookup future is large, and inline it would sit in every target's
+        // task for its whole life; a lookup is rare (once per TTL), the allocation is nothing.
+        let result = Box::pin(resolver.lookup(&self.name, self.version)).await;
         self.resolving = false;
         self.absorb(result, resolver.params())
     }

@@ -6,6 +6,7 @@
 //! runs), [`live`] (each target's state as the rest of the exporter reads it), [`series`]
 //! (its metric series) and [`collector`] (which encodes them at scrape time).
 
+mod capacity;
 mod collector;
 mod files;
 mod live;
@@ -13,6 +14,7 @@ mod schedule;
 mod series;
 mod srv;
 
+pub use capacity::Capacity;
 pub use collector::register;
 pub use files::TargetFiles;
 pub use live::{LastResult, LiveTarget, LiveTargets, tally};
