@@ -200,6 +200,8 @@ fn json_has_every_field_and_ranks_fast_above_slow_above_unreachable() {
             keys,
             [
                 "candidate",
+                "eligible",
+                "ineligible",
                 "loss_ratio",
                 "own",
                 "p50_seconds",
@@ -207,6 +209,7 @@ fn json_has_every_field_and_ranks_fast_above_slow_above_unreachable() {
                 "p99_seconds",
                 "rank",
                 "region",
+                "replication_lag_seconds",
                 "samples",
                 "score_seconds",
                 "successes",
