@@ -435,6 +435,16 @@ fn redis_replica_lag_and_broken_link_take_the_region_out_of_failover() {
     wait_for(Duration::from_secs(20), "region b chosen", || {
         (best(&exporter).as_deref() == Some("b")).then_some(())
     });
+    // The primary's write target stamps the heartbeat; the replica's copy is fresh.
+    wait_for(
+        Duration::from_secs(10),
+        "a fresh heartbeat on the replica",
+        || {
+            lag(&exporter.metrics(), "redis-heartbeat")
+                .filter(|age| *age < 3.0)
+                .map(|_| ())
+        },
+    );
 
     // The primary stalls (DEBUG SLEEP): the replica hears nothing, its lag passes 2 s.
     let primary = std::sync::Arc::new(primary);

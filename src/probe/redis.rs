@@ -141,8 +141,8 @@ impl Redis {
         timings.phases.add(Phase::Query, started.elapsed());
         self.check(reply, "query")?;
         if self.config.write {
-            let key = format!("{}:{}", self.config.heartbeat_table, self.region);
-            let now = format!("{:.6}", db::unix_now());
+            let key = self.config.heartbeat_table.clone();
+            let now = format!("{:.6} {}", db::unix_now(), self.region);
             let started = Instant::now();
             let reply = self
                 .call(
@@ -177,37 +177,24 @@ impl Redis {
         Ok(())
     }
 
-    /// The age of the newest heartbeat key (one per writing region), by this sidecar's clock.
+    /// The age of the heartbeat, by this sidecar's clock. One key for every writer (the
+    /// freshest stamp wins), so reading it is one `GET`, never a scan of the keyspace.
     async fn heartbeat(
         &self,
         conn: &mut BufReader<Box<dyn Io>>,
     ) -> Result<ReplicationReport, Failure> {
-        let pattern = format!("{}:*", self.config.heartbeat_table);
-        let reply = self
-            .call(conn, &[b"KEYS", pattern.as_bytes()], "heartbeat")
-            .await?;
-        let keys = match self.check(reply, "heartbeat")? {
-            Reply::Array(Some(keys)) => keys,
-            other => return Err(self.invalid(format!("KEYS answered {other:?}"))),
-        };
-        let mut newest: Option<f64> = None;
-        for key in keys.iter().take(64) {
-            let Reply::Bulk(Some(key)) = key else {
-                continue;
-            };
-            if let Reply::Bulk(Some(value)) = self.check(
-                self.call(conn, &[b"GET", key], "heartbeat").await?,
-                "heartbeat",
-            )? {
-                let at = db::number("heartbeat", Some(&String::from_utf8_lossy(&value)))?;
-                newest = match (newest, at) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
+        let key = self.config.heartbeat_table.as_bytes();
+        let reply = self.call(conn, &[b"GET", key], "heartbeat").await?;
+        let at = match self.check(reply, "heartbeat")? {
+            Reply::Bulk(Some(value)) => {
+                let text = String::from_utf8_lossy(&value).into_owned();
+                // "<unix seconds> <region>"
+                db::number("heartbeat", text.split_whitespace().next())?
             }
-        }
+            _ => None,
+        };
         Ok(ReplicationReport {
-            lag: newest.map(|at| (db::unix_now() - at).max(0.0)),
+            lag: at.map(|at| (db::unix_now() - at).max(0.0)),
             ..ReplicationReport::default()
         })
     }
