@@ -5,7 +5,7 @@
 //! Below the probers: the shared ICMP engine ([`pinger`]), name resolution ([`resolve`]) and
 //! client TLS ([`tls`]).
 
-pub(crate) mod db;
+mod db;
 mod dns;
 mod http;
 mod icmp;
@@ -21,7 +21,7 @@ pub(crate) mod tls;
 use std::time::Duration;
 
 pub use icmp::IcmpSockets;
-pub use outcome::{Failure, Outcome, Phase, Reason};
+pub use outcome::{Failure, Outcome, Phase, Reason, ReplicationReport};
 
 use crate::config::{ProbeConfig, ProbeKind};
 use resolve::Resolver;

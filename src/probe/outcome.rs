@@ -18,7 +18,7 @@ pub struct Outcome {
     /// HTTP: redirects followed.
     pub redirects: u32,
     /// Database targets with `replication`: what the probe read of it.
-    pub replication: Option<super::db::ReplicationReport>,
+    pub replication: Option<ReplicationReport>,
 }
 
 impl Outcome {
@@ -28,6 +28,34 @@ impl Outcome {
             ..Outcome::default()
         }
     }
+}
+
+/// What a probe read of replication.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicationReport {
+    /// Seconds behind the primary: `+Inf` when replication is broken (link down, a thread
+    /// stopped), `None` when the server does not say (a standby that never replayed).
+    pub lag: Option<f64>,
+    /// Redis `master_link_status`, PostgreSQL's WAL receiver streaming, MySQL's IO thread.
+    pub link_up: Option<bool>,
+    /// MySQL/MariaDB: whether the IO and the SQL threads run.
+    pub threads: Option<(bool, bool)>,
+    /// Redis: the replication offset this server is at.
+    pub offset: Option<u64>,
+    /// From a primary: each replica's lag by stage, and how many bytes it is behind.
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// One replica as its primary sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaReport {
+    /// PostgreSQL `application_name` (or client address), Redis `ip:port`.
+    pub name: String,
+    /// `(stage, seconds)`: PostgreSQL write, flush and replay lag; Redis ack (seconds since
+    /// the replica last acknowledged).
+    pub lag: Vec<(&'static str, f64)>,
+    /// Bytes of the primary's log the replica has not replayed.
+    pub gap_bytes: Option<u64>,
 }
 
 /// The phases of a probe (HTTP, DNS over TCP, databases): the `phase` label.

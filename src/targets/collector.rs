@@ -11,8 +11,7 @@ use super::live::LiveTargets;
 use super::series::TargetMetrics;
 use crate::config::ProbeKind;
 use crate::metrics::{ProbeLabel, Registry, WithExtra, WithPairs};
-use crate::probe::IcmpSockets;
-use crate::probe::db::ReplicationReport;
+use crate::probe::{IcmpSockets, ReplicationReport};
 
 /// Registers the targets' families: read from `live` and `icmp` at every scrape.
 pub fn register(registry: &mut Registry, live: LiveTargets, icmp: IcmpSockets) {
