@@ -31,7 +31,8 @@ BENCH=db_probe
 PG_BIN=/usr/lib/postgresql/15/bin
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-STOPPABLE=("$REGIONPROBE " "$PG_BIN/postgres " "/usr/sbin/mariadbd " "/usr/bin/redis-server " "python3 -m http.server ")
+PYTHON=$(python3 -c 'import sys; print(sys.executable)')
+STOPPABLE=("$REGIONPROBE " "$PG_BIN/postgres " "/usr/sbin/mariadbd " "/usr/bin/redis-server " "$PYTHON -m http.server ")
 
 N=${N:-50}
 DURATION=${DURATION:-30}
@@ -92,7 +93,7 @@ start_redis() {
 start_http() {
     local port
     port=$(free_port)
-    (cd "$WORK" && exec python3 -m http.server "$port" --bind 127.0.0.1 >"$WORK/http.log" 2>&1) &
+    (cd "$WORK" && exec "$PYTHON" -m http.server "$port" --bind 127.0.0.1 >"$WORK/http.log" 2>&1) &
     track_pid $!
     HTTP_PORT=$port
     sleep 0.5

@@ -5,7 +5,7 @@
 //! Below the probers: the shared ICMP engine ([`pinger`]), name resolution ([`resolve`]) and
 //! client TLS ([`tls`]).
 
-pub(crate) mod db;
+mod db;
 mod dns;
 mod http;
 mod icmp;
@@ -22,7 +22,9 @@ pub(crate) mod tls;
 use std::time::Duration;
 
 pub use icmp::IcmpSockets;
-pub use outcome::{BACKWARD, FORWARD, Failure, Outcome, Phase, Reason, StampReport};
+pub use outcome::{
+    BACKWARD, FORWARD, Failure, Outcome, Phase, Reason, ReplicationReport, StampReport,
+};
 
 use crate::config::{ProbeConfig, ProbeKind};
 pub use resolve::Host;

@@ -15,8 +15,7 @@ use super::live::{LiveTarget, LiveTargets};
 use super::series::{DIRECTIONS, StampSeries, TargetMetrics};
 use crate::config::{Addresses, ProbeKind};
 use crate::metrics::{ProbeLabel, Registry, WithExtra, WithPairs};
-use crate::probe::IcmpSockets;
-use crate::probe::db::ReplicationReport;
+use crate::probe::{IcmpSockets, ReplicationReport};
 
 /// Registers the targets' families: read from `live` and `icmp` at every scrape.
 pub fn register(registry: &mut Registry, live: LiveTargets, icmp: IcmpSockets) {

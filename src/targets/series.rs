@@ -11,8 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::{ProbeKind, Target};
 use crate::metrics::{TargetLabels, latency_histogram};
-use crate::probe::db::ReplicationReport;
-use crate::probe::{self, Failure, Outcome, Phase, Reason};
+use crate::probe::{self, Failure, Outcome, Phase, Reason, ReplicationReport};
 
 /// One target's per-phase histograms, for the phases its probe kind reports.
 #[derive(Debug)]
