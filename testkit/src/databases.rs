@@ -106,6 +106,34 @@ pub struct Postgres {
 impl Postgres {
     /// A new primary.
     pub fn primary() -> Self {
+        let (dir, data) = Self::init();
+        Self::start(dir, data, &[])
+    }
+
+    /// A new primary with `ssl = on` (plain text still allowed), its certificate for `names`
+    /// signed by `pki`.
+    pub fn tls(pki: &crate::peers::Pki, names: &[&str]) -> Self {
+        let (dir, data) = Self::init();
+        let (cert, key) = pki.leaf_pem(names);
+        let (uid, gid) = postgres_ids();
+        let mut settings = vec!["-c".to_owned(), "ssl=on".to_owned()];
+        for (name, text, setting) in [
+            ("cert.pem", cert, "ssl_cert_file"),
+            ("key.pem", key, "ssl_key_file"),
+        ] {
+            // The server refuses a key file others can read; it runs as `postgres`.
+            let path = dir.write(name, &text);
+            nix::unistd::chown(&path, Some(uid.into()), Some(gid.into())).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            settings.push("-c".to_owned());
+            settings.push(format!("{setting}={}", path.display()));
+        }
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        Self::start(dir, data, &settings)
+    }
+
+    /// `initdb` in a new temp dir owned by `postgres`: the dir and the data directory.
+    fn init() -> (TempDir, PathBuf) {
         let dir = TempDir::new("pg");
         let (uid, gid) = postgres_ids();
         nix::unistd::chown(&dir.0, Some(uid.into()), Some(gid.into())).unwrap();
@@ -125,7 +153,7 @@ impl Postgres {
             ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .args(["--no-sync", "-E", "UTF8", "--locale=C"]));
-        Self::start(dir, data)
+        (dir, data)
     }
 
     /// A streaming standby of `self` (`pg_basebackup -R`), started.
@@ -147,10 +175,10 @@ impl Postgres {
             .arg("-D")
             .arg(&data)
             .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"]));
-        Self::start(dir, data)
+        Self::start(dir, data, &[])
     }
 
-    fn start(dir: TempDir, data: PathBuf) -> Self {
+    fn start(dir: TempDir, data: PathBuf, extra: &[&str]) -> Self {
         let port = free_port();
         let daemon = Daemon::spawn(
             &format!("postgres:{port}"),
@@ -166,7 +194,8 @@ impl Postgres {
                     "max_connections=40",
                     "-c",
                     "wal_receiver_status_interval=1s",
-                ]),
+                ])
+                .args(extra),
         );
         let mut server = Postgres {
             port,
@@ -395,12 +424,18 @@ pub struct Mariadb {
     socket: PathBuf,
     daemon: Daemon,
     _dir: TempDir,
+    _files: Option<TempDir>,
 }
 
 impl Mariadb {
     pub fn primary() -> Self {
         let server = Self::start(1, &[]);
-        server.sql(&format!(
+        server.create_probe_user();
+        server
+    }
+
+    fn create_probe_user(&self) {
+        self.sql(&format!(
             "CREATE USER 'probe'@'%' IDENTIFIED BY '{PASSWORD}'; \
              GRANT SELECT, INSERT, UPDATE, CREATE ON *.* TO 'probe'@'%'; \
              GRANT SLAVE MONITOR ON *.* TO 'probe'@'%'; \
@@ -408,6 +443,25 @@ impl Mariadb {
              GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'; \
              CREATE DATABASE probe;"
         ));
+    }
+
+    /// A primary (as [`Mariadb::primary`]) that also speaks TLS, its certificate for `names`
+    /// signed by `pki`.
+    pub fn tls(pki: &crate::peers::Pki, names: &[&str]) -> Self {
+        let files = TempDir::new("mariadb-tls");
+        let (cert, key) = pki.leaf_pem(names);
+        let cert = files.write("cert.pem", &cert);
+        let key = files.write("key.pem", &key);
+        let ca = files.write("ca.pem", &pki.ca_pem);
+        let settings = [
+            format!("--ssl-cert={}", cert.display()),
+            format!("--ssl-key={}", key.display()),
+            format!("--ssl-ca={}", ca.display()),
+        ];
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        let mut server = Self::start(1, &settings);
+        server._files = Some(files);
+        server.create_probe_user();
         server
     }
 
@@ -467,6 +521,7 @@ impl Mariadb {
             socket,
             daemon,
             _dir: dir,
+            _files: None,
         }
     }
 
