@@ -7,7 +7,10 @@
 //!   (scram-sha-256); [`Postgres::sql`] runs SQL through `psql` over the Unix socket.
 //! - [`Mariadb`]: `mariadb-install-db` + `mariadbd`; [`Mariadb::replica_of`] replicates;
 //! - [`Redis`]: `redis-server` with `requirepass` [`PASSWORD`]; [`Redis::replica_of`]
-//!   replicates another one.
+//!   replicates another one; [`Redis::in_namespace`] runs one inside a network namespace on
+//!   the region's address (the failover drill).
+//! - [`Postgres::tls`], [`Mariadb::tls`], [`Redis::tls`]: certificates from the test kit's
+//!   throwaway [`crate::peers::Pki`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -263,6 +266,7 @@ impl Drop for Postgres {
 #[derive(Debug)]
 pub struct Redis {
     pub port: u16,
+    host: std::net::IpAddr,
     daemon: Daemon,
     _dir: TempDir,
     _files: Option<TempDir>,
@@ -307,14 +311,49 @@ impl Redis {
         Self::start(&["--replicaof", "127.0.0.1", &port, "--masterauth", PASSWORD])
     }
 
+    /// A server run with the command `prefix` (`ip netns exec NS`: inside a network
+    /// namespace) on `addr`; with `primary`, its replica (the primary must be reachable from
+    /// there).
+    pub fn in_namespace(prefix: &[&str], addr: SocketAddr, primary: Option<SocketAddr>) -> Self {
+        let mut extra = Vec::new();
+        if let Some(primary) = primary {
+            extra = vec![
+                "--replicaof".to_owned(),
+                primary.ip().to_string(),
+                primary.port().to_string(),
+                "--masterauth".to_owned(),
+                PASSWORD.to_owned(),
+            ];
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Self::start_at(prefix, addr, &extra)
+    }
+
     fn start(extra: &[&str]) -> Self {
+        Self::start_at(&[], SocketAddr::from(([127, 0, 0, 1], free_port())), extra)
+    }
+
+    fn start_at(prefix: &[&str], addr: SocketAddr, extra: &[&str]) -> Self {
         let dir = TempDir::new("redis");
         // `--port` among `extra` (TLS only) wins: the last one given counts.
-        let port = free_port();
+        let port = addr.port();
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg("/usr/bin/redis-server");
+                command
+            }
+            None => Command::new("/usr/bin/redis-server"),
+        };
         let mut daemon = Daemon::spawn(
-            &format!("redis:{port}"),
-            Command::new("/usr/bin/redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            &format!("redis:{addr}"),
+            command
+                .args([
+                    "--bind",
+                    &addr.ip().to_string(),
+                    "--port",
+                    &port.to_string(),
+                ])
                 .args([
                     "--requirepass",
                     PASSWORD,
@@ -338,6 +377,7 @@ impl Redis {
         });
         Redis {
             port,
+            host: addr.ip(),
             daemon,
             _dir: dir,
             _files: None,
@@ -345,7 +385,7 @@ impl Redis {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.host, self.port)
     }
 
     /// Sends one command (authenticated) and returns the raw reply text.
