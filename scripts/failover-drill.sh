@@ -34,6 +34,7 @@ command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/n
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v curl >/dev/null || need+=(curl)
+command -v redis-server >/dev/null || need+=(redis-server)   # the drill's database (issue 16)
 if ((${#need[@]})); then
   echo "==> installing ${need[*]}"
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -2,7 +2,8 @@
 //! with a replica), started by the test as root: phases and read/write series, the failure
 //! reasons (wrong password, unknown database, read-only, stopped, silent) with no latency
 //! sample, replication lag growing until the region loses its eligibility as the failover
-//! candidate, and coming back.
+//! candidate, and coming back; TLS (`require`, `verify-full`) to all three, succeeding with a
+//! `tls` phase or failing as `tls` against another CA.
 
 // Blocking waits on real time.
 #![allow(clippy::disallowed_types)]
@@ -669,5 +670,82 @@ fn redis_over_tls_verifies_or_fails_as_tls() {
                 &[("target", "verified")]
             )
             .is_some()
+    );
+}
+
+/// TLS to PostgreSQL and MariaDB with rustls: `require` and `verify-full` (with the server's
+/// CA and name) succeed with the handshake timed as a phase of its own; `verify-full` against
+/// another CA fails as `tls`, with no latency sample.
+#[test]
+fn postgres_and_mariadb_over_tls_verify_or_fail_as_tls() {
+    if skip() {
+        return;
+    }
+    const NAME: &str = "db.regionprobe.test";
+    let pki = regionprobe_testkit::peers::Pki::new();
+    let other = regionprobe_testkit::peers::Pki::new();
+    let pg = Postgres::tls(&pki, &[NAME]);
+    let my = Mariadb::tls(&pki, &[NAME]);
+    let dir = TempDir::new("db-tls-sql");
+    let password = dir.write("password", PASSWORD);
+    let ca = dir.write("ca.pem", &pki.ca_pem);
+    let wrong_ca = dir.write("other-ca.pem", &other.ca_pem);
+    let mut config = String::from(
+        "[exporter]\nregion = \"a\"\nlisten = \"127.0.0.1:0\"\n[defaults]\ninterval = \"400ms\"\n",
+    );
+    let verify = |ca: &std::path::Path| {
+        format!(
+            "sslmode = \"verify-full\"\ntls_ca_file = \"{}\"\ntls_server_name = \"{NAME}\"",
+            ca.display()
+        )
+    };
+    for (kind, probe, addr, user, database) in [
+        ("pg", "postgres", pg.addr(), "postgres", "postgres"),
+        ("my", "mysql", my.addr(), "probe", "probe"),
+    ] {
+        for (suffix, keys) in [
+            ("require", "sslmode = \"require\"".to_owned()),
+            ("verified", verify(&ca)),
+            ("wrong-ca", verify(&wrong_ca)),
+        ] {
+            config += &format!(
+                "[[target]]\nname = \"{kind}-{suffix}\"\nregion = \"b\"\nprobe = \"{probe}\"\n\
+                 address = \"{addr}\"\nuser = \"{user}\"\npassword_file = \"{}\"\n\
+                 database = \"{database}\"\n{keys}\n",
+                password.display()
+            );
+        }
+    }
+    let exporter = Exporter::start(&config);
+    check_failures(&exporter, &[("pg-wrong-ca", "tls"), ("my-wrong-ca", "tls")]);
+    let up = ["pg-require", "pg-verified", "my-require", "my-verified"];
+    let scrape = wait_for(Duration::from_secs(20), "the TLS targets up", || {
+        let scrape = exporter.metrics();
+        up.iter()
+            .all(|t| scrape.value("regionprobe_target_up", &[("target", t)]) == Some(1.0))
+            .then_some(scrape)
+    });
+    for target in up {
+        let tls_phase = scrape.value(
+            "regionprobe_db_phase_duration_seconds_sum",
+            &[("target", target), ("phase", "tls")],
+        );
+        assert!(
+            tls_phase.is_some_and(|s| s > 0.0),
+            "{target}: the handshake is not timed:\n{}",
+            scrape_lines(&scrape, target)
+        );
+    }
+    // Encrypted for real, seen from the server (PostgreSQL's pg_stat_ssl lists live sessions
+    // only, and each probe closes its connection; there `verify-full` succeeding against the
+    // test CA and name is the proof).
+    let accepts = my.sql("SHOW GLOBAL STATUS LIKE 'Ssl_accepts'");
+    assert!(
+        accepts
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0),
+        "no TLS handshake on the MariaDB server: {accepts}"
     );
 }

@@ -7,7 +7,10 @@
 //!   (scram-sha-256); [`Postgres::sql`] runs SQL through `psql` over the Unix socket.
 //! - [`Mariadb`]: `mariadb-install-db` + `mariadbd`; [`Mariadb::replica_of`] replicates;
 //! - [`Redis`]: `redis-server` with `requirepass` [`PASSWORD`]; [`Redis::replica_of`]
-//!   replicates another one.
+//!   replicates another one; [`Redis::in_namespace`] runs one inside a network namespace on
+//!   the region's address (the failover drill).
+//! - [`Postgres::tls`], [`Mariadb::tls`], [`Redis::tls`]: certificates from the test kit's
+//!   throwaway [`crate::peers::Pki`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -106,6 +109,34 @@ pub struct Postgres {
 impl Postgres {
     /// A new primary.
     pub fn primary() -> Self {
+        let (dir, data) = Self::init();
+        Self::start(dir, data, &[])
+    }
+
+    /// A new primary with `ssl = on` (plain text still allowed), its certificate for `names`
+    /// signed by `pki`.
+    pub fn tls(pki: &crate::peers::Pki, names: &[&str]) -> Self {
+        let (dir, data) = Self::init();
+        let (cert, key) = pki.leaf_pem(names);
+        let (uid, gid) = postgres_ids();
+        let mut settings = vec!["-c".to_owned(), "ssl=on".to_owned()];
+        for (name, text, setting) in [
+            ("cert.pem", cert, "ssl_cert_file"),
+            ("key.pem", key, "ssl_key_file"),
+        ] {
+            // The server refuses a key file others can read; it runs as `postgres`.
+            let path = dir.write(name, &text);
+            nix::unistd::chown(&path, Some(uid.into()), Some(gid.into())).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            settings.push("-c".to_owned());
+            settings.push(format!("{setting}={}", path.display()));
+        }
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        Self::start(dir, data, &settings)
+    }
+
+    /// `initdb` in a new temp dir owned by `postgres`: the dir and the data directory.
+    fn init() -> (TempDir, PathBuf) {
         let dir = TempDir::new("pg");
         let (uid, gid) = postgres_ids();
         nix::unistd::chown(&dir.0, Some(uid.into()), Some(gid.into())).unwrap();
@@ -125,7 +156,7 @@ impl Postgres {
             ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .args(["--no-sync", "-E", "UTF8", "--locale=C"]));
-        Self::start(dir, data)
+        (dir, data)
     }
 
     /// A streaming standby of `self` (`pg_basebackup -R`), started.
@@ -147,10 +178,10 @@ impl Postgres {
             .arg("-D")
             .arg(&data)
             .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"]));
-        Self::start(dir, data)
+        Self::start(dir, data, &[])
     }
 
-    fn start(dir: TempDir, data: PathBuf) -> Self {
+    fn start(dir: TempDir, data: PathBuf, extra: &[&str]) -> Self {
         let port = free_port();
         let daemon = Daemon::spawn(
             &format!("postgres:{port}"),
@@ -166,7 +197,8 @@ impl Postgres {
                     "max_connections=40",
                     "-c",
                     "wal_receiver_status_interval=1s",
-                ]),
+                ])
+                .args(extra),
         );
         let mut server = Postgres {
             port,
@@ -234,6 +266,7 @@ impl Drop for Postgres {
 #[derive(Debug)]
 pub struct Redis {
     pub port: u16,
+    host: std::net::IpAddr,
     daemon: Daemon,
     _dir: TempDir,
     _files: Option<TempDir>,
@@ -278,14 +311,49 @@ impl Redis {
         Self::start(&["--replicaof", "127.0.0.1", &port, "--masterauth", PASSWORD])
     }
 
+    /// A server run with the command `prefix` (`ip netns exec NS`: inside a network
+    /// namespace) on `addr`; with `primary`, its replica (the primary must be reachable from
+    /// there).
+    pub fn in_namespace(prefix: &[&str], addr: SocketAddr, primary: Option<SocketAddr>) -> Self {
+        let mut extra = Vec::new();
+        if let Some(primary) = primary {
+            extra = vec![
+                "--replicaof".to_owned(),
+                primary.ip().to_string(),
+                primary.port().to_string(),
+                "--masterauth".to_owned(),
+                PASSWORD.to_owned(),
+            ];
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Self::start_at(prefix, addr, &extra)
+    }
+
     fn start(extra: &[&str]) -> Self {
+        Self::start_at(&[], SocketAddr::from(([127, 0, 0, 1], free_port())), extra)
+    }
+
+    fn start_at(prefix: &[&str], addr: SocketAddr, extra: &[&str]) -> Self {
         let dir = TempDir::new("redis");
         // `--port` among `extra` (TLS only) wins: the last one given counts.
-        let port = free_port();
+        let port = addr.port();
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg("/usr/bin/redis-server");
+                command
+            }
+            None => Command::new("/usr/bin/redis-server"),
+        };
         let mut daemon = Daemon::spawn(
-            &format!("redis:{port}"),
-            Command::new("/usr/bin/redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            &format!("redis:{addr}"),
+            command
+                .args([
+                    "--bind",
+                    &addr.ip().to_string(),
+                    "--port",
+                    &port.to_string(),
+                ])
                 .args([
                     "--requirepass",
                     PASSWORD,
@@ -309,6 +377,7 @@ impl Redis {
         });
         Redis {
             port,
+            host: addr.ip(),
             daemon,
             _dir: dir,
             _files: None,
@@ -316,7 +385,7 @@ impl Redis {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.host, self.port)
     }
 
     /// Sends one command (authenticated) and returns the raw reply text.
@@ -395,12 +464,18 @@ pub struct Mariadb {
     socket: PathBuf,
     daemon: Daemon,
     _dir: TempDir,
+    _files: Option<TempDir>,
 }
 
 impl Mariadb {
     pub fn primary() -> Self {
         let server = Self::start(1, &[]);
-        server.sql(&format!(
+        server.create_probe_user();
+        server
+    }
+
+    fn create_probe_user(&self) {
+        self.sql(&format!(
             "CREATE USER 'probe'@'%' IDENTIFIED BY '{PASSWORD}'; \
              GRANT SELECT, INSERT, UPDATE, CREATE ON *.* TO 'probe'@'%'; \
              GRANT SLAVE MONITOR ON *.* TO 'probe'@'%'; \
@@ -408,6 +483,25 @@ impl Mariadb {
              GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'; \
              CREATE DATABASE probe;"
         ));
+    }
+
+    /// A primary (as [`Mariadb::primary`]) that also speaks TLS, its certificate for `names`
+    /// signed by `pki`.
+    pub fn tls(pki: &crate::peers::Pki, names: &[&str]) -> Self {
+        let files = TempDir::new("mariadb-tls");
+        let (cert, key) = pki.leaf_pem(names);
+        let cert = files.write("cert.pem", &cert);
+        let key = files.write("key.pem", &key);
+        let ca = files.write("ca.pem", &pki.ca_pem);
+        let settings = [
+            format!("--ssl-cert={}", cert.display()),
+            format!("--ssl-key={}", key.display()),
+            format!("--ssl-ca={}", ca.display()),
+        ];
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        let mut server = Self::start(1, &settings);
+        server._files = Some(files);
+        server.create_probe_user();
         server
     }
 
@@ -467,6 +561,7 @@ impl Mariadb {
             socket,
             daemon,
             _dir: dir,
+            _files: None,
         }
     }
 
