@@ -54,6 +54,15 @@ pub struct Direction {
     pub loss: f64,
 }
 
+/// Both directions of one path.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Path {
+    /// A→B.
+    pub ab: Direction,
+    /// B→A.
+    pub ba: Direction,
+}
+
 /// A running emulator: stops (and releases its devices) on drop.
 #[derive(Debug)]
 pub struct Wan {
@@ -72,14 +81,34 @@ impl Wan {
         ba: Direction,
         seed: u64,
     ) -> std::io::Result<Wan> {
+        Wan::start_with_paths(a, b, Path { ab, ba }, BTreeMap::new(), seed)
+    }
+
+    /// As [`Wan::start`], with a path of its own for some addresses on the B side: a packet
+    /// whose B-side address is a key of `paths` takes that path, any other `default`. One
+    /// emulator then carries several paths at once (the accuracy benchmark runs its four side
+    /// by side), each address still with its own random stream, seeded alike.
+    pub fn start_with_paths(
+        a: &str,
+        b: &str,
+        default: Path,
+        paths: BTreeMap<IpAddr, Path>,
+        seed: u64,
+    ) -> std::io::Result<Wan> {
         let (dev_a, dev_b) = (tun::open(a)?, tun::open(b)?);
+        let paths = Arc::new(paths);
         let stats = Arc::new(Mutex::new(Stats::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for (a_to_b, input, output, direction, seed) in [
-            (true, &dev_a, &dev_b, ab, seed),
-            (false, &dev_b, &dev_a, ba, seed.wrapping_add(1)),
+        for (a_to_b, input, output, seed) in [
+            (true, &dev_a, &dev_b, seed),
+            (false, &dev_b, &dev_a, seed.wrapping_add(1)),
         ] {
+            let (default, paths) = (default, paths.clone());
+            let direction = move |addr: &IpAddr| {
+                let path = paths.get(addr).unwrap_or(&default);
+                if a_to_b { path.ab } else { path.ba }
+            };
             let (tx, rx) = mpsc::channel();
             let (input, output) = (input.try_clone()?, output.try_clone()?);
             let (s1, s2) = (stats.clone(), stats.clone());
@@ -261,7 +290,7 @@ impl PartialOrd for Due {
 fn reader(
     mut input: File,
     a_to_b: bool,
-    direction: Direction,
+    direction: impl Fn(&IpAddr) -> Direction,
     seed: u64,
     stats: Arc<Mutex<Stats>>,
     out: Sender<Due>,
@@ -288,6 +317,7 @@ fn reader(
         let Some(addr) = b_side(&buf[..n], a_to_b) else {
             continue; // not IP
         };
+        let direction = direction(&addr);
         let rng = streams
             .entry(addr)
             .or_insert_with(|| StdRng::seed_from_u64(seed));

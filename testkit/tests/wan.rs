@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use regionprobe_testkit::black_box::{is_root, run, skip_unless};
 use regionprobe_testkit::netns::Netns;
-use regionprobe_testkit::wan::{Direction, Wan};
+use std::collections::BTreeMap;
+
+use regionprobe_testkit::wan::{Direction, Path as WanPath, Wan};
 
 /// Two namespaces joined by the emulator: `a` has 10.77.0.1/24 on its device, `b` 10.77.0.2/24.
 /// The fields drop in order: the emulator stops before its namespaces go.
@@ -18,34 +20,38 @@ struct Path {
 }
 
 fn path(tag: &str, ab: Direction, ba: Direction, seed: u64) -> Path {
+    paths(tag, WanPath { ab, ba }, BTreeMap::new(), seed)
+}
+
+/// As [`path`], with paths of their own for some B-side addresses (each added to `b` as a /32).
+fn paths(tag: &str, default: WanPath, own: BTreeMap<IpAddr, WanPath>, seed: u64) -> Path {
     let a = Netns::new(&format!("{tag}a"));
     let b = Netns::new(&format!("{tag}b"));
     let (dev_a, dev_b) = (a.ifname(), b.ifname());
-    let wan = Wan::start(&dev_a, &dev_b, ab, ba, seed).expect("TUN devices");
+    let extra: Vec<IpAddr> = own.keys().copied().collect();
+    let wan = Wan::start_with_paths(&dev_a, &dev_b, default, own, seed).expect("TUN devices");
     for (netns, dev, addr) in [(&a, &dev_a, "10.77.0.1/24"), (&b, &dev_b, "10.77.0.2/24")] {
         run(&["ip", "link", "set", dev, "netns", &netns.name]);
         netns.ip(&format!("addr add {addr} dev {dev}"));
         netns.ip(&format!("link set {dev} up"));
+    }
+    for addr in extra {
+        b.ip(&format!("addr add {addr}/32 dev {dev_b}"));
     }
     Path { wan, a, _b: b }
 }
 
 /// `ping` from `a` to `b`: the round-trip times of the replies it got.
 fn ping(path: &Path, count: u32, interval: &str) -> Vec<f64> {
+    ping_to(path, count, interval, "10.77.0.2")
+}
+
+/// `ping` from `a` to `dest`, one of `b`'s addresses.
+fn ping_to(path: &Path, count: u32, interval: &str, dest: &str) -> Vec<f64> {
     let mut args = path.a.prefix().to_vec();
     let count = count.to_string();
     // Each reply's line carries its time ("time=30.1 ms").
-    args.extend([
-        "ping",
-        "-n",
-        "-c",
-        &count,
-        "-i",
-        interval,
-        "-W",
-        "1",
-        "10.77.0.2",
-    ]);
+    args.extend(["ping", "-n", "-c", &count, "-i", interval, "-W", "1", dest]);
     let output = std::process::Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -129,4 +135,40 @@ fn every_dropped_packet_is_counted_in_its_direction() {
     assert!((0.115..0.285).contains(&ratio_ab), "A→B lost {ratio_ab}");
     let ratio_ba = dropped_ba as f64 / (f64::from(sent) - dropped_ab as f64);
     assert!((0.035..0.165).contains(&ratio_ba), "B→A lost {ratio_ba}");
+}
+
+#[test]
+fn an_address_with_a_path_of_its_own_takes_it_and_the_others_the_default() {
+    if skip_unless(
+        is_root(),
+        "needs root for network namespaces and TUN devices",
+    ) {
+        return;
+    }
+    let one_way = |ms: u64| {
+        let d = Direction {
+            delay: Duration::from_millis(ms),
+            ..Direction::default()
+        };
+        WanPath { ab: d, ba: d }
+    };
+    let special: IpAddr = "10.77.0.3".parse().unwrap();
+    let path = paths(
+        "wp",
+        one_way(5),
+        BTreeMap::from([(special, one_way(15))]),
+        3,
+    );
+    let default_rtts = ping_to(&path, 5, "0.1", "10.77.0.2");
+    let special_rtts = ping_to(&path, 5, "0.1", "10.77.0.3");
+    assert_eq!((default_rtts.len(), special_rtts.len()), (5, 5));
+    for rtt in &default_rtts {
+        assert!((10.0..13.0).contains(rtt), "default path: {default_rtts:?}");
+    }
+    for rtt in &special_rtts {
+        assert!((30.0..33.0).contains(rtt), "own path: {special_rtts:?}");
+    }
+    let stats = path.wan.stats();
+    assert_eq!(stats.seen_ab.get(&special), Some(&5));
+    assert_eq!(stats.seen_ab.get(&b_addr()), Some(&5));
 }

@@ -4,8 +4,12 @@
 //! ```text
 //! wan --a NAME_A --b NAME_B --stats FILE [--delay-ms D] [--jitter-ms J] [--loss P]
 //!     [--ab-delay-ms D] [--ba-delay-ms D] [--ab-jitter-ms J] [--ba-jitter-ms J]
-//!     [--ab-loss P] [--ba-loss P] [--seed N]
+//!     [--ab-loss P] [--ba-loss P] [--seed N] [--path ADDR=DELAY_MS[/JITTER_MS[/LOSS]]]...
 //! ```
+//!
+//! `--path` gives packets whose B-side address is ADDR a path of their own (both directions
+//! alike; repeatable), so one emulator carries several paths at once; every other packet takes
+//! the path the other flags describe.
 //!
 //! Creates the TUN devices, prints `ready`, and forwards until SIGTERM or SIGINT (or a device
 //! gone with its namespace). `--delay-ms`, `--jitter-ms` and `--loss` set both directions.
@@ -17,13 +21,15 @@
 //! ```
 //! (`seen` counts A→B packets by the B side's address: the destination going A→B.)
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use regionprobe_testkit::wan::{Direction, Wan};
+use regionprobe_testkit::wan::{Direction, Path, Wan};
 
 #[derive(Debug)]
 struct Args {
@@ -32,6 +38,7 @@ struct Args {
     stats: String,
     ab: Direction,
     ba: Direction,
+    paths: BTreeMap<IpAddr, Path>,
     seed: u64,
 }
 
@@ -41,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
     let mut stats = None;
     let (mut ab, mut ba) = (Direction::default(), Direction::default());
     let mut seed = 13;
+    let mut paths = BTreeMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -75,6 +83,29 @@ fn parse_args() -> Result<Args, String> {
             "--ba-jitter-ms" => ba.jitter = ms(&value)?,
             "--ab-loss" => ab.loss = ratio(&value)?,
             "--ba-loss" => ba.loss = ratio(&value)?,
+            "--path" => {
+                let (addr, spec) = value.split_once('=').ok_or_else(|| {
+                    format!("--path {value}: expected ADDR=DELAY_MS[/JITTER_MS[/LOSS]]")
+                })?;
+                let addr: IpAddr = addr
+                    .parse()
+                    .map_err(|_| format!("--path {value}: not an address: {addr}"))?;
+                let mut parts = spec.split('/');
+                let mut one = Direction {
+                    delay: ms(parts.next().unwrap_or_default())?,
+                    ..Direction::default()
+                };
+                if let Some(jitter) = parts.next() {
+                    one.jitter = ms(jitter)?;
+                }
+                if let Some(loss) = parts.next() {
+                    one.loss = ratio(loss)?;
+                }
+                if parts.next().is_some() {
+                    return Err(format!("--path {value}: too many fields"));
+                }
+                paths.insert(addr, Path { ab: one, ba: one });
+            }
             "--seed" => seed = value.parse().map_err(|_| format!("--seed: {value}"))?,
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -85,6 +116,7 @@ fn parse_args() -> Result<Args, String> {
         stats: stats.ok_or("--stats is required")?,
         ab,
         ba,
+        paths,
         seed,
     })
 }
@@ -99,13 +131,18 @@ fn main() {
     };
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(&stop);
-    let wan = Wan::start(&args.a, &args.b, args.ab, args.ba, args.seed).unwrap_or_else(|err| {
-        eprintln!(
-            "wan: cannot open the TUN devices {} and {}: {err}",
-            args.a, args.b
-        );
-        std::process::exit(1);
-    });
+    let default = Path {
+        ab: args.ab,
+        ba: args.ba,
+    };
+    let wan = Wan::start_with_paths(&args.a, &args.b, default, args.paths, args.seed)
+        .unwrap_or_else(|err| {
+            eprintln!(
+                "wan: cannot open the TUN devices {} and {}: {err}",
+                args.a, args.b
+            );
+            std::process::exit(1);
+        });
     println!("ready");
     let _ = std::io::stdout().flush();
     while !stop.load(Ordering::Relaxed) && !wan.stopped() {
