@@ -203,11 +203,36 @@ impl Prometheus {
 
     /// Like [`Prometheus::start`], with more flags (e.g. `--enable-feature=...`).
     pub fn start_with(binary: &Path, config: &Path, data: &Path, flags: &[&str]) -> Self {
+        Self::spawn("prometheus", binary, config, "tsdb", data, flags)
+    }
+
+    /// Prometheus in agent mode (`--enable-feature=agent`): it scrapes and remote-writes,
+    /// with its write-ahead log in `data` (agent mode refuses the TSDB's flags); the query
+    /// API answers nothing.
+    pub fn start_agent(name: &str, binary: &Path, config: &Path, data: &Path) -> Self {
+        Self::spawn(
+            name,
+            binary,
+            config,
+            "agent",
+            data,
+            &["--enable-feature=agent"],
+        )
+    }
+
+    fn spawn(
+        name: &str,
+        binary: &Path,
+        config: &Path,
+        storage: &str,
+        data: &Path,
+        flags: &[&str],
+    ) -> Self {
         let mut daemon = Daemon::spawn(
-            "prometheus",
+            name,
             Command::new(binary)
                 .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", data.display()))
+                .arg(format!("--storage.{storage}.path={}", data.display()))
                 .arg("--web.listen-address=127.0.0.1:0")
                 .arg("--log.level=info")
                 .args(flags),
