@@ -34,12 +34,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
 use common::{Exporter, TempDir, skip_unless, wait_for};
 use regionprobe_testkit::black_box::http_server_failing;
+use regionprobe_testkit::dashboards;
 use regionprobe_testkit::dns::closed_tcp_port;
 use regionprobe_testkit::services::{self, Prometheus, which};
 
@@ -61,6 +62,40 @@ const JOB: &str = "regionprobe";
 const AGENT_CONFIG: &str = "deploy/global/prometheus-agent.yml";
 const CENTRAL_CONFIG: &str = "deploy/global/prometheus-central.yml";
 const RULES: &str = "dashboards/rules";
+
+/// Dashboard queries this test does not feed (origin as `dashboards::queries` names it, and
+/// why); every other one must return data from the central store. The failover drill
+/// (tests/failover_drill/) feeds the ICMP, TLS and replication ones.
+const NOT_FED: [(&str, &str); 7] = [
+    (
+        "dashboards/region-matrix.json panel \"STAMP loss, forward: source (rows) to target (columns)\" query A",
+        "no STAMP targets here (tests/stamp_interop.rs covers those series)",
+    ),
+    (
+        "dashboards/region-matrix.json panel \"STAMP loss, backward: target (columns) back to source (rows)\" query A",
+        "no STAMP targets here (tests/stamp_interop.rs covers those series)",
+    ),
+    (
+        "dashboards/failover-ranking.json panel \"Replication lag by region\" query A",
+        "no database targets here",
+    ),
+    (
+        "dashboards/target-detail.json panel \"Certificate expiry\" query IN",
+        "no TLS targets here",
+    ),
+    (
+        "dashboards/target-detail.json panel \"Certificate expiry\" query AT",
+        "no TLS targets here",
+    ),
+    (
+        "dashboards/target-detail.json panel \"ICMP socket kind\" query A",
+        "no ICMP targets here (the test runs without root)",
+    ),
+    (
+        "dashboards/target-detail.json panel \"Unmatched ICMP replies\" query A",
+        "no ICMP targets here (the test runs without root)",
+    ),
+];
 
 /// Start-up: the sidecars' first probes, the agents' first WAL replay (about 5 s), the first
 /// remote writes and rule evaluations.
@@ -172,7 +207,7 @@ fn sidecar_ranking(sidecar: &Exporter) -> Result<(Ranking, Vec<Option<f64>>), St
             )
         })
         .collect();
-    regions.sort_by(|a, b| a.0.cmp(&b.0));
+    regions.sort_by_key(|a| a.0);
     Ok((
         Ranking {
             order: regions.iter().map(|r| r.1.clone()).collect(),
@@ -241,6 +276,7 @@ fn ms(score: Option<f64>) -> String {
 
 struct GlobalView {
     started: Instant,
+    central_started: SystemTime,
     /// Fields drop in order: the central store and the agents before the sidecars.
     central: Prometheus,
     agents: Vec<Prometheus>,
@@ -303,6 +339,7 @@ impl GlobalView {
             .collect();
         let view = GlobalView {
             started,
+            central_started: SystemTime::now(),
             central,
             agents,
             sidecars,
@@ -345,6 +382,16 @@ impl GlobalView {
             },
         );
         self.say("the three agents' samples are in the central store, every target up");
+    }
+
+    /// A reload of sidecar a (its unchanged file), for the "Configuration reloads"
+    /// annotation.
+    fn reload_a(&self) {
+        let reload = services::request(self.sidecars[0].1.addr, "POST", "/-/reload");
+        assert!(
+            matches!(reload, Ok((200, _))),
+            "reload of sidecar a: {reload:?}"
+        );
     }
 
     /// Every shipped rule is loaded and evaluates without error in the central store.
@@ -424,6 +471,49 @@ impl GlobalView {
         ));
     }
 
+    /// Every query of the dashboards, with its variables resolved against the central store,
+    /// answers there, with data but for `NOT_FED`.
+    fn dashboards_have_data(&self) {
+        let start = services::unix_seconds(self.central_started);
+        let mut last = String::new();
+        let counts = wait_for_or(SETTLE, || {
+            let end = services::unix_seconds(SystemTime::now());
+            let queries = dashboards::queries(&repo("dashboards"), |selector, label| {
+                self.central
+                    .label_values(label, selector, start, end)
+                    .unwrap_or_default()
+            });
+            assert!(queries.len() > 40, "{} dashboard queries", queries.len());
+            let mut empty = Vec::new();
+            let mut fed = 0;
+            for query in &queries {
+                let answer = dashboards::answer(&self.central, query, start, end);
+                let not_fed = NOT_FED.iter().any(|(origin, _)| *origin == query.origin);
+                match answer {
+                    Err(e) => panic!("{}: {e}\n  {}", query.origin, query.promql),
+                    Ok(0) if !not_fed => empty.push(format!("{}: {}", query.origin, query.promql)),
+                    Ok(n) if not_fed && n > 0 => {
+                        panic!("{} has data: take it off NOT_FED", query.origin)
+                    }
+                    Ok(_) => fed += usize::from(!not_fed),
+                }
+            }
+            last = empty.join("\n");
+            empty.is_empty().then_some((fed, queries.len()))
+        })
+        .unwrap_or_else(|| panic!("dashboard queries without data in the central store:\n{last}"));
+        self.say(&format!(
+            "{} of the {} dashboard queries return data from the central store; not fed here:\n  {}",
+            counts.0,
+            counts.1,
+            NOT_FED
+                .iter()
+                .map(|(origin, why)| format!("{origin}: {why}"))
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ));
+    }
+
     /// Step 4: c's targets answer 503 for every sidecar.
     fn cut_c(&self) {
         self.cut.store(true, Ordering::Relaxed);
@@ -491,6 +581,20 @@ impl GlobalView {
     }
 }
 
+/// Polls `check` every second until it returns something, for at most `timeout`.
+fn wait_for_or<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check() {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn describe(ranking: &Ranking, scores: impl Iterator<Item = String>) -> String {
     let regions: Vec<String> = ranking
         .order
@@ -528,11 +632,13 @@ fn global_view_ranks_as_the_sidecars() {
     };
     let view = GlobalView::start(&prometheus);
     view.all_up_centrally();
+    view.reload_a();
     view.rules_healthy();
     view.rankings_agree("all up", |source, r| {
         r.candidate.as_deref() == Some(nearest(source)) && r.order.len() == 2
     });
     view.cut_c();
+    view.dashboards_have_data();
     view.say("done");
 }
 
