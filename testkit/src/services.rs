@@ -317,6 +317,35 @@ impl Prometheus {
     }
 }
 
+// ---- VictoriaMetrics -------------------------------------------------------------------------
+
+/// VictoriaMetrics' `victoria-metrics` or `vmalert` (Debian `victoria-metrics`) with `flags`,
+/// on 127.0.0.1 (a free port, as `-httpListenAddr`: neither says which port 0 gave it), once
+/// its `/health` answers. Both answer Prometheus' HTTP API (victoria-metrics the queries,
+/// vmalert `/api/v1/rules` and `/api/v1/alerts`), so each is a [`Prometheus`] to the tests.
+pub fn start_victoria(name: &str, binary: &Path, flags: &[String]) -> Prometheus {
+    let addr = SocketAddr::from(([127, 0, 0, 1], crate::databases::free_port()));
+    let mut daemon = Daemon::spawn(
+        name,
+        Command::new(binary)
+            .args(flags)
+            .arg(format!("-httpListenAddr={addr}")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(request(addr, "GET", "/health"), Ok((200, _))) {
+        if daemon.exited() {
+            panic!("{name} exited:\n{}", daemon.tail(40));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} not healthy after 30 s:\n{}",
+            daemon.tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Prometheus { daemon, addr }
+}
+
 // ---- Alertmanager ---------------------------------------------------------------------------
 
 #[derive(Debug)]
