@@ -816,7 +816,7 @@ fn global_view_on_prometheus_ranks_as_the_sidecars() {
 }
 
 #[test]
-#[ignore = "global view on VictoriaMetrics: about 80 s; run by .ci/run"]
+#[ignore = "global view on VictoriaMetrics: about 60 s; run by .ci/run"]
 fn global_view_on_victoria_metrics_ranks_as_the_sidecars() {
     let (Some(prometheus), Some(victoria_metrics), Some(vmalert)) = (
         which("prometheus"),
