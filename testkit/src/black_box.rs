@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -277,11 +277,17 @@ impl Drop for Exporter {
 /// An HTTP/1.1 server on loopback that answers every request, after `delay`, with 200 and a
 /// two-byte body; a thread per connection, so slow answers do not queue.
 pub fn http_server(delay: Duration) -> SocketAddr {
+    http_server_failing(delay, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`http_server`], answering 503 instead while `failing` is set.
+pub fn http_server_failing(delay: Duration, failing: Arc<AtomicBool>) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
+            let failing = failing.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut line = String::new();
@@ -289,8 +295,16 @@ pub fn http_server(delay: Duration) -> SocketAddr {
                     line.clear();
                 }
                 std::thread::sleep(delay);
+                let status = if failing.load(Ordering::Relaxed) {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
                 let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    )
+                    .as_bytes(),
                 );
             });
         }

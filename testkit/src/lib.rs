@@ -6,6 +6,7 @@
 //! - [`corpus`]: the fuzz corpus of `tests/fixtures/fuzz/` and the property tests' case count;
 //! - [`databases`]: real PostgreSQL and Redis servers, primaries and replicas;
 //! - [`services`]: the real Prometheus and Alertmanager, a webhook receiver, an HTTPS app;
+//! - [`dashboards`]: the Grafana dashboards' queries as Grafana sends them, run on Prometheus;
 //! - [`black_box`]: run the exporter binary, HTTP to it, parse `/metrics`, wait, skip, `ip`.
 //! - [`netns`]: network namespaces, veth pairs and uplinks for tests that need a network.
 //! - [`wan`]: a WAN emulator (delay, jitter, loss per direction) over TUN devices.
@@ -16,6 +17,7 @@
 
 pub mod black_box;
 pub mod corpus;
+pub mod dashboards;
 pub mod databases;
 pub mod dns;
 pub mod netns;

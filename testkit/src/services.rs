@@ -203,11 +203,36 @@ impl Prometheus {
 
     /// Like [`Prometheus::start`], with more flags (e.g. `--enable-feature=...`).
     pub fn start_with(binary: &Path, config: &Path, data: &Path, flags: &[&str]) -> Self {
+        Self::spawn("prometheus", binary, config, "tsdb", data, flags)
+    }
+
+    /// Prometheus in agent mode (`--enable-feature=agent`): it scrapes and remote-writes,
+    /// with its write-ahead log in `data` (agent mode refuses the TSDB's flags); the query
+    /// API answers nothing.
+    pub fn start_agent(name: &str, binary: &Path, config: &Path, data: &Path) -> Self {
+        Self::spawn(
+            name,
+            binary,
+            config,
+            "agent",
+            data,
+            &["--enable-feature=agent"],
+        )
+    }
+
+    fn spawn(
+        name: &str,
+        binary: &Path,
+        config: &Path,
+        storage: &str,
+        data: &Path,
+        flags: &[&str],
+    ) -> Self {
         let mut daemon = Daemon::spawn(
-            "prometheus",
+            name,
             Command::new(binary)
                 .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", data.display()))
+                .arg(format!("--storage.{storage}.path={}", data.display()))
                 .arg("--web.listen-address=127.0.0.1:0")
                 .arg("--log.level=info")
                 .args(flags),
@@ -290,6 +315,35 @@ impl Prometheus {
             .cloned()
             .unwrap_or_default())
     }
+}
+
+// ---- VictoriaMetrics -------------------------------------------------------------------------
+
+/// VictoriaMetrics' `victoria-metrics` or `vmalert` (Debian `victoria-metrics`) with `flags`,
+/// on 127.0.0.1 (a free port, as `-httpListenAddr`: neither says which port 0 gave it), once
+/// its `/health` answers. Both answer Prometheus' HTTP API (victoria-metrics the queries,
+/// vmalert `/api/v1/rules` and `/api/v1/alerts`), so each is a [`Prometheus`] to the tests.
+pub fn start_victoria(name: &str, binary: &Path, flags: &[String]) -> Prometheus {
+    let addr = SocketAddr::from(([127, 0, 0, 1], crate::databases::free_port()));
+    let mut daemon = Daemon::spawn(
+        name,
+        Command::new(binary)
+            .args(flags)
+            .arg(format!("-httpListenAddr={addr}")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(request(addr, "GET", "/health"), Ok((200, _))) {
+        if daemon.exited() {
+            panic!("{name} exited:\n{}", daemon.tail(40));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} not healthy after 30 s:\n{}",
+            daemon.tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Prometheus { daemon, addr }
 }
 
 // ---- Alertmanager ---------------------------------------------------------------------------

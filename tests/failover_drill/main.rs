@@ -51,7 +51,6 @@
 #![allow(clippy::disallowed_types)]
 
 mod clock;
-mod dashboards;
 mod mixin;
 mod net;
 
@@ -65,6 +64,7 @@ use clock::{Clock, both, milestone, secs};
 use mixin::{Route, repo};
 use net::{Region, Topology};
 use regionprobe_testkit::black_box::{Exporter, TempDir, is_root, skip_unless, wait_for};
+use regionprobe_testkit::dashboards;
 use regionprobe_testkit::databases::{self, Redis};
 use regionprobe_testkit::services::{
     self, Alertmanager, Daemon, Notification, Prometheus, Webhook, unix_seconds, which,
@@ -344,18 +344,6 @@ fn value(series: &Value) -> f64 {
         Some(v) => v.parse().unwrap_or(f64::NAN),
         None => f64::NAN,
     }
-}
-
-/// How many of the series have a value that is a number (not NaN) at some point.
-fn with_numbers(series: &[Value]) -> usize {
-    let number = |v: &Value| v[1].as_str().is_some_and(|v| v != "NaN");
-    series
-        .iter()
-        .filter(|s| match s["values"].as_array() {
-            Some(values) => values.iter().any(number),
-            None => number(&s["value"]),
-        })
-        .count()
 }
 
 fn label<'a>(series: &'a Value, name: &str) -> &'a str {
@@ -837,23 +825,7 @@ impl Drill {
             .into_iter()
             .filter(|q| only.is_none_or(|only| only.contains(&q.origin.as_str())))
             .map(|query| {
-                let answer = match &query.kind {
-                    dashboards::Kind::Instant => self
-                        .prometheus
-                        .query(&query.promql)
-                        .map(|r| with_numbers(&r)),
-                    dashboards::Kind::Range(step) => {
-                        // The last point at `end`, as on a dashboard refreshed now.
-                        let points = ((end - start) / step).ceil();
-                        self.prometheus
-                            .query_range(&query.promql, end - points * step, end, *step)
-                            .map(|r| with_numbers(&r))
-                    }
-                    dashboards::Kind::LabelValues(label) => self
-                        .prometheus
-                        .label_values(label, &query.promql, start, end)
-                        .map(|v| v.len()),
-                };
+                let answer = dashboards::answer(&self.prometheus, &query, start, end);
                 (query, answer)
             })
             .collect()

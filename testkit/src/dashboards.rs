@@ -1,7 +1,8 @@
-//! Every query of the dashboards in `dashboards/`, as Grafana would send it to Prometheus
-//! with every variable at its default: query variables resolved in order against the live
-//! Prometheus (`label_values(...)`), "All" (`allValue`, `.*`) where a variable has it, the
-//! first value otherwise; Grafana's built-ins from the query's step and range.
+//! Every query of the Grafana dashboards in `dashboards/`, as Grafana would send it to
+//! Prometheus with every variable at its default: query variables resolved in order against a
+//! live Prometheus (`label_values(...)`), "All" (`allValue`, `.*`) where a variable has it, the
+//! first value otherwise; Grafana's built-ins from the query's step and range. [`answer`] runs
+//! one against a [`Prometheus`]. Used by the failover drill and the global view.
 //!
 //! The extraction follows tests/dashboards.rs (panel targets, query variables, annotations);
 //! there every variable becomes a placeholder for parsing, here a real value for querying.
@@ -13,7 +14,8 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::Value;
 
-use regionprobe_testkit::black_box::panels;
+use crate::black_box::panels;
+use crate::services::Prometheus;
 
 /// How Grafana would run a query.
 #[derive(Clone, Debug, PartialEq)]
@@ -175,4 +177,39 @@ pub fn queries(dir: &Path, mut resolve: impl FnMut(&str, &str) -> Vec<String>) -
         }
     }
     out
+}
+
+/// Runs `query` as Grafana would over `[start, end]` (Unix seconds; a range query's last point
+/// at `end`, as on a dashboard refreshed now): how many series have a number (not NaN) at some
+/// point, or how many values a variable lists.
+pub fn answer(
+    prometheus: &Prometheus,
+    query: &Query,
+    start: f64,
+    end: f64,
+) -> Result<usize, String> {
+    match &query.kind {
+        Kind::Instant => prometheus.query(&query.promql).map(|r| with_numbers(&r)),
+        Kind::Range(step) => {
+            let points = ((end - start) / step).ceil();
+            prometheus
+                .query_range(&query.promql, end - points * step, end, *step)
+                .map(|r| with_numbers(&r))
+        }
+        Kind::LabelValues(label) => prometheus
+            .label_values(label, &query.promql, start, end)
+            .map(|v| v.len()),
+    }
+}
+
+/// How many of the series have a value that is a number (not NaN) at some point.
+fn with_numbers(series: &[Value]) -> usize {
+    let number = |v: &Value| v[1].as_str().is_some_and(|v| v != "NaN");
+    series
+        .iter()
+        .filter(|s| match s["values"].as_array() {
+            Some(values) => values.iter().any(number),
+            None => number(&s["value"]),
+        })
+        .count()
 }
