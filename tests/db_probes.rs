@@ -17,6 +17,7 @@ use std::time::Duration;
 use common::{Exporter, Scrape, TempDir, http_server, skip_unless, wait_for};
 use regionprobe_testkit::databases::{self, Mariadb, PASSWORD, Postgres, Redis};
 use regionprobe_testkit::dns::closed_tcp_port;
+use regionprobe_testkit::scrape::assert_promtool_clean;
 use regionprobe_testkit::services::get_json;
 use serde_json::Value;
 
@@ -112,31 +113,8 @@ fn check_failures(exporter: &Exporter, expected: &[(&str, &str)]) {
     ] {
         assert!(!text.contains(PASSWORD), "the password is in the {what}");
     }
-    if let Some(promtool) = regionprobe_testkit::services::which("promtool") {
-        let mut child = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(metrics.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            output.status.success() && said.trim().is_empty(),
-            "promtool check metrics: {said}"
-        );
+    if regionprobe_testkit::services::which("promtool").is_some() {
+        assert_promtool_clean(&metrics);
     }
 }
 
