@@ -10,13 +10,14 @@
 
 mod common;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::Duration;
 
 use common::{Exporter, Scrape, TempDir, http_server, skip_unless, wait_for};
 use regionprobe_testkit::databases::{self, Mariadb, PASSWORD, Postgres, Redis};
 use regionprobe_testkit::dns::closed_tcp_port;
+use regionprobe_testkit::scrape::assert_promtool_clean;
 use regionprobe_testkit::services::get_json;
 use serde_json::Value;
 
@@ -112,31 +113,8 @@ fn check_failures(exporter: &Exporter, expected: &[(&str, &str)]) {
     ] {
         assert!(!text.contains(PASSWORD), "the password is in the {what}");
     }
-    if let Some(promtool) = regionprobe_testkit::services::which("promtool") {
-        let mut child = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(metrics.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            output.status.success() && said.trim().is_empty(),
-            "promtool check metrics: {said}"
-        );
+    if regionprobe_testkit::services::which("promtool").is_some() {
+        assert_promtool_clean(&metrics);
     }
 }
 
@@ -747,5 +725,125 @@ fn postgres_and_mariadb_over_tls_verify_or_fail_as_tls() {
             .and_then(|n| n.parse::<u64>().ok())
             .is_some_and(|n| n > 0),
         "no TLS handshake on the MariaDB server: {accepts}"
+    );
+}
+
+/// `keepalive = true` keeps one connection per target across probes (the same server-side
+/// session every time); without it each probe connects anew, and MySQL's is closed with
+/// `COM_QUIT`, so the server counts no aborted client.
+#[test]
+fn keepalive_reuses_one_session_and_fresh_connections_close_cleanly() {
+    if skip() {
+        return;
+    }
+    let dir = TempDir::new("db-keepalive");
+    let password = dir.write("password", PASSWORD);
+    let postgres = Postgres::primary();
+    let redis = Redis::primary();
+    let mariadb = Mariadb::primary();
+    // The kept MySQL target logs in as a user of its own, to find its session.
+    mariadb.sql(&format!(
+        "CREATE USER 'kept'@'%' IDENTIFIED BY '{PASSWORD}'; GRANT SELECT ON *.* TO 'kept'@'%';"
+    ));
+    let target = |name: &str, probe: &str, addr: SocketAddr, extra: &str| {
+        format!(
+            "[[target]]\nname = \"{name}\"\nregion = \"a\"\nprobe = \"{probe}\"\naddress = \"{addr}\"\n\
+             password_file = \"{}\"\n{extra}\n",
+            password.display()
+        )
+    };
+    let mut config = String::from(
+        "[exporter]\nregion = \"a\"\nlisten = \"127.0.0.1:0\"\n[defaults]\ninterval = \"500ms\"\n",
+    );
+    config += &target(
+        "pg-kept",
+        "postgres",
+        postgres.addr(),
+        "user = \"postgres\"\ndatabase = \"postgres\"\nkeepalive = true",
+    );
+    config += &target("redis-kept", "redis", redis.addr(), "keepalive = true");
+    config += &target(
+        "my-kept",
+        "mysql",
+        mariadb.addr(),
+        "user = \"kept\"\nkeepalive = true",
+    );
+    config += &target(
+        "my-fresh",
+        "mysql",
+        mariadb.addr(),
+        "user = \"probe\"\ndatabase = \"probe\"",
+    );
+    let exporter = Exporter::start(&config);
+    let targets = ["pg-kept", "redis-kept", "my-kept", "my-fresh"];
+    let probed = |at_least: f64| {
+        let scrape = exporter.metrics();
+        targets.iter().all(|t| {
+            count(&scrape, "regionprobe_probes_total", &[("target", t)]) >= at_least
+                && scrape.value("regionprobe_target_up", &[("target", t)]) == Some(1.0)
+        })
+    };
+    wait_for(Duration::from_secs(20), "every target probed twice", || {
+        probed(2.0).then_some(())
+    });
+    let pg_session =
+        || postgres.sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'regionprobe'");
+    let my_session =
+        || mariadb.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'kept'");
+    let redis_connections = || {
+        let info = redis.command(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("total_connections_received in INFO stats")
+    };
+    let (pg_before, my_before, redis_before) = (pg_session(), my_session(), redis_connections());
+    assert!(
+        !pg_before.is_empty() && !pg_before.contains('\n'),
+        "one kept PostgreSQL session: {pg_before:?}"
+    );
+    assert!(
+        !my_before.is_empty() && !my_before.contains('\n'),
+        "one kept MySQL session: {my_before:?}"
+    );
+    let before = exporter.metrics();
+    let probes =
+        |scrape: &Scrape, t: &str| count(scrape, "regionprobe_probes_total", &[("target", t)]);
+    wait_for(Duration::from_secs(20), "five more probes each", || {
+        let scrape = exporter.metrics();
+        targets
+            .iter()
+            .all(|t| probes(&scrape, t) >= probes(&before, t) + 5.0)
+            .then_some(())
+    });
+    assert_eq!(
+        pg_session(),
+        pg_before,
+        "PostgreSQL: the same session across probes"
+    );
+    assert_eq!(
+        my_session(),
+        my_before,
+        "MySQL: the same session across probes"
+    );
+    // The only new connection is the one that asks.
+    assert_eq!(
+        redis_connections(),
+        redis_before + 1,
+        "Redis: one connection across probes"
+    );
+    let scrape = exporter.metrics();
+    for t in targets {
+        let failures: f64 = scrape
+            .find("regionprobe_probe_failures_total", &[("target", t)])
+            .iter()
+            .map(|s| s.value)
+            .sum();
+        assert_eq!(failures, 0.0, "{t}: {}", scrape_lines(&scrape, t));
+    }
+    assert_eq!(
+        mariadb.sql("SHOW GLOBAL STATUS LIKE 'Aborted_clients'"),
+        "Aborted_clients\t0",
+        "my-fresh's connections end with COM_QUIT"
     );
 }

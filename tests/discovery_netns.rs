@@ -91,15 +91,21 @@ const SRV: &str = "_app._tcp.regionprobe.test";
 const N1: &str = "_app._tcp.regionprobe.test,n1.regionprobe.test,8080";
 const N2: &str = "_app._tcp.regionprobe.test,n2.regionprobe.test,8080";
 
-/// The targets from the SRV name, by name, as the API lists them (with their source).
+/// The targets from the SRV name that are up, by name, as the API lists them (with their
+/// source).
 fn srv_targets(exporter: &Exporter) -> Vec<String> {
+    srv_listed(exporter, true)
+}
+
+/// The targets from the SRV name, up or not (`only_up`: up only).
+fn srv_listed(exporter: &Exporter, only_up: bool) -> Vec<String> {
     let (_, body) = exporter.get("/api/v1/targets");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     json["targets"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|t| t["source"] == format!("srv:{SRV}").as_str() && t["up"] == true)
+        .filter(|t| t["source"] == format!("srv:{SRV}").as_str() && (!only_up || t["up"] == true))
         .map(|t| t["name"].as_str().unwrap().to_owned())
         .collect()
 }
@@ -383,6 +389,11 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
         "still probing the last good addresses"
     );
     assert_eq!(up(&scrape, "0"), Some(1.0));
+    assert_eq!(
+        scrape.value("regionprobe_target_srv_targets", &[("name", SRV)]),
+        Some(1.0),
+        "the SRV name's last good target is kept meanwhile"
+    );
     assert!(
         exporter
             .log_text()
@@ -412,17 +423,45 @@ fn every_address_of_a_moving_name_is_probed_and_a_dead_name_server_is_ridden_out
             .then_some(())
     });
     assert!(exporter.log_text().contains("too old to use"));
-    // The SRV name's last good targets stay, and its failure is reported.
-    assert_eq!(
-        exporter
-            .metrics()
-            .value("regionprobe_target_srv_valid", &[("name", SRV)]),
-        Some(0.0)
-    );
+    // The SRV name's failure is reported at once, and its last good targets are kept for
+    // the answer's TTL plus keep_last_good (4 s), as a host name's addresses are...
     assert!(
         exporter
             .log_text()
-            .contains("SRV lookup failed; keeping the last good targets")
+            .contains("SRV lookup failed; keeping the last good targets"),
+        "{}",
+        exporter.log_text()
+    );
+    // ... then dropped, while the lookup still fails.
+    let scrape = wait_for(Duration::from_secs(15), "SRV targets dropped", || {
+        let scrape = exporter.metrics();
+        (scrape.value("regionprobe_target_srv_targets", &[("name", SRV)]) == Some(0.0))
+            .then_some(scrape)
+    });
+    let took = stopped.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "SRV targets dropped after {took:?}: the last good targets were not kept"
+    );
+    assert_eq!(
+        scrape.value("regionprobe_target_srv_valid", &[("name", SRV)]),
+        Some(0.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "regionprobe_probes_total",
+            &[("target", "n2.regionprobe.test:8080")]
+        ),
+        None,
+        "a dropped SRV target's series go with it"
+    );
+    assert_eq!(srv_listed(&exporter, false), Vec::<String>::new());
+    assert!(
+        exporter
+            .log_text()
+            .contains("its last good targets are too old to keep; dropping them"),
+        "{}",
+        exporter.log_text()
     );
     drop(exporter);
 }

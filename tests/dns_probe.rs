@@ -11,6 +11,7 @@ use common::{Exporter, Scrape, wait_for};
 use hickory_resolver::proto::rr::RecordType;
 use regionprobe::config::ProbeKind;
 use regionprobe_testkit::dns::{DnsServer, Transport};
+use regionprobe_testkit::scrape::{probes, value};
 
 const WAIT: Duration = Duration::from_secs(15);
 const TARGETS: [&str; 5] = ["dns-udp", "dns-tcp", "dns-nx", "dns-silent", "dns-slow"];
@@ -35,18 +36,6 @@ fn config(targets: &[String]) -> String {
         "[exporter]\nregion = \"eu\"\nlisten = \"127.0.0.1:0\"\n[defaults]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n{}",
         targets.join("\n")
     )
-}
-
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .value(name, labels)
-        .unwrap_or_else(|| panic!("no {name} {labels:?}"))
-}
-
-fn probes(scrape: &Scrape, target: &str) -> f64 {
-    scrape
-        .value("regionprobe_probes_total", &[("target", target)])
-        .unwrap_or(0.0)
 }
 
 fn samples(scrape: &Scrape, target: &str) -> f64 {

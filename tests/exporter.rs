@@ -6,10 +6,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Exporter, Scrape, http, http_full, skip_unless, wait_for};
+use regionprobe_testkit::scrape::{assert_promtool_clean, skip_without_promtool};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -575,14 +575,7 @@ fn endpoints_and_content_negotiation() {
 
 #[test]
 fn promtool_check_metrics_reports_nothing() {
-    let promtool = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if skip_unless(
-        promtool,
-        "promtool not installed (apt-get install prometheus)",
-    ) {
+    if skip_without_promtool() {
         return;
     }
     let (open, closed) = open_and_closed_ports();
@@ -614,29 +607,7 @@ fn promtool_check_metrics_reports_nothing() {
         .then_some(())
     });
     let (_, body) = exporter.get("/metrics");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
+    assert_promtool_clean(&body);
     drop(open);
 }
 

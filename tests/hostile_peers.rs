@@ -20,6 +20,7 @@ use rcgen::{CertificateParams, KeyPair};
 use regionprobe::Reason;
 use regionprobe::config::ProbeKind;
 use regionprobe_testkit::peers::{self, Pki, ServerCert, tls_server};
+use regionprobe_testkit::scrape::{probes, value};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -538,18 +539,6 @@ fn hostile_targets(
             ),
         ]
     })
-}
-
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .value(name, labels)
-        .unwrap_or_else(|| panic!("no {name} {labels:?}"))
-}
-
-fn probes(scrape: &Scrape, target: &str) -> f64 {
-    scrape
-        .value("regionprobe_probes_total", &[("target", target)])
-        .unwrap_or(0.0)
 }
 
 fn rss(scrape: &Scrape) -> f64 {

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use common::{Exporter, wait_for};
+use regionprobe_testkit::scrape::{order, ranking};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -32,21 +33,6 @@ fn three_regions(closed: u16) -> String {
             "[[target]]\nname = \"down-1\"\nregion = \"down\"\nprobe = \"tcp\"\naddress = \"127.0.0.1:{closed}\"\n"
         ),
     )
-}
-
-fn ranking(exporter: &Exporter) -> Value {
-    let (status, body) = exporter.get("/api/v1/ranking");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-fn order(ranking: &Value) -> Vec<String> {
-    ranking["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["region"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[test]

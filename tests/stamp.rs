@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Exporter, Scrape, TempDir, skip_unless, wait_for};
+use common::{Exporter, Scrape, TempDir, wait_for};
+use regionprobe_testkit::scrape::{assert_promtool_clean, skip_without_promtool};
 
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -48,39 +47,10 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 fn promtool_clean(scrape_text: &str) {
-    let available = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if skip_unless(
-        available,
-        "promtool not installed (apt-get install prometheus)",
-    ) {
+    if skip_without_promtool() {
         return;
     }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape_text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
+    assert_promtool_clean(scrape_text);
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Exporter, TempDir, skip_unless, wait_for};
-use serde_json::Value;
+use regionprobe_testkit::scrape::{order, ranking};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// A browser run that takes longer than this is killed and fails the test.
@@ -60,21 +60,6 @@ fn four_regions() -> String {
         http("mid-1", "mid", 80),
         http("far-1", "far", 200),
     )
-}
-
-fn ranking(exporter: &Exporter) -> Value {
-    let (status, body) = exporter.get("/api/v1/ranking");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-fn order(ranking: &Value) -> Vec<String> {
-    ranking["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["region"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// `chromium` or `chromium-browser` on PATH.

@@ -1,7 +1,11 @@
-//! What the database probers (`postgres`, `mysql`, `redis`) share: their reasons and phases,
-//! how their endpoint reads, the TCP connect (resolve and connect timed), the replication
-//! state they report, and the heartbeat's clock.
+//! What the database probers (`postgres`, `mysql`, `redis`) share: the prober itself ([`Db`]:
+//! the target's settings, its host and the connection kept between probes) around each
+//! engine's protocol ([`Engine`]), their reasons and phases, how their endpoint reads, the TCP
+//! connect (resolve and connect timed), the replication state they report, and the
+//! heartbeat's clock.
 
+use std::fmt::Debug;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +16,7 @@ use tokio::time::Instant;
 use super::outcome::{Failure, Outcome, Phase, Phases, Reason, connect_failure};
 pub use super::outcome::{ReplicaReport, ReplicationReport};
 use super::resolve::{Host, Resolver};
+use super::tls::TlsClient;
 use crate::config::{DbConfig, Secret};
 
 /// The reasons a database probe fails with.
@@ -79,6 +84,124 @@ pub fn endpoint(config: &DbConfig) -> String {
     )
 }
 
+/// One database target's prober: the engine's protocol around what every engine holds.
+#[derive(Debug)]
+pub struct Db<E: Engine> {
+    target: Target,
+    engine: E,
+    /// `keepalive = true`: the connection kept between probes.
+    kept: Option<E::Conn>,
+}
+
+/// What a database target holds whatever its engine.
+#[derive(Debug)]
+pub struct Target {
+    pub config: DbConfig,
+    pub host: Host,
+    pub resolver: Resolver,
+    pub tls: Option<TlsClient>,
+    /// The sidecar's region: the heartbeat's key.
+    pub region: String,
+}
+
+/// One engine's protocol: how it opens a connection, and the probe's queries on it.
+pub trait Engine: Default + Debug + Send + Sync {
+    type Conn: Debug + Send + Sync;
+
+    /// Resolves, connects (with [`Target::connect`]), starts TLS and authenticates.
+    fn open(
+        &mut self,
+        target: &mut Target,
+        timings: &mut Timings,
+    ) -> impl Future<Output = Result<Self::Conn, Failure>> + Send;
+
+    /// The read query, the heartbeat write and the replication state.
+    fn queries(
+        &mut self,
+        target: &Target,
+        conn: &mut Self::Conn,
+        timings: &mut Timings,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// Whether a kept connection may serve the next probe.
+    fn usable(_conn: &Self::Conn) -> bool {
+        true
+    }
+
+    /// Ends a connection that is not kept.
+    fn close(conn: Self::Conn) -> impl Future<Output = ()> + Send {
+        async move { drop(conn) }
+    }
+}
+
+impl<E: Engine> Db<E> {
+    /// `region`: this sidecar's, the key of the heartbeats it writes.
+    pub fn new(config: &DbConfig, resolver: &Resolver, region: &str) -> Self {
+        Db {
+            target: Target {
+                host: Host::new(&config.host, config.ip_version),
+                resolver: resolver.clone(),
+                tls: config.tls.as_ref().map(|tls| TlsClient::new(tls, &[])),
+                config: config.clone(),
+                region: region.to_owned(),
+            },
+            engine: E::default(),
+            kept: None,
+        }
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.target.host
+    }
+
+    pub async fn run(&mut self) -> Result<Outcome, Failure> {
+        let mut timings = Timings::default();
+        // Taken out for the run: a probe cancelled by its timeout drops the connection with
+        // it rather than leaving one mid-query for the next probe.
+        let mut conn = match self.kept.take() {
+            Some(conn) if E::usable(&conn) => conn,
+            _ => self.engine.open(&mut self.target, &mut timings).await?,
+        };
+        let result = self
+            .engine
+            .queries(&self.target, &mut conn, &mut timings)
+            .await;
+        if self.target.config.keepalive && result.is_ok() {
+            self.kept = Some(conn);
+        } else {
+            E::close(conn).await;
+        }
+        result.map(|()| timings.outcome())
+    }
+}
+
+impl Target {
+    /// Resolves and connects, timing both phases into `phases`.
+    pub async fn connect(&mut self, phases: &mut Phases) -> Result<TcpStream, Failure> {
+        let started = Instant::now();
+        let ip = self
+            .host
+            .address(&self.resolver)
+            .await
+            .map_err(|detail| Failure::new(Reason::Resolve, detail))?;
+        phases.add(Phase::Resolve, started.elapsed());
+        let addr = SocketAddr::new(ip, self.config.port);
+        let started = Instant::now();
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|err| connect_failure(addr, &err))?;
+        phases.add(Phase::Connect, started.elapsed());
+        // The queries are small: send each at once.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A failure whose detail names the host and what was being done.
+    pub fn fail(&self, reason: Reason, during: &str, problem: impl std::fmt::Display) -> Failure {
+        Failure::new(reason, format!("{} {during}: {problem}", self.host.name()))
+    }
+}
+
 /// A connection the database probers read and write, plain or TLS.
 pub trait Io:
     tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + std::fmt::Debug
@@ -110,30 +233,6 @@ impl Timings {
             ..Outcome::default()
         }
     }
-}
-
-/// Resolves and connects, timing both phases into `phases`.
-pub async fn connect(
-    host: &mut Host,
-    port: u16,
-    resolver: &Resolver,
-    phases: &mut Phases,
-) -> Result<TcpStream, Failure> {
-    let started = Instant::now();
-    let ip = host
-        .address(resolver)
-        .await
-        .map_err(|detail| Failure::new(Reason::Resolve, detail))?;
-    phases.add(Phase::Resolve, started.elapsed());
-    let addr = SocketAddr::new(ip, port);
-    let started = Instant::now();
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|err| connect_failure(addr, &err))?;
-    phases.add(Phase::Connect, started.elapsed());
-    // The queries are small: send each at once.
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }
 
 /// The password now (a file is read at every probe, so rotation needs no reload); an

@@ -81,9 +81,9 @@ pub enum Probe {
     Http(Box<http::Http>),
     Dns(dns::Dns),
     Stamp(Box<stamp::Stamp>),
-    Postgres(Box<postgres::Postgres>),
-    Mysql(Box<mysql::Mysql>),
-    Redis(Box<redis::Redis>),
+    Postgres(Box<db::Db<postgres::Postgres>>),
+    Mysql(Box<db::Db<mysql::Mysql>>),
+    Redis(Box<db::Db<redis::Redis>>),
 }
 
 impl Probe {
@@ -95,15 +95,13 @@ impl Probe {
             ProbeConfig::Http(c) => Probe::Http(Box::new(http::Http::new(c, &shared.resolver))),
             ProbeConfig::Dns(c) => Probe::Dns(dns::Dns::new(c)),
             ProbeConfig::Stamp(c) => Probe::Stamp(Box::new(stamp::Stamp::new(c, &shared.resolver))),
-            ProbeConfig::Db(c) if c.kind == ProbeKind::Postgres => Probe::Postgres(Box::new(
-                postgres::Postgres::new(c, &shared.resolver, region),
-            )),
+            ProbeConfig::Db(c) if c.kind == ProbeKind::Postgres => {
+                Probe::Postgres(Box::new(db::Db::new(c, &shared.resolver, region)))
+            }
             ProbeConfig::Db(c) if c.kind == ProbeKind::Mysql => {
-                Probe::Mysql(Box::new(mysql::Mysql::new(c, &shared.resolver, region)))
+                Probe::Mysql(Box::new(db::Db::new(c, &shared.resolver, region)))
             }
-            ProbeConfig::Db(c) => {
-                Probe::Redis(Box::new(redis::Redis::new(c, &shared.resolver, region)))
-            }
+            ProbeConfig::Db(c) => Probe::Redis(Box::new(db::Db::new(c, &shared.resolver, region))),
         }
     }
 

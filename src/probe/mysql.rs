@@ -7,11 +7,9 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::db::{self, Io, ReplicationReport, Timings};
-use super::outcome::{Failure, Outcome, Phase, Reason};
-use super::resolve::{Host, Resolver};
-use super::tls::TlsClient;
-use crate::config::{DbConfig, Replication};
+use super::db::{self, Io, ReplicationReport, Target, Timings};
+use super::outcome::{Failure, Phase, Reason};
+use crate::config::Replication;
 
 const CLIENT_LONG_PASSWORD: u32 = 1;
 const CLIENT_CONNECT_WITH_DB: u32 = 1 << 3;
@@ -34,22 +32,17 @@ const ER_BAD_DB_ERROR: u16 = 1049;
 const READ_ONLY_ERRORS: &[u16] = &[1290, 1792, 1836];
 const ER_PARSE_ERROR: u16 = 1064;
 
-/// One MySQL/MariaDB target's prober.
-#[derive(Debug)]
+/// MySQL's (and MariaDB's) protocol for [`db::Db`].
+#[derive(Debug, Default)]
 pub struct Mysql {
-    config: DbConfig,
-    host: Host,
-    resolver: Resolver,
-    tls: Option<TlsClient>,
-    region: String,
-    kept: Option<Conn>,
+    /// The heartbeat table was created (or found) by this prober.
     table_ready: bool,
 }
 
 /// A connection and the sequence number of its next packet: a plain `TcpStream` until TLS
 /// may start, boxed after.
 #[derive(Debug)]
-struct Conn<S = Box<dyn Io>> {
+pub struct Conn<S = Box<dyn Io>> {
     io: S,
     seq: u8,
 }
@@ -64,101 +57,44 @@ struct ServerError {
 /// A text result set: column names and rows (`None`: SQL NULL).
 type Rows = (Vec<String>, Vec<Vec<Option<String>>>);
 
-impl Mysql {
-    pub fn new(config: &DbConfig, resolver: &Resolver, region: &str) -> Self {
-        Mysql {
-            host: Host::new(&config.host, config.ip_version),
-            resolver: resolver.clone(),
-            tls: config.tls.as_ref().map(|tls| TlsClient::new(tls, &[])),
-            config: config.clone(),
-            region: region.to_owned(),
-            kept: None,
-            table_ready: false,
-        }
+impl db::Engine for Mysql {
+    type Conn = Conn;
+
+    /// COM_QUIT: the server logs a normal disconnect, not an aborted connection.
+    async fn close(mut conn: Conn) {
+        conn.seq = 0;
+        let _ = conn.write(&[0x01]).await;
     }
 
-    pub fn host(&self) -> &Host {
-        &self.host
-    }
-
-    pub async fn run(&mut self) -> Result<Outcome, Failure> {
-        let mut timings = Timings::default();
-        let mut conn = match self.kept.take() {
-            Some(conn) => conn,
-            None => self.open(&mut timings).await?,
-        };
-        let result = self.queries(&mut conn, &mut timings).await;
-        if self.config.keepalive && result.is_ok() {
-            self.kept = Some(conn);
-        } else {
-            // COM_QUIT: the server logs a normal disconnect, not an aborted connection.
-            conn.seq = 0;
-            let _ = conn.write(&[0x01]).await;
-        }
-        result.map(|()| timings.outcome())
-    }
-
-    fn fail(&self, reason: Reason, during: &str, problem: impl std::fmt::Display) -> Failure {
-        Failure::new(reason, format!("{} {during}: {problem}", self.host.name()))
-    }
-
-    fn io_failure(&self, during: &str) -> impl Fn(std::io::Error) -> Failure + '_ {
-        let during = during.to_owned();
-        move |err| {
-            let reason = match err.kind() {
-                std::io::ErrorKind::TimedOut => Reason::Timeout,
-                std::io::ErrorKind::ConnectionRefused => Reason::Refused,
-                std::io::ErrorKind::InvalidData => Reason::Validation,
-                _ => Reason::Error,
-            };
-            self.fail(reason, &during, err)
-        }
-    }
-
-    fn server_failure(&self, during: &str, err: &ServerError) -> Failure {
-        let reason = if AUTH_ERRORS.contains(&err.code) {
-            Reason::Auth
-        } else if err.code == ER_BAD_DB_ERROR {
-            Reason::UnknownDatabase
-        } else if READ_ONLY_ERRORS.contains(&err.code) {
-            Reason::ReadOnly
-        } else {
-            Reason::Error
-        };
-        self.fail(reason, during, format!("{} ({})", err.message, err.code))
-    }
-
-    async fn open(&mut self, timings: &mut Timings) -> Result<Conn, Failure> {
-        let password = db::password(&self.config)?.unwrap_or_default();
-        let stream = db::connect(
-            &mut self.host,
-            self.config.port,
-            &self.resolver,
-            &mut timings.phases,
-        )
-        .await?;
+    async fn open(&mut self, target: &mut Target, timings: &mut Timings) -> Result<Conn, Failure> {
+        let password = db::password(&target.config)?.unwrap_or_default();
+        let stream = target.connect(&mut timings.phases).await?;
+        let target = &*target;
         let started = Instant::now();
         let mut plain = Conn { io: stream, seq: 0 };
-        let greeting = plain.read().await.map_err(self.io_failure("handshake"))?;
+        let greeting = plain
+            .read()
+            .await
+            .map_err(io_failure(target, "handshake"))?;
         if greeting.first() == Some(&0xff) {
             let err = parse_error(&greeting);
-            return Err(self.server_failure("handshake", &err));
+            return Err(server_failure(target, "handshake", &err));
         }
         let (server_caps, mut nonce, mut plugin) = parse_greeting(&greeting)
-            .ok_or_else(|| self.fail(Reason::Validation, "handshake", "not a MySQL greeting"))?;
+            .ok_or_else(|| target.fail(Reason::Validation, "handshake", "not a MySQL greeting"))?;
         let mut caps = CLIENT_LONG_PASSWORD
             | CLIENT_PROTOCOL_41
             | CLIENT_TRANSACTIONS
             | CLIENT_SECURE_CONNECTION
             | CLIENT_PLUGIN_AUTH
             | CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA;
-        if self.config.database.is_some() {
+        if target.config.database.is_some() {
             caps |= CLIENT_CONNECT_WITH_DB;
         }
-        let mut conn = match &self.tls {
+        let mut conn = match &target.tls {
             Some(tls) => {
                 if server_caps & CLIENT_SSL == 0 {
-                    return Err(self.fail(
+                    return Err(target.fail(
                         Reason::Tls,
                         "handshake",
                         "the server does not offer TLS",
@@ -173,10 +109,10 @@ impl Mysql {
                 plain
                     .write(&request)
                     .await
-                    .map_err(self.io_failure("SSLRequest"))?;
+                    .map_err(io_failure(target, "SSLRequest"))?;
                 let seq = plain.seq;
                 let tls_started = Instant::now();
-                let handshake = tls.handshake(plain.io, self.host.name()).await?;
+                let handshake = tls.handshake(plain.io, target.host.name()).await?;
                 let took = tls_started.elapsed();
                 timings.phases.add(Phase::Tls, took);
                 timings.cert_expiry = handshake.cert_expiry;
@@ -190,18 +126,18 @@ impl Mysql {
                 seq: plain.seq,
             },
         };
-        let tls = self.tls.is_some();
+        let tls = target.tls.is_some();
         let mut response = Vec::with_capacity(128);
         response.extend_from_slice(&caps.to_le_bytes());
         response.extend_from_slice(&(MAX_PACKET as u32).to_le_bytes());
         response.push(CHARSET);
         response.extend_from_slice(&[0; 23]);
-        response.extend_from_slice(self.config.user.as_deref().unwrap_or("").as_bytes());
+        response.extend_from_slice(target.config.user.as_deref().unwrap_or("").as_bytes());
         response.push(0);
         let auth = scramble(&plugin, password.as_bytes(), &nonce);
         response.push(auth.len() as u8);
         response.extend_from_slice(&auth);
-        if let Some(database) = &self.config.database {
+        if let Some(database) = &target.config.database {
             response.extend_from_slice(database.as_bytes());
             response.push(0);
         }
@@ -209,13 +145,13 @@ impl Mysql {
         response.push(0);
         conn.write(&response)
             .await
-            .map_err(self.io_failure("auth"))?;
+            .map_err(io_failure(target, "auth"))?;
         // OK, ERR, an auth switch, or caching_sha2_password's more-data packets.
         loop {
-            let packet = conn.read().await.map_err(self.io_failure("auth"))?;
+            let packet = conn.read().await.map_err(io_failure(target, "auth"))?;
             match packet.first() {
                 Some(0x00) => break,
-                Some(0xff) => return Err(self.server_failure("auth", &parse_error(&packet))),
+                Some(0xff) => return Err(server_failure(target, "auth", &parse_error(&packet))),
                 Some(0xfe) => {
                     let rest = &packet[1..];
                     let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
@@ -225,7 +161,9 @@ impl Mysql {
                         nonce.pop();
                     }
                     let auth = scramble(&plugin, password.as_bytes(), &nonce);
-                    conn.write(&auth).await.map_err(self.io_failure("auth"))?;
+                    conn.write(&auth)
+                        .await
+                        .map_err(io_failure(target, "auth"))?;
                 }
                 // caching_sha2_password: 3 = fast auth succeeded (OK follows), 4 = full
                 // authentication, which sends the password itself: over TLS only.
@@ -233,16 +171,18 @@ impl Mysql {
                 Some(0x01) if packet.get(1) == Some(&4) && tls => {
                     let mut clear = password.as_bytes().to_vec();
                     clear.push(0);
-                    conn.write(&clear).await.map_err(self.io_failure("auth"))?;
+                    conn.write(&clear)
+                        .await
+                        .map_err(io_failure(target, "auth"))?;
                 }
                 Some(0x01) => {
-                    return Err(self.fail(
+                    return Err(target.fail(
                         Reason::Auth,
                         "auth",
                         "caching_sha2_password wants full authentication, which regionprobe does over TLS only (sslmode)",
                     ));
                 }
-                _ => return Err(self.fail(Reason::Validation, "auth", "unexpected packet")),
+                _ => return Err(target.fail(Reason::Validation, "auth", "unexpected packet")),
             }
         }
         timings.phases.add(
@@ -254,38 +194,19 @@ impl Mysql {
         Ok(conn)
     }
 
-    /// Runs `sql`: its rows, or the server's error as a failure.
-    async fn query(&self, conn: &mut Conn, sql: &str, during: &str) -> Result<Rows, Failure> {
-        self.try_query(conn, sql, during)
-            .await?
-            .map_err(|err| self.server_failure(during, &err))
-    }
-
-    async fn try_query(
-        &self,
+    async fn queries(
+        &mut self,
+        target: &Target,
         conn: &mut Conn,
-        sql: &str,
-        during: &str,
-    ) -> Result<Result<Rows, ServerError>, Failure> {
-        conn.seq = 0;
-        let mut command = vec![0x03];
-        command.extend_from_slice(sql.as_bytes());
-        conn.write(&command)
-            .await
-            .map_err(self.io_failure(during))?;
-        read_result(conn).await.map_err(self.io_failure(during))
-    }
-
-    async fn queries(&mut self, conn: &mut Conn, timings: &mut Timings) -> Result<(), Failure> {
+        timings: &mut Timings,
+    ) -> Result<(), Failure> {
         let started = Instant::now();
-        self.query(conn, &self.config.query.clone(), "query")
-            .await?;
+        query(target, conn, &target.config.query.clone(), "query").await?;
         timings.phases.add(Phase::Query, started.elapsed());
-        let table = self.config.heartbeat_table.clone();
-        if self.config.write {
+        let table = target.config.heartbeat_table.clone();
+        if target.config.write {
             if !self.table_ready {
-                let _ = self
-                    .try_query(
+                let _ = try_query(target,
                         conn,
                         &format!(
                             "CREATE TABLE IF NOT EXISTS {table} (region VARCHAR(255) PRIMARY KEY, at DATETIME(6) NOT NULL)"
@@ -295,9 +216,9 @@ impl Mysql {
                     .await?;
                 self.table_ready = true;
             }
-            let region = self.region.replace('\\', "\\\\").replace('\'', "''");
+            let region = target.region.replace('\\', "\\\\").replace('\'', "''");
             let started = Instant::now();
-            self.query(
+            query(target,
                 conn,
                 &format!(
                     "INSERT INTO {table} (region, at) VALUES ('{region}', NOW(6)) ON DUPLICATE KEY UPDATE at = VALUES(at)"
@@ -307,16 +228,18 @@ impl Mysql {
             .await?;
             timings.phases.add(Phase::Write, started.elapsed());
         }
-        timings.replication = match self.config.replication {
+        timings.replication = match target.config.replication {
             None => None,
             Some(Replication::Heartbeat) => {
-                let (_, rows) = self
-                    .query(
-                        conn,
-                        &format!("SELECT TIMESTAMPDIFF(MICROSECOND, MAX(at), NOW(6)) / 1000000 FROM {table}"),
-                        "heartbeat",
-                    )
-                    .await?;
+                let (_, rows) = query(
+                    target,
+                    conn,
+                    &format!(
+                        "SELECT TIMESTAMPDIFF(MICROSECOND, MAX(at), NOW(6)) / 1000000 FROM {table}"
+                    ),
+                    "heartbeat",
+                )
+                .await?;
                 let age = db::number(
                     "heartbeat age",
                     rows.first().and_then(|r| r.first()?.as_deref()),
@@ -326,55 +249,101 @@ impl Mysql {
                     ..ReplicationReport::default()
                 })
             }
-            Some(_) => Some(self.replica(conn).await?),
+            Some(_) => Some(replica(target, conn).await?),
         };
         Ok(())
     }
+}
 
-    /// `SHOW REPLICA STATUS` (MySQL 8.0.22+, MariaDB 10.5+), else `SHOW SLAVE STATUS`.
-    async fn replica(&self, conn: &mut Conn) -> Result<ReplicationReport, Failure> {
-        let (columns, rows) = match self
-            .try_query(conn, "SHOW REPLICA STATUS", "replication")
-            .await?
-        {
+fn io_failure<'a>(target: &'a Target, during: &str) -> impl Fn(std::io::Error) -> Failure + 'a {
+    let during = during.to_owned();
+    move |err| {
+        let reason = match err.kind() {
+            std::io::ErrorKind::TimedOut => Reason::Timeout,
+            std::io::ErrorKind::ConnectionRefused => Reason::Refused,
+            std::io::ErrorKind::InvalidData => Reason::Validation,
+            _ => Reason::Error,
+        };
+        target.fail(reason, &during, err)
+    }
+}
+
+fn server_failure(target: &Target, during: &str, err: &ServerError) -> Failure {
+    let reason = if AUTH_ERRORS.contains(&err.code) {
+        Reason::Auth
+    } else if err.code == ER_BAD_DB_ERROR {
+        Reason::UnknownDatabase
+    } else if READ_ONLY_ERRORS.contains(&err.code) {
+        Reason::ReadOnly
+    } else {
+        Reason::Error
+    };
+    target.fail(reason, during, format!("{} ({})", err.message, err.code))
+}
+
+/// Runs `sql`: its rows, or the server's error as a failure.
+async fn query(target: &Target, conn: &mut Conn, sql: &str, during: &str) -> Result<Rows, Failure> {
+    try_query(target, conn, sql, during)
+        .await?
+        .map_err(|err| server_failure(target, during, &err))
+}
+
+async fn try_query(
+    target: &Target,
+    conn: &mut Conn,
+    sql: &str,
+    during: &str,
+) -> Result<Result<Rows, ServerError>, Failure> {
+    conn.seq = 0;
+    let mut command = vec![0x03];
+    command.extend_from_slice(sql.as_bytes());
+    conn.write(&command)
+        .await
+        .map_err(io_failure(target, during))?;
+    read_result(conn).await.map_err(io_failure(target, during))
+}
+
+/// `SHOW REPLICA STATUS` (MySQL 8.0.22+, MariaDB 10.5+), else `SHOW SLAVE STATUS`.
+async fn replica(target: &Target, conn: &mut Conn) -> Result<ReplicationReport, Failure> {
+    let (columns, rows) =
+        match try_query(target, conn, "SHOW REPLICA STATUS", "replication").await? {
             Ok(result) => result,
             Err(err) if err.code == ER_PARSE_ERROR => {
-                self.query(conn, "SHOW SLAVE STATUS", "replication").await?
+                query(target, conn, "SHOW SLAVE STATUS", "replication").await?
             }
-            Err(err) => return Err(self.server_failure("replication", &err)),
+            Err(err) => return Err(server_failure(target, "replication", &err)),
         };
-        let Some(row) = rows.first() else {
-            return Err(self.fail(
-                Reason::Validation,
-                "replication",
-                "replication = \"replica\" but the server is not a replica",
-            ));
-        };
-        let get = |names: &[&str]| {
-            columns
-                .iter()
-                .position(|c| names.contains(&c.as_str()))
-                .and_then(|i| row.get(i)?.as_deref())
-        };
-        let io = get(&["Replica_IO_Running", "Slave_IO_Running"]) == Some("Yes");
-        let sql = get(&["Replica_SQL_Running", "Slave_SQL_Running"]) == Some("Yes");
-        let behind = db::number(
-            "Seconds_Behind_Master",
-            get(&["Seconds_Behind_Source", "Seconds_Behind_Master"]),
-        )?;
-        // NULL while a thread is stopped: replication is broken, the lag unbounded.
-        let lag = match behind {
-            Some(seconds) if io && sql => Some(seconds),
-            _ if !(io && sql) => Some(f64::INFINITY),
-            other => other,
-        };
-        Ok(ReplicationReport {
-            lag,
-            link_up: Some(io),
-            threads: Some((io, sql)),
-            ..ReplicationReport::default()
-        })
-    }
+    let Some(row) = rows.first() else {
+        return Err(target.fail(
+            Reason::Validation,
+            "replication",
+            "replication = \"replica\" but the server is not a replica",
+        ));
+    };
+    let get = |names: &[&str]| {
+        columns
+            .iter()
+            .position(|c| names.contains(&c.as_str()))
+            .and_then(|i| row.get(i)?.as_deref())
+    };
+    let io = get(&["Replica_IO_Running", "Slave_IO_Running"]) == Some("Yes");
+    let sql = get(&["Replica_SQL_Running", "Slave_SQL_Running"]) == Some("Yes");
+    let behind = db::number(
+        "Seconds_Behind_Master",
+        get(&["Seconds_Behind_Source", "Seconds_Behind_Master"]),
+    )?;
+    // NULL while a thread is stopped: replication is broken, the lag unbounded.
+    let lag = match behind {
+        Some(seconds) if io && sql => Some(seconds),
+        _ if !(io && sql) => Some(f64::INFINITY),
+        other => other,
+    };
+    Ok(ReplicationReport {
+        lag,
+        link_up: Some(io),
+        threads: Some((io, sql)),
+        ..ReplicationReport::default()
+    })
 }
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {

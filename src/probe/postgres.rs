@@ -18,29 +18,22 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{ChannelBinding, TlsConnect};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::db::{self, ReplicaReport, ReplicationReport, Timings};
-use super::outcome::{Failure, Outcome, Phase, Reason};
-use super::resolve::{Host, Resolver};
+use super::db::{self, ReplicaReport, ReplicationReport, Target, Timings};
+use super::outcome::{Failure, Phase, Reason};
+use super::resolve::Host;
 use super::tls::TlsClient;
-use crate::config::{DbConfig, Replication};
+use crate::config::Replication;
 
-/// One PostgreSQL target's prober.
-#[derive(Debug)]
+/// PostgreSQL's protocol for [`db::Db`].
+#[derive(Debug, Default)]
 pub struct Postgres {
-    config: DbConfig,
-    host: Host,
-    resolver: Resolver,
-    tls: Option<TlsClient>,
-    /// The sidecar's region: the heartbeat row's key.
-    region: String,
-    /// `keepalive = true`: the connection kept between probes.
-    kept: Option<Kept>,
     /// The heartbeat table was created (or found) by this prober.
     table_ready: bool,
 }
 
+/// A connection: the client, and the task that drives it.
 #[derive(Debug)]
-struct Kept {
+pub struct Kept {
     client: Client,
     driver: Option<JoinHandle<()>>,
 }
@@ -68,64 +61,34 @@ impl Drop for Kept {
     }
 }
 
-impl Postgres {
-    pub fn new(config: &DbConfig, resolver: &Resolver, region: &str) -> Self {
-        Postgres {
-            host: Host::new(&config.host, config.ip_version),
-            resolver: resolver.clone(),
-            tls: config.tls.as_ref().map(|tls| TlsClient::new(tls, &[])),
-            config: config.clone(),
-            region: region.to_owned(),
-            kept: None,
-            table_ready: false,
-        }
+impl db::Engine for Postgres {
+    type Conn = Kept;
+
+    fn usable(kept: &Kept) -> bool {
+        !kept.client.is_closed()
     }
 
-    pub fn host(&self) -> &Host {
-        &self.host
-    }
-
-    pub async fn run(&mut self) -> Result<Outcome, Failure> {
-        let mut timings = Timings::default();
-        // Taken out for the run: a probe cancelled by its timeout drops the connection with
-        // it rather than leaving one mid-query for the next probe.
-        let kept = match self.kept.take() {
-            Some(kept) if !kept.client.is_closed() => kept,
-            _ => self.open(&mut timings).await?,
-        };
-        let result = self.queries(&kept.client, &mut timings).await;
-        if self.config.keepalive && result.is_ok() {
-            self.kept = Some(kept);
-        }
-        result.map(|()| timings.outcome())
-    }
-
-    async fn open(&mut self, timings: &mut Timings) -> Result<Kept, Failure> {
-        let password = db::password(&self.config)?;
-        let stream = db::connect(
-            &mut self.host,
-            self.config.port,
-            &self.resolver,
-            &mut timings.phases,
-        )
-        .await?;
+    async fn open(&mut self, target: &mut Target, timings: &mut Timings) -> Result<Kept, Failure> {
+        let password = db::password(&target.config)?;
+        let stream = target.connect(&mut timings.phases).await?;
+        let target = &*target;
         let mut config = tokio_postgres::Config::new();
-        config.user(self.config.user.as_deref().unwrap_or("postgres"));
+        config.user(target.config.user.as_deref().unwrap_or("postgres"));
         if let Some(password) = &password {
             config.password(password);
         }
-        if let Some(database) = &self.config.database {
+        if let Some(database) = &target.config.database {
             config.dbname(database);
         }
         config.application_name("regionprobe");
         let handshake = Arc::new(Mutex::new(TlsDone::default()));
         let started = Instant::now();
-        let connected = match &self.tls {
+        let connected = match &target.tls {
             Some(tls) => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let connector = Connector {
                     tls: tls.clone(),
-                    host: self.host.name().to_owned(),
+                    host: target.host.name().to_owned(),
                     done: handshake.clone(),
                 };
                 config
@@ -148,11 +111,11 @@ impl Postgres {
         let done = std::mem::take(&mut *handshake.lock().expect("tls lock"));
         let (client, driver) = connected.map_err(|err| match done.failure {
             Some(failure) => failure,
-            None if self.tls.is_some() && done.took.is_none() => Failure::new(
+            None if target.tls.is_some() && done.took.is_none() => Failure::new(
                 Reason::Tls,
-                format!("{}: {}", self.host.name(), describe(&err)),
+                format!("{}: {}", target.host.name(), describe(&err)),
             ),
-            None => failure(&self.host, "connect", &err),
+            None => failure(&target.host, "connect", &err),
         })?;
         let tls = done.took.unwrap_or_default();
         timings.phases.add(Phase::Tls, tls);
@@ -164,20 +127,26 @@ impl Postgres {
         })
     }
 
-    async fn queries(&mut self, client: &Client, timings: &mut Timings) -> Result<(), Failure> {
+    async fn queries(
+        &mut self,
+        target: &Target,
+        kept: &mut Kept,
+        timings: &mut Timings,
+    ) -> Result<(), Failure> {
+        let client = &kept.client;
         let started = Instant::now();
         client
-            .simple_query(&self.config.query)
+            .simple_query(&target.config.query)
             .await
-            .map_err(|err| failure(&self.host, "query", &err))?;
+            .map_err(|err| failure(&target.host, "query", &err))?;
         timings.phases.add(Phase::Query, started.elapsed());
-        if self.config.write {
+        if target.config.write {
             if !self.table_ready {
                 // Made once, if missing; a user without CREATE gets the write's own error.
                 let _ = client
                     .batch_execute(&format!(
                         "CREATE TABLE IF NOT EXISTS {} (region text PRIMARY KEY, at timestamptz NOT NULL)",
-                        self.config.heartbeat_table
+                        target.config.heartbeat_table
                     ))
                     .await;
                 self.table_ready = true;
@@ -188,25 +157,25 @@ impl Postgres {
                     &format!(
                         "INSERT INTO {} (region, at) VALUES ($1, now()) \
                          ON CONFLICT (region) DO UPDATE SET at = excluded.at",
-                        self.config.heartbeat_table
+                        target.config.heartbeat_table
                     ),
-                    &[&self.region],
+                    &[&target.region],
                 )
                 .await
-                .map_err(|err| failure(&self.host, "write", &err))?;
+                .map_err(|err| failure(&target.host, "write", &err))?;
             timings.phases.add(Phase::Write, started.elapsed());
         }
-        timings.replication = match self.config.replication {
+        timings.replication = match target.config.replication {
             None => None,
-            Some(Replication::Replica) => Some(standby(client, &self.host).await?),
-            Some(Replication::Primary) => Some(primary(client, &self.host).await?),
+            Some(Replication::Replica) => Some(standby(client, &target.host).await?),
+            Some(Replication::Primary) => Some(primary(client, &target.host).await?),
             Some(Replication::Heartbeat) => {
                 let rows = rows(
                     client,
-                    &self.host,
+                    &target.host,
                     &format!(
                         "SELECT extract(epoch FROM now() - max(at)) FROM {}",
-                        self.config.heartbeat_table
+                        target.config.heartbeat_table
                     ),
                 )
                 .await?;

@@ -5,11 +5,9 @@
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 
-use super::db::{self, Io, ReplicaReport, ReplicationReport, Timings};
-use super::outcome::{Failure, Outcome, Phase, Reason};
-use super::resolve::{Host, Resolver};
-use super::tls::TlsClient;
-use crate::config::{DbConfig, Replication};
+use super::db::{self, Io, ReplicaReport, ReplicationReport, Target, Timings};
+use super::outcome::{Failure, Phase, Reason};
+use crate::config::Replication;
 
 /// A bulk string or an array longer than this is a hostile or broken server (`INFO` is a few
 /// KiB).
@@ -20,16 +18,12 @@ const MAX_DEPTH: usize = 4;
 /// than one from last month.
 const HEARTBEAT_TTL_SECONDS: &str = "86400";
 
-/// One Redis target's prober.
-#[derive(Debug)]
-pub struct Redis {
-    config: DbConfig,
-    host: Host,
-    resolver: Resolver,
-    tls: Option<TlsClient>,
-    region: String,
-    kept: Option<BufReader<Box<dyn Io>>>,
-}
+/// Redis's protocol for [`db::Db`].
+#[derive(Debug, Default)]
+pub struct Redis;
+
+/// A connection, read through a buffer.
+pub type Conn = BufReader<Box<dyn Io>>;
 
 /// A reply.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,48 +35,17 @@ enum Reply {
     Array(Option<Vec<Reply>>),
 }
 
-impl Redis {
-    pub fn new(config: &DbConfig, resolver: &Resolver, region: &str) -> Self {
-        Redis {
-            host: Host::new(&config.host, config.ip_version),
-            resolver: resolver.clone(),
-            tls: config.tls.as_ref().map(|tls| TlsClient::new(tls, &[])),
-            config: config.clone(),
-            region: region.to_owned(),
-            kept: None,
-        }
-    }
+impl db::Engine for Redis {
+    type Conn = Conn;
 
-    pub fn host(&self) -> &Host {
-        &self.host
-    }
-
-    pub async fn run(&mut self) -> Result<Outcome, Failure> {
-        let mut timings = Timings::default();
-        let mut conn = match self.kept.take() {
-            Some(conn) => conn,
-            None => self.open(&mut timings).await?,
-        };
-        let result = self.queries(&mut conn, &mut timings).await;
-        if self.config.keepalive && result.is_ok() {
-            self.kept = Some(conn);
-        }
-        result.map(|()| timings.outcome())
-    }
-
-    async fn open(&mut self, timings: &mut Timings) -> Result<BufReader<Box<dyn Io>>, Failure> {
-        let password = db::password(&self.config)?;
-        let stream = db::connect(
-            &mut self.host,
-            self.config.port,
-            &self.resolver,
-            &mut timings.phases,
-        )
-        .await?;
-        let io: Box<dyn Io> = match &self.tls {
+    async fn open(&mut self, target: &mut Target, timings: &mut Timings) -> Result<Conn, Failure> {
+        let password = db::password(&target.config)?;
+        let stream = target.connect(&mut timings.phases).await?;
+        let target = &*target;
+        let io: Box<dyn Io> = match &target.tls {
             Some(tls) => {
                 let started = Instant::now();
-                let handshake = tls.handshake(stream, self.host.name()).await?;
+                let handshake = tls.handshake(stream, target.host.name()).await?;
                 timings.phases.add(Phase::Tls, started.elapsed());
                 timings.cert_expiry = handshake.cert_expiry;
                 Box::new(handshake.stream)
@@ -93,21 +56,25 @@ impl Redis {
         let started = Instant::now();
         if let Some(password) = password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
-            if let Some(user) = &self.config.user {
+            if let Some(user) = &target.config.user {
                 args.push(user.as_bytes());
             }
             args.push(password.as_bytes());
-            if let Reply::Error(message) = self.call(&mut conn, &args, "AUTH").await? {
+            if let Reply::Error(message) = call(target, &mut conn, &args, "AUTH").await? {
                 return Err(Failure::new(
                     Reason::Auth,
-                    format!("{} AUTH: {}", self.host.name(), first_line(&message)),
+                    format!("{} AUTH: {}", target.host.name(), first_line(&message)),
                 ));
             }
         }
-        if let Some(database) = &self.config.database
-            && let Reply::Error(message) = self
-                .call(&mut conn, &[b"SELECT", database.as_bytes()], "SELECT")
-                .await?
+        if let Some(database) = &target.config.database
+            && let Reply::Error(message) = call(
+                target,
+                &mut conn,
+                &[b"SELECT", database.as_bytes()],
+                "SELECT",
+            )
+            .await?
         {
             {
                 let reason = if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") {
@@ -119,7 +86,7 @@ impl Redis {
                     reason,
                     format!(
                         "{} SELECT {database}: {}",
-                        self.host.name(),
+                        target.host.name(),
                         first_line(&message)
                     ),
                 ));
@@ -131,125 +98,123 @@ impl Redis {
 
     async fn queries(
         &mut self,
-        conn: &mut BufReader<Box<dyn Io>>,
+        target: &Target,
+        conn: &mut Conn,
         timings: &mut Timings,
     ) -> Result<(), Failure> {
-        let query = self.config.query.clone();
+        let query = target.config.query.clone();
         let args: Vec<&[u8]> = query.split_whitespace().map(str::as_bytes).collect();
         let started = Instant::now();
-        let reply = self.call(conn, &args, "query").await?;
+        let reply = call(target, conn, &args, "query").await?;
         timings.phases.add(Phase::Query, started.elapsed());
-        self.check(reply, "query")?;
-        if self.config.write {
-            let key = self.config.heartbeat_table.clone();
-            let now = format!("{:.6} {}", db::unix_now(), self.region);
+        check(target, reply, "query")?;
+        if target.config.write {
+            let key = target.config.heartbeat_table.clone();
+            let now = format!("{:.6} {}", db::unix_now(), target.region);
             let started = Instant::now();
-            let reply = self
-                .call(
-                    conn,
-                    &[
-                        b"SET",
-                        key.as_bytes(),
-                        now.as_bytes(),
-                        b"EX",
-                        HEARTBEAT_TTL_SECONDS.as_bytes(),
-                    ],
-                    "write",
-                )
-                .await?;
+            let reply = call(
+                target,
+                conn,
+                &[
+                    b"SET",
+                    key.as_bytes(),
+                    now.as_bytes(),
+                    b"EX",
+                    HEARTBEAT_TTL_SECONDS.as_bytes(),
+                ],
+                "write",
+            )
+            .await?;
             timings.phases.add(Phase::Write, started.elapsed());
-            self.check(reply, "write")?;
+            check(target, reply, "write")?;
         }
-        timings.replication = match self.config.replication {
+        timings.replication = match target.config.replication {
             None => None,
-            Some(Replication::Heartbeat) => Some(self.heartbeat(conn).await?),
+            Some(Replication::Heartbeat) => Some(heartbeat(target, conn).await?),
             Some(mode) => {
-                let reply = self.call(conn, &[b"INFO", b"replication"], "INFO").await?;
-                let text = match self.check(reply, "INFO")? {
+                let reply = call(target, conn, &[b"INFO", b"replication"], "INFO").await?;
+                let text = match check(target, reply, "INFO")? {
                     Reply::Bulk(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
                     other => {
-                        return Err(self.invalid(format!("INFO answered {other:?}")));
+                        return Err(invalid(target, format!("INFO answered {other:?}")));
                     }
                 };
-                Some(replication(&text, mode).map_err(|problem| self.invalid(problem))?)
+                Some(replication(&text, mode).map_err(|problem| invalid(target, problem))?)
             }
         };
         Ok(())
     }
+}
 
-    /// The age of the heartbeat, by this sidecar's clock. One key for every writer (the
-    /// freshest stamp wins), so reading it is one `GET`, never a scan of the keyspace.
-    async fn heartbeat(
-        &self,
-        conn: &mut BufReader<Box<dyn Io>>,
-    ) -> Result<ReplicationReport, Failure> {
-        let key = self.config.heartbeat_table.as_bytes();
-        let reply = self.call(conn, &[b"GET", key], "heartbeat").await?;
-        let at = match self.check(reply, "heartbeat")? {
-            Reply::Bulk(Some(value)) => {
-                let text = String::from_utf8_lossy(&value).into_owned();
-                // "<unix seconds> <region>"
-                db::number("heartbeat", text.split_whitespace().next())?
-            }
-            _ => None,
-        };
-        Ok(ReplicationReport {
-            lag: at.map(|at| (db::unix_now() - at).max(0.0)),
-            ..ReplicationReport::default()
-        })
-    }
-
-    /// Sends one command and reads its reply.
-    async fn call(
-        &self,
-        conn: &mut BufReader<Box<dyn Io>>,
-        args: &[&[u8]],
-        during: &str,
-    ) -> Result<Reply, Failure> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
+/// The age of the heartbeat, by this sidecar's clock. One key for every writer (the
+/// freshest stamp wins), so reading it is one `GET`, never a scan of the keyspace.
+async fn heartbeat(target: &Target, conn: &mut Conn) -> Result<ReplicationReport, Failure> {
+    let key = target.config.heartbeat_table.as_bytes();
+    let reply = call(target, conn, &[b"GET", key], "heartbeat").await?;
+    let at = match check(target, reply, "heartbeat")? {
+        Reply::Bulk(Some(value)) => {
+            let text = String::from_utf8_lossy(&value).into_owned();
+            // "<unix seconds> <region>"
+            db::number("heartbeat", text.split_whitespace().next())?
         }
-        let io_failure = |err: std::io::Error| {
-            let reason = match err.kind() {
-                std::io::ErrorKind::TimedOut => Reason::Timeout,
-                std::io::ErrorKind::ConnectionRefused => Reason::Refused,
-                std::io::ErrorKind::InvalidData => Reason::Validation,
-                _ => Reason::Error,
-            };
-            Failure::new(reason, format!("{} {during}: {err}", self.host.name()))
-        };
-        conn.get_mut().write_all(&out).await.map_err(io_failure)?;
-        conn.get_mut().flush().await.map_err(io_failure)?;
-        read_reply(conn, 0).await.map_err(io_failure)
-    }
+        _ => None,
+    };
+    Ok(ReplicationReport {
+        lag: at.map(|at| (db::unix_now() - at).max(0.0)),
+        ..ReplicationReport::default()
+    })
+}
 
-    /// An error reply as a failure: `READONLY` is `read_only`, `NOAUTH`/`WRONGPASS` `auth`.
-    fn check(&self, reply: Reply, during: &str) -> Result<Reply, Failure> {
-        let Reply::Error(message) = &reply else {
-            return Ok(reply);
-        };
-        let reason = if message.starts_with("READONLY") {
-            Reason::ReadOnly
-        } else if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") {
-            Reason::Auth
-        } else {
-            Reason::Validation
-        };
-        Err(Failure::new(
-            reason,
-            format!("{} {during}: {}", self.host.name(), first_line(message)),
-        ))
+/// Sends one command and reads its reply.
+async fn call(
+    target: &Target,
+    conn: &mut Conn,
+    args: &[&[u8]],
+    during: &str,
+) -> Result<Reply, Failure> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
     }
+    let io_failure = |err: std::io::Error| {
+        let reason = match err.kind() {
+            std::io::ErrorKind::TimedOut => Reason::Timeout,
+            std::io::ErrorKind::ConnectionRefused => Reason::Refused,
+            std::io::ErrorKind::InvalidData => Reason::Validation,
+            _ => Reason::Error,
+        };
+        Failure::new(reason, format!("{} {during}: {err}", target.host.name()))
+    };
+    conn.get_mut().write_all(&out).await.map_err(io_failure)?;
+    conn.get_mut().flush().await.map_err(io_failure)?;
+    read_reply(conn, 0).await.map_err(io_failure)
+}
 
-    fn invalid(&self, problem: String) -> Failure {
-        Failure::new(
-            Reason::Validation,
-            format!("{}: {problem}", self.host.name()),
-        )
-    }
+/// An error reply as a failure: `READONLY` is `read_only`, `NOAUTH`/`WRONGPASS` `auth`.
+fn check(target: &Target, reply: Reply, during: &str) -> Result<Reply, Failure> {
+    let Reply::Error(message) = &reply else {
+        return Ok(reply);
+    };
+    let reason = if message.starts_with("READONLY") {
+        Reason::ReadOnly
+    } else if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") {
+        Reason::Auth
+    } else {
+        Reason::Validation
+    };
+    Err(Failure::new(
+        reason,
+        format!("{} {during}: {}", target.host.name(), first_line(message)),
+    ))
+}
+
+fn invalid(target: &Target, problem: String) -> Failure {
+    Failure::new(
+        Reason::Validation,
+        format!("{}: {problem}", target.host.name()),
+    )
 }
 
 fn first_line(message: &str) -> String {

@@ -1,10 +1,13 @@
 //! `[[target_srv]]` at run time: a task per SRV name resolves it on its TTL (within
 //! `[resolver]`'s bounds; every `min_ttl` while it fails) and hands the records to the control
 //! loop, which turns them into targets at its next tick. A failed lookup keeps the last good
-//! targets; `regionprobe_target_srv_valid{name}` is 0 and the log says why until it resolves.
+//! targets for the answer's TTL plus `[resolver] keep_last_good`, then drops them (as a host
+//! name's last good addresses); `regionprobe_target_srv_valid{name}` is 0 and the log says why
+//! until it resolves.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -12,12 +15,14 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::{Config, Target, TargetSrv, srv_targets};
 use crate::metrics::Registry;
 use crate::probe::resolve::Resolver;
 
-type Records = Option<Result<Vec<(String, u16)>, String>>;
+/// A lookup's records and their TTL, or why it failed.
+type Records = Option<Result<(Vec<(String, u16)>, Duration), String>>;
 
 /// The SRV names and their last good targets.
 #[derive(Debug)]
@@ -35,6 +40,11 @@ struct Entry {
     /// The last good records, to re-check names against the other targets at every poll.
     last: Vec<(String, u16)>,
     good: Vec<Target>,
+    /// Until when `good` outlives failed lookups: the last good answer's TTL plus
+    /// `keep_last_good`.
+    good_until: Option<Instant>,
+    /// Its `keep_last_good` is read at each answer: a reload applies it after `configure`.
+    resolver: Resolver,
     valid: bool,
     problem: Option<String>,
 }
@@ -67,8 +77,12 @@ impl SrvTargets {
                 let (tx, rx) = watch::channel(None);
                 let task = tokio::spawn(watch_srv(srv.name.clone(), resolver.clone(), tx));
                 let kept = old.iter_mut().find(|e| e.srv.name == srv.name);
-                let (last, good) = kept.map_or_else(Default::default, |e| {
-                    (std::mem::take(&mut e.last), std::mem::take(&mut e.good))
+                let (last, good, good_until) = kept.map_or_else(Default::default, |e| {
+                    (
+                        std::mem::take(&mut e.last),
+                        std::mem::take(&mut e.good),
+                        e.good_until,
+                    )
                 });
                 Entry {
                     srv: srv.clone(),
@@ -76,6 +90,8 @@ impl SrvTargets {
                     task,
                     last,
                     good,
+                    good_until,
+                    resolver: resolver.clone(),
                     valid: false,
                     problem: None,
                 }
@@ -124,7 +140,9 @@ impl Entry {
         let result = match records {
             None => return false,
             Some(Err(problem)) => Err(problem),
-            Some(Ok(records)) => srv_targets(&self.srv, &records).map(|targets| {
+            Some(Ok((records, ttl))) => srv_targets(&self.srv, &records).map(|targets| {
+                let keep = self.resolver.params().keep_last_good;
+                self.good_until = Some(Instant::now() + ttl + keep);
                 self.last = records;
                 targets
                     .into_iter()
@@ -151,12 +169,27 @@ impl Entry {
                 changed
             }
             Err(problem) => {
-                if self.problem.as_deref() != Some(problem.as_str()) {
-                    tracing::error!(srv = %self.srv.name, %problem, kept = self.good.len(), "SRV lookup failed; keeping the last good targets");
-                    self.problem = Some(problem);
-                }
                 self.valid = false;
-                false
+                let now = Instant::now();
+                match self.good_until {
+                    Some(until) if now >= until => {
+                        tracing::error!(srv = %self.srv.name, %problem, dropped = self.good.len(), "SRV lookup failed, and its last good targets are too old to keep; dropping them");
+                        self.good_until = None;
+                        self.last.clear();
+                        self.problem = Some(problem);
+                        !std::mem::take(&mut self.good).is_empty()
+                    }
+                    _ => {
+                        if self.problem.as_deref() != Some(problem.as_str()) {
+                            let left = self.good_until.map_or(Duration::ZERO, |until| {
+                                Duration::from_secs(until.duration_since(now).as_secs())
+                            });
+                            tracing::error!(srv = %self.srv.name, %problem, kept = self.good.len(), keep_for = %humantime::format_duration(left), "SRV lookup failed; keeping the last good targets");
+                            self.problem = Some(problem);
+                        }
+                        false
+                    }
+                }
             }
         }
     }
@@ -170,7 +203,7 @@ async fn watch_srv(name: String, resolver: Resolver, tx: watch::Sender<Records>)
             Ok((_, ttl)) => *ttl,
             Err(_) => resolver.params().min_ttl,
         };
-        if tx.send(Some(result.map(|(records, _)| records))).is_err() {
+        if tx.send(Some(result)).is_err() {
             return;
         }
         tokio::time::sleep(wait).await;
@@ -188,7 +221,7 @@ impl Collector for SrvCollector {
         let shown = self.shown.lock().expect("srv lock").clone();
         let mut family = encoder.encode_descriptor(
             "regionprobe_target_srv_valid",
-            "1 if the [[target_srv]] name's last lookup succeeded, 0 if it failed (its last good targets keep running).",
+            "1 if the [[target_srv]] name's last lookup succeeded, 0 if it failed (its last good targets keep running for at most [resolver] keep_last_good).",
             None,
             MetricType::Gauge,
         )?;

@@ -22,5 +22,6 @@ pub mod databases;
 pub mod dns;
 pub mod netns;
 pub mod peers;
+pub mod scrape;
 pub mod services;
 pub mod wan;
