@@ -8,8 +8,9 @@
 //! - [`services`]: the real Prometheus and Alertmanager, a webhook receiver, an HTTPS app;
 //! - [`dashboards`]: the Grafana dashboards' queries as Grafana sends them, run on Prometheus;
 //! - [`black_box`]: run the exporter binary, HTTP to it, parse `/metrics`, wait, skip, `ip`.
+//! - [`scrape`]: `/metrics` linted by promtool, values that must be there, the ranking API.
 //! - [`netns`]: network namespaces, veth pairs and uplinks for tests that need a network.
-//! - [`wan`]: a WAN emulator (delay, jitter, loss per direction) over TUN devices.
+//! - [`wan`]: a WAN emulator (delay, jitter, loss per direction, a path per address) over TUN devices.
 
 // Blocking helpers on real time: there is no tokio clock to pause here (clippy.toml bans
 // std's Instant for the code under test, whose tests pause time).
