@@ -11,8 +11,10 @@ mod collector;
 mod files;
 mod live;
 mod schedule;
+mod histogram;
 mod series;
 mod srv;
+mod text;
 
 pub use capacity::Capacity;
 pub use collector::register;
