@@ -563,7 +563,7 @@ mod tests {
             [[target]]\nname = \"every\"\nregion = \"eu\"\nprobe = \"tcp\"\n\
             address = \"localhost:1\"\naddresses = \"all\"\n";
         let mut config = crate::config::parse("test.toml", text, Some(Default::default())).unwrap();
-        config.targets[1].region = "a \"quoted\\\" \n region".to_owned();
+        Arc::make_mut(&mut config.targets[1]).region = "a \"quoted\\\" \n region".to_owned();
         let live = LiveTargets::default();
         let mut map = live.write().unwrap();
         for (i, target) in config.targets.iter().enumerate() {

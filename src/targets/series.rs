@@ -55,9 +55,11 @@ pub struct TargetMetrics {
     /// a handshake succeeded).
     pub(super) cert_expiry: Option<Gauge<f64, AtomicU64>>,
     /// STAMP targets: the per-direction series.
-    pub(super) stamp: Option<StampSeries>,
+    /// Boxed, as the other kinds' extras: most targets have none, and inline they would
+    /// cost every target their size.
+    pub(super) stamp: Option<Box<StampSeries>>,
     /// Database targets with `replication`: the last report read (none until one was).
-    pub(super) replication: Option<Mutex<Option<ReplicationReport>>>,
+    pub(super) replication: Option<Box<Mutex<Option<ReplicationReport>>>>,
 }
 
 /// The `direction` label of the STAMP series, indexed as [`probe::FORWARD`] and
@@ -168,8 +170,11 @@ impl TargetMetrics {
                 gauge.set(f64::NAN);
                 gauge
             }),
-            stamp: (kind == ProbeKind::Stamp).then(|| StampSeries::new(&target.buckets)),
-            replication: target.probe.replication().map(|_| Mutex::new(None)),
+            stamp: (kind == ProbeKind::Stamp).then(|| Box::new(StampSeries::new(&target.buckets))),
+            replication: target
+                .probe
+                .replication()
+                .map(|_| Box::new(Mutex::new(None))),
         }
     }
 
@@ -235,5 +240,17 @@ impl TargetMetrics {
                 self.up.set(0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every target carries these inline; the extras of other kinds are boxed (docs/scale.md).
+    #[test]
+    fn a_targets_series_stay_small() {
+        let size = std::mem::size_of::<TargetMetrics>();
+        assert!(size <= 400, "TargetMetrics is {size} bytes");
     }
 }

@@ -34,7 +34,7 @@ struct Entry {
     task: JoinHandle<()>,
     /// The last good records, to re-check names against the other targets at every poll.
     last: Vec<(String, u16)>,
-    good: Vec<Target>,
+    good: Vec<Arc<Target>>,
     valid: bool,
     problem: Option<String>,
 }
@@ -145,7 +145,10 @@ impl Entry {
                     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
                     tracing::info!(srv = %self.srv.name, targets = ?names, "SRV targets changed");
                 }
-                self.good = targets;
+                if changed {
+                    // Unchanged: the running targets keep sharing the same copies.
+                    self.good = targets;
+                }
                 self.valid = true;
                 self.problem = None;
                 changed
