@@ -177,7 +177,16 @@ impl Supervisor {
             );
         }
         diff.added = count - diff.unchanged - diff.changed;
+        shrink(&mut self.running);
         diff
+    }
+}
+
+/// Gives back a map's room once a reload left it mostly empty (a map never shrinks on its
+/// own), so the memory of a shrinking reload can go back to the system.
+fn shrink<V>(map: &mut HashMap<String, V>) {
+    if map.capacity() > 4 * map.len() + 64 {
+        map.shrink_to(2 * map.len());
     }
 }
 
