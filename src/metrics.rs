@@ -146,6 +146,40 @@ pub struct TargetLabels {
     pub address: Option<(&'static str, String)>,
 }
 
+impl TargetLabels {
+    /// The labels as both text formats write them, without braces, values escaped (what the
+    /// per-target text encoder copies into every line).
+    pub fn escaped(&self) -> Box<str> {
+        let mut out = String::new();
+        let mut pairs = vec![
+            ("source_region", self.source_region.as_str()),
+            ("target_region", self.target_region.as_str()),
+            ("target", self.target.as_str()),
+            ("probe", self.probe),
+        ];
+        if let Some((name, value)) = &self.address {
+            pairs.push((name, value.as_str()));
+        }
+        for (i, (name, value)) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(name);
+            out.push_str("=\"");
+            for c in value.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.into()
+    }
+}
+
 impl EncodeLabelSet for TargetLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         [

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 use super::live::{LiveTarget, LiveTargets};
 use super::series::{DIRECTIONS, StampSeries, TargetMetrics};
+use super::text::{DB_PHASE, DNS_PHASE, DURATION, FAILURES, HTTP_PHASE, PROBES, TARGET_UP};
 use crate::config::{Addresses, ProbeKind};
 use crate::metrics::{ProbeLabel, Registry, TextCollector, WithExtra, WithPairs};
 use crate::probe::{IcmpSockets, ReplicationReport};
@@ -27,34 +28,6 @@ pub fn register(registry: &mut Registry, live: LiveTargets, icmp: IcmpSockets) {
     registry.register_collector(TargetExtrasCollector { targets: live });
     registry.register_collector(IcmpCollector { icmp });
 }
-
-type Family = (&'static str, &'static str);
-
-pub(super) const DURATION: Family = (
-    "regionprobe_probe_duration_seconds",
-    "Latency of each successful probe: ICMP round trip, TCP connect (and TLS handshake), DNS round trip, HTTP total.",
-);
-pub(super) const PROBES: Family = ("regionprobe_probes", "Probes attempted.");
-pub(super) const FAILURES: Family = (
-    "regionprobe_probe_failures",
-    "Failed probes by reason: timeout, refused, unreachable, resolve, tls, http_status, validation, error.",
-);
-pub(super) const TARGET_UP: Family = (
-    "regionprobe_target_up",
-    "1 if the target's last probe succeeded, else 0.",
-);
-pub(super) const HTTP_PHASE: Family = (
-    "regionprobe_http_phase_duration_seconds",
-    "Time per phase of each successful HTTP probe (summed over redirects): resolve, connect, tls, processing (request sent to response head), transfer (body).",
-);
-pub(super) const DNS_PHASE: Family = (
-    "regionprobe_dns_phase_duration_seconds",
-    "Time per phase of each successful DNS probe over tcp: connect, processing (query sent to answer).",
-);
-pub(super) const DB_PHASE: Family = (
-    "regionprobe_db_phase_duration_seconds",
-    "Time per phase of each successful database probe: resolve, connect, tls, auth (startup and authentication), query (the read query), write (the heartbeat write, when asked).",
-);
 
 /// Encodes the families with a series set per target from the live target map.
 #[derive(Clone, Debug)]

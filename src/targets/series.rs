@@ -154,7 +154,7 @@ impl TargetMetrics {
             address,
         };
         TargetMetrics {
-            label_text: super::text::label_text(&labels),
+            label_text: labels.escaped(),
             labels,
             duration: LatencyHistogram::new(&target.buckets),
             probes: Counter::default(),

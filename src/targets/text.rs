@@ -1,6 +1,6 @@
 //! The per-target families with a series set for every target (latency and phase histograms,
 //! probes, failures, up) in the two text formats, written by hand: each target's label set is
-//! escaped once, when the target is made ([`label_text`]), and copied into every line; the
+//! escaped once, when the target is made ([`crate::metrics::TargetLabels::escaped`]), and copied into every line; the
 //! bucket lines come from the histogram's counts and its shared `le` texts. The same bytes as
 //! prometheus-client's encoders (a unit test in [`super::collector`] compares them), at a
 //! fraction of the CPU: theirs re-encode the labels on every bucket line and take a snapshot,
@@ -11,41 +11,38 @@ use std::io::Write;
 use super::histogram::{Classic, LatencyHistogram};
 use super::series::TargetMetrics;
 use crate::config::ProbeKind;
-use crate::metrics::TargetLabels;
 
 /// Written to the sink in chunks of about this size.
 const FLUSH: usize = 32 * 1024;
 
-/// `labels` as both text formats write them, without braces, values escaped.
-pub(super) fn label_text(labels: &TargetLabels) -> Box<str> {
-    let mut out = String::new();
-    let mut pairs = vec![
-        ("source_region", labels.source_region.as_str()),
-        ("target_region", labels.target_region.as_str()),
-        ("target", labels.target.as_str()),
-        ("probe", labels.probe),
-    ];
-    if let Some((name, value)) = &labels.address {
-        pairs.push((name, value.as_str()));
-    }
-    for (i, (name, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(name);
-        out.push_str("=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    out.into()
-}
+/// A family's name and help; [`super::collector`] encodes the same families in protobuf.
+type Family = (&'static str, &'static str);
+
+pub(super) const DURATION: Family = (
+    "regionprobe_probe_duration_seconds",
+    "Latency of each successful probe: ICMP round trip, TCP connect (and TLS handshake), DNS round trip, HTTP total.",
+);
+pub(super) const PROBES: Family = ("regionprobe_probes", "Probes attempted.");
+pub(super) const FAILURES: Family = (
+    "regionprobe_probe_failures",
+    "Failed probes by reason: timeout, refused, unreachable, resolve, tls, http_status, validation, error.",
+);
+pub(super) const TARGET_UP: Family = (
+    "regionprobe_target_up",
+    "1 if the target's last probe succeeded, else 0.",
+);
+pub(super) const HTTP_PHASE: Family = (
+    "regionprobe_http_phase_duration_seconds",
+    "Time per phase of each successful HTTP probe (summed over redirects): resolve, connect, tls, processing (request sent to response head), transfer (body).",
+);
+pub(super) const DNS_PHASE: Family = (
+    "regionprobe_dns_phase_duration_seconds",
+    "Time per phase of each successful DNS probe over tcp: connect, processing (query sent to answer).",
+);
+pub(super) const DB_PHASE: Family = (
+    "regionprobe_db_phase_duration_seconds",
+    "Time per phase of each successful database probe: resolve, connect, tls, auth (startup and authentication), query (the read query), write (the heartbeat write, when asked).",
+);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Type {
@@ -227,9 +224,6 @@ fn push_label(b: &mut Vec<u8>, key: &str, value: &str) {
 /// The families of [`super::collector`]'s `TargetCollector`, in its order, for `series` (every
 /// target's, or each of its addresses').
 pub(super) fn encode(writer: &mut Writer<'_>, series: &[&TargetMetrics]) -> std::io::Result<()> {
-    use super::collector::{
-        DB_PHASE, DNS_PHASE, DURATION, FAILURES, HTTP_PHASE, PROBES, TARGET_UP,
-    };
     let (name, help) = DURATION;
     writer.descriptor(name, help, Type::Histogram);
     for t in series {
