@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The most samples a window keeps, whatever its window and interval: 80 KB per target. A
+/// The most samples a window keeps, whatever its window and interval: 60 KB per target. A
 /// 5m window at an interval under 30 ms therefore covers only the last 10,000 probes.
 pub const MAX_SAMPLES: usize = 10_000;
 
