@@ -23,6 +23,8 @@
 #              machine uses less than this many cores (default 0.3); 0 disables the wait
 #   REGIONPROBE_ENV  extra environment for regionprobe only, for A/B runs
 #              (e.g. REGIONPROBE_ENV="TOKIO_WORKER_THREADS=1")
+#   REGIONPROBE_BIN  run this regionprobe binary instead of building one (A/B runs of two
+#              saved builds, e.g. main's and a branch's, back to back)
 #   STARTUP_TIMEOUT  seconds a prober may take to answer /metrics (default 300; smokeping_prober
 #              only listens once every pinger started, about a minute at N=1000 on 2 cores)
 #   KEEP_WORK  1: keep the work directory (configs, logs, /metrics snapshots)

@@ -15,6 +15,11 @@ REGIONPROBE="$ROOT/target/release/regionprobe"
 if [[ -n "${CARGO_TARGET_DIR:-}" ]]; then
     REGIONPROBE="$CARGO_TARGET_DIR/release/regionprobe"
 fi
+# REGIONPROBE_BIN: run this binary instead of building one (A/B runs of two saved builds).
+REGIONPROBE_BIN=${REGIONPROBE_BIN:-}
+if [[ -n "$REGIONPROBE_BIN" ]]; then
+    REGIONPROBE="$REGIONPROBE_BIN"
+fi
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT_DIR="$BENCH_DIR/out"
 OUT="$OUT_DIR/$BENCH-$STAMP.txt"
@@ -142,6 +147,11 @@ warn_running() {
 
 # cargo build --release, in a process group of its own so that a signal stops rustc at once.
 build_release() {
+    if [[ -n "$REGIONPROBE_BIN" ]]; then
+        [[ -x "$REGIONPROBE" ]] || die "REGIONPROBE_BIN=$REGIONPROBE is not an executable"
+        log "using $REGIONPROBE (REGIONPROBE_BIN), not building"
+        return
+    fi
     command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup, stable >= 1.85)"
     log "building regionprobe (cargo build --release)"
     (cd "$ROOT" && exec setsid cargo build --release --quiet) &
@@ -152,6 +162,10 @@ build_release() {
 }
 
 regionprobe_version() {
+    if [[ -n "$REGIONPROBE_BIN" ]]; then
+        echo "$("$REGIONPROBE" --version) ($REGIONPROBE_BIN)"
+        return
+    fi
     echo "$("$REGIONPROBE" --version) at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)')"
 }
 

@@ -165,7 +165,8 @@ impl Control {
         // it is not part of the file.
         self.supervisor.reload_resolver();
         match self.overrides.load(&self.source) {
-            Ok(config) => {
+            Ok(mut config) => {
+                self.supervisor.share(&mut config);
                 let running = self.current.read().expect("config lock").clone();
                 if config.exporter.listen != running.exporter.listen {
                     tracing::warn!(

@@ -118,8 +118,10 @@ pub async fn run_with(
 
     files.configure(&config.target_files);
     files.poll(&config);
-    let base = Arc::new(config.clone());
-    let config = files.merged(&config);
+    // The loaded configuration moves into `base`: a copy kept here would keep every target of
+    // the first file alive after a reload dropped them.
+    let base = Arc::new(config);
+    let config = files.merged(&base);
     let mut supervisor = Supervisor::new(shared, scheduler, live.clone());
     // SRV names join at the control loop's first tick, once looked up.
     srv.configure(&config.target_srvs, supervisor.resolver());

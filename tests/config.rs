@@ -420,12 +420,11 @@ fn run_with_an_invalid_config_exits_non_zero_and_says_why() {
 
 fn http_config(lines: &str) -> HttpConfig {
     let text = format!("[[target]]\nname = \"t\"\nregion = \"r\"\nprobe = \"http\"\n{lines}");
-    match config::parse("t.toml", &text, Some(Default::default()))
+    let target = config::parse("t.toml", &text, Some(Default::default()))
         .unwrap_or_else(|err| panic!("{err}"))
         .targets
-        .remove(0)
-        .probe
-    {
+        .remove(0);
+    match std::sync::Arc::unwrap_or_clone(target).probe {
         ProbeConfig::Http(http) => http,
         other => panic!("{other:?}"),
     }

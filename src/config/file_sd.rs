@@ -9,6 +9,7 @@
 //! entry is then validated exactly as a `[[target]]` with the same keys would be.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::model::{ProbeKind, Target, TargetFile, TargetSource, TargetSrv};
 use super::raw::RawTarget;
@@ -23,7 +24,7 @@ struct Group {
 
 /// The targets of `file`, whose contents are `text`. The error says which group, which
 /// entry and which key, without the file's name (the caller adds it).
-pub fn read_target_file(file: &TargetFile, text: &str) -> Result<Vec<Target>, String> {
+pub fn read_target_file(file: &TargetFile, text: &str) -> Result<Vec<Arc<Target>>, String> {
     let extension = file
         .path
         .extension()
@@ -104,11 +105,11 @@ pub fn read_target_file(file: &TargetFile, text: &str) -> Result<Vec<Target>, St
             targets.push(target);
         }
     }
-    Ok(targets)
+    Ok(targets.into_iter().map(Arc::new).collect())
 }
 
 /// The targets of a `[[target_srv]]` whose name has these SRV records (target host, port).
-pub fn srv_targets(srv: &TargetSrv, records: &[(String, u16)]) -> Result<Vec<Target>, String> {
+pub fn srv_targets(srv: &TargetSrv, records: &[(String, u16)]) -> Result<Vec<Arc<Target>>, String> {
     let mut targets = Vec::with_capacity(records.len());
     for (t, (host, port)) in records.iter().enumerate() {
         let host = host.trim_end_matches('.');
@@ -134,7 +135,7 @@ pub fn srv_targets(srv: &TargetSrv, records: &[(String, u16)]) -> Result<Vec<Tar
         target.source = TargetSource::Srv(srv.name.clone());
         targets.push(target);
     }
-    Ok(targets)
+    Ok(targets.into_iter().map(Arc::new).collect())
 }
 
 /// The labels that set a target's keys.
@@ -294,10 +295,11 @@ mod tests {
                     - targets: ['http://api.example.test/health']\n  labels:\n    __region: us\n    __probe: http\n    __name: api\n    __interval: 5s\n";
         let from_json = read_target_file(&file("t.json"), json).unwrap();
         let from_yaml = read_target_file(&file("t.yaml"), yaml).unwrap();
-        let strip = |targets: Vec<Target>| {
+        let strip = |targets: Vec<Arc<Target>>| {
             targets
                 .into_iter()
-                .map(|mut t| {
+                .map(|t| {
+                    let mut t = Arc::unwrap_or_clone(t);
                     t.source = TargetSource::Inline;
                     t
                 })

@@ -30,7 +30,9 @@ pub struct Config {
     pub reflector: Option<ReflectorConfig>,
     /// `[resolver]`: how long resolved host names are kept.
     pub resolver: ResolverParams,
-    pub targets: Vec<Target>,
+    /// Shared with the running targets ([`crate::targets::LiveTarget::config`]) and every
+    /// copy of the configuration: one allocation per target.
+    pub targets: Vec<std::sync::Arc<Target>>,
     /// `[[target_file]]`: more targets, from files in Prometheus' file_sd format.
     pub target_files: Vec<TargetFile>,
     /// `[[target_srv]]`: more targets, from DNS SRV records.

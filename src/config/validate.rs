@@ -151,7 +151,7 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
                 ),
             ));
         }
-        targets.push(target);
+        targets.push(std::sync::Arc::new(target));
     }
 
     let mut target_files: Vec<TargetFile> = Vec::with_capacity(raw.target_files.len());

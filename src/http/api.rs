@@ -373,6 +373,8 @@ mod tests {
             .unwrap()
             .targets
             .remove(0)
+            .as_ref()
+            .clone()
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub use outcome::{
 };
 
 use crate::config::{ProbeConfig, ProbeKind};
+#[cfg(test)]
+pub use outcome::Phases;
 pub use resolve::Host;
 use resolve::Resolver;
 

@@ -246,6 +246,11 @@ impl Answered {
         }
         self.by_key.insert(key, (token, at));
         self.order.push_back((key, at));
+        // After a shrinking reload (or a burst), give the room back rather than keep it.
+        if self.by_key.capacity() > 4 * self.by_key.len() + 1024 {
+            self.by_key.shrink_to(2 * self.by_key.len());
+            self.order.shrink_to(2 * self.order.len());
+        }
     }
 
     fn forget_oldest(&mut self) {
@@ -1144,6 +1149,17 @@ mod tests {
         answered.insert((peer, 1), [2; 8], later);
         assert_eq!(answered.order.len(), 1);
         assert!(answered.answered((peer, 1), &Echoed::Reply(&[2; 8]), later));
+        // The room of the burst goes back once it expired.
+        assert!(
+            answered.by_key.capacity() < 2048,
+            "{}",
+            answered.by_key.capacity()
+        );
+        assert!(
+            answered.order.capacity() < 2048,
+            "{}",
+            answered.order.capacity()
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The most samples a window keeps, whatever its window and interval: 80 KB per target. A
+/// The most samples a window keeps, whatever its window and interval: 60 KB per target. A
 /// 5m window at an interval under 30 ms therefore covers only the last 10,000 probes.
 pub const MAX_SAMPLES: usize = 10_000;
 
@@ -49,30 +49,35 @@ impl Default for Params {
     }
 }
 
-/// Marks a failed probe in [`Sample::latency`]: the destination did not answer.
+/// Marks a failed probe in [`Window::latencies`]: the destination did not answer.
 const FAILED: u32 = u32::MAX;
 /// Marks a probe that failed on our side (`reason="error"`: no socket, no file descriptor,
 /// ...): it says nothing of the destination, so it is neither a success nor a loss.
 const LOCAL: u32 = u32::MAX - 1;
 /// The largest latency a sample holds, microseconds (~71 minutes).
 const MAX_LATENCY: u32 = u32::MAX - 2;
+/// Marks a gap in [`Window::gaps`] too long for 16 bits: it is the next of
+/// [`Window::long_gaps`].
+const LONG_GAP: u16 = u16::MAX;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Sample {
-    /// Milliseconds since [`Window::epoch`].
-    at: u32,
-    /// Microseconds, or [`FAILED`] or [`LOCAL`].
-    latency: u32,
-}
-
-/// One target's recent probe results, oldest first.
+/// One target's recent probe results, oldest first: 6 bytes a sample (its latency, and its
+/// time as the milliseconds since the sample before), in rings allocated once.
 #[derive(Clone, Debug)]
 pub struct Window {
     window: Duration,
     capacity: usize,
-    /// Set by the first sample; sample times are offsets from it.
+    /// Set by the first sample; sample times are offsets from it, in milliseconds.
     epoch: Option<Instant>,
-    samples: VecDeque<Sample>,
+    /// The offset of the oldest sample held.
+    front_at: u32,
+    /// The offset of the newest sample held.
+    back_at: u32,
+    /// Microseconds, or [`FAILED`] or [`LOCAL`].
+    latencies: VecDeque<u32>,
+    /// Milliseconds since the sample before, or [`LONG_GAP`]; the oldest sample's is 0.
+    gaps: VecDeque<u16>,
+    /// The gaps of 65.535 s or more, in order (rare: only past stalls or long intervals).
+    long_gaps: VecDeque<u32>,
 }
 
 impl Window {
@@ -88,7 +93,11 @@ impl Window {
             window,
             capacity,
             epoch: None,
-            samples: VecDeque::with_capacity(capacity),
+            front_at: 0,
+            back_at: 0,
+            latencies: VecDeque::with_capacity(capacity),
+            gaps: VecDeque::with_capacity(capacity),
+            long_gaps: VecDeque::new(),
         }
     }
 
@@ -99,12 +108,12 @@ impl Window {
 
     /// Samples held, including any that expired since the last [`Window::record`].
     pub fn len(&self) -> usize {
-        self.samples.len()
+        self.latencies.len()
     }
 
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
+        self.latencies.is_empty()
     }
 
     /// Records a probe at `at`: its latency, or `None` if the destination did not answer.
@@ -129,40 +138,100 @@ impl Window {
     fn push(&mut self, at: Instant, latency: u32) {
         self.expire(at);
         let offset = self.offset(at);
-        let at = self
-            .samples
-            .back()
-            .map_or(offset, |last| offset.max(last.at));
-        if self.samples.len() >= self.capacity {
-            self.samples.pop_front();
+        let at = match self.latencies.is_empty() {
+            true => offset,
+            false => offset.max(self.back_at),
+        };
+        if self.latencies.len() >= self.capacity {
+            self.pop_front();
         }
-        self.samples.push_back(Sample { at, latency });
+        if self.latencies.is_empty() {
+            self.front_at = at;
+            self.back_at = at;
+            self.gaps.push_back(0);
+        } else {
+            let gap = at - self.back_at;
+            match u16::try_from(gap) {
+                Ok(gap) if gap != LONG_GAP => self.gaps.push_back(gap),
+                _ => {
+                    self.gaps.push_back(LONG_GAP);
+                    self.long_gaps.push_back(gap);
+                }
+            }
+            self.back_at = at;
+        }
+        self.latencies.push_back(latency);
+    }
+
+    /// Drops the oldest sample; the next one's time becomes the front's.
+    fn pop_front(&mut self) {
+        self.latencies.pop_front();
+        self.gaps.pop_front();
+        let Some(gap) = self.gaps.front_mut() else {
+            return;
+        };
+        let gap = std::mem::replace(gap, 0);
+        self.front_at += if gap == LONG_GAP {
+            self.long_gaps
+                .pop_front()
+                .expect("a long gap for each marker")
+        } else {
+            u32::from(gap)
+        };
     }
 
     /// Drops the samples that are a whole window old at `now`.
     pub fn expire(&mut self, now: Instant) {
-        let expired = self.expired(now);
-        self.samples.drain(..expired);
+        for _ in 0..self.expired(now) {
+            self.pop_front();
+        }
+    }
+
+    /// Every sample held, oldest first: its offset and its latency.
+    fn timed(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let mut at = self.front_at;
+        let mut long = self.long_gaps.iter();
+        self.gaps
+            .iter()
+            .zip(&self.latencies)
+            .enumerate()
+            .map(move |(i, (gap, latency))| {
+                if i > 0 {
+                    at += if *gap == LONG_GAP {
+                        *long.next().expect("a long gap for each marker")
+                    } else {
+                        u32::from(*gap)
+                    };
+                }
+                (at, *latency)
+            })
+    }
+
+    /// Whether a sample taken at `offset` is a whole window old at `now`.
+    fn is_expired(&self, epoch: Instant, offset: u32, now: Instant) -> bool {
+        now.saturating_duration_since(epoch + Duration::from_millis(offset.into())) >= self.window
     }
 
     /// How many of the oldest samples are at least a window old at `now`.
     fn expired(&self, now: Instant) -> usize {
         let Some(epoch) = self.epoch else { return 0 };
-        self.samples.partition_point(|s| {
-            now.saturating_duration_since(epoch + Duration::from_millis(s.at.into())) >= self.window
-        })
+        self.timed()
+            .take_while(|(at, _)| self.is_expired(epoch, *at, now))
+            .count()
     }
 
     /// The samples younger than a window at `now`, oldest first: how long before `now` each
     /// was taken, and its latency (`None`: the probe failed). For charts.
     pub fn samples(&self, now: Instant) -> impl Iterator<Item = (Duration, Option<Duration>)> + '_ {
         let epoch = self.epoch;
-        self.live(now).map(move |sample| {
-            let at = epoch.map_or(now, |e| e + Duration::from_millis(sample.at.into()));
-            let latency = (sample.latency <= MAX_LATENCY)
-                .then(|| Duration::from_micros(sample.latency.into()));
-            (now.saturating_duration_since(at), latency)
-        })
+        self.timed()
+            .skip_while(move |(at, _)| epoch.is_some_and(|e| self.is_expired(e, *at, now)))
+            .map(move |(offset, latency)| {
+                let at = epoch.map_or(now, |e| e + Duration::from_millis(offset.into()));
+                let latency =
+                    (latency <= MAX_LATENCY).then(|| Duration::from_micros(latency.into()));
+                (now.saturating_duration_since(at), latency)
+            })
     }
 
     /// Whether the destination is down at `now`: its last `down_after` answers (local
@@ -171,12 +240,12 @@ impl Window {
         let mut recent = self
             .live(now)
             .rev()
-            .filter(|s| s.latency != LOCAL)
+            .filter(|latency| **latency != LOCAL)
             .take(down_after.max(1));
         let mut seen = 0;
-        for sample in recent.by_ref() {
+        for latency in recent.by_ref() {
             seen += 1;
-            if sample.latency != FAILED {
+            if *latency != FAILED {
                 return Some(false);
             }
         }
@@ -187,12 +256,12 @@ impl Window {
     pub fn failing_locally(&self, now: Instant) -> bool {
         self.live(now)
             .next_back()
-            .is_some_and(|s| s.latency == LOCAL)
+            .is_some_and(|latency| *latency == LOCAL)
     }
 
-    /// The samples younger than a window at `now`.
-    fn live(&self, now: Instant) -> impl DoubleEndedIterator<Item = &Sample> {
-        self.samples.range(self.expired(now)..)
+    /// The latencies of the samples younger than a window at `now`.
+    fn live(&self, now: Instant) -> impl DoubleEndedIterator<Item = &u32> {
+        self.latencies.range(self.expired(now)..)
     }
 
     /// `at` in milliseconds since the epoch. Past `u32::MAX` ms (~49.7 days) the epoch moves
@@ -203,20 +272,19 @@ impl Window {
             return ms;
         }
         let span = Duration::from_millis(u32::MAX.into());
-        while let Some(front) = self.samples.front() {
-            if at.saturating_duration_since(epoch + Duration::from_millis(front.at.into())) <= span
-            {
-                break;
-            }
-            self.samples.pop_front();
+        while !self.latencies.is_empty()
+            && at.saturating_duration_since(epoch + Duration::from_millis(self.front_at.into()))
+                > span
+        {
+            self.pop_front();
         }
-        let shift = self.samples.front().map_or(0, |s| s.at);
-        for sample in &mut self.samples {
-            sample.at -= shift;
-        }
-        let epoch = match self.samples.front() {
-            Some(_) => epoch + Duration::from_millis(shift.into()),
-            None => at,
+        let epoch = if self.latencies.is_empty() {
+            at
+        } else {
+            let shift = self.front_at;
+            self.front_at -= shift;
+            self.back_at -= shift;
+            epoch + Duration::from_millis(shift.into())
         };
         self.epoch = Some(epoch);
         u32::try_from(at.saturating_duration_since(epoch).as_millis())
@@ -300,8 +368,8 @@ impl Tally {
             failing_locally: windows.iter().any(|w| w.failing_locally(now)),
             ..TargetSamples::default()
         };
-        for sample in windows.iter().flat_map(|w| w.live(now)) {
-            match sample.latency {
+        for latency in windows.iter().flat_map(|w| w.live(now)) {
+            match *latency {
                 FAILED => target.failures += 1,
                 LOCAL => {}
                 latency => target.latencies.push(latency),
@@ -1075,13 +1143,13 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded() {
-        assert_eq!(std::mem::size_of::<Sample>(), 8);
-        assert_eq!(std::mem::size_of::<Window>(), 72);
+        assert_eq!(std::mem::size_of::<Window>(), 144);
         let mut window = Window::new(Duration::from_secs(300), SECOND);
         assert_eq!(window.capacity(), 301);
+        let allocated = |w: &Window| (w.latencies.capacity(), w.gaps.capacity());
         assert_eq!(
-            window.samples.capacity(),
-            301,
+            allocated(&window),
+            (301, 301),
             "no allocation beyond capacity"
         );
         assert_eq!(
@@ -1096,12 +1164,54 @@ mod tests {
             window.record(start + Duration::from_millis(i), ms(i));
             assert!(window.len() <= 301);
         }
-        assert_eq!(window.samples.capacity(), 301);
+        assert_eq!(allocated(&window), (301, 301));
+        assert!(window.long_gaps.is_empty());
         let now = start + Duration::from_millis(100_000);
         let mut tally = Tally::new();
         tally.add("eu", "eu", &window, now, 3, None);
         let eu = &tally.rank(&Params::default(), "local").regions[0];
         assert_eq!((eu.samples, eu.p50), (301, ms(99_849)));
+    }
+
+    /// Gaps too long for 16 bits (a stall, a long interval) keep their exact length.
+    #[test]
+    fn long_gaps_keep_their_time() {
+        let hour = Duration::from_secs(3600);
+        let mut window = Window::new(hour, Duration::from_secs(10));
+        let start = Instant::now();
+        let gaps_ms = [0, 65_534, 65_535 + 65_534, 300_000, 1, 1_000_000, 0];
+        let mut times = Vec::new();
+        let mut at = start;
+        for (i, gap) in gaps_ms.iter().enumerate() {
+            at += Duration::from_millis(*gap);
+            times.push(at);
+            window.record(at, ms(i as u64 + 1));
+        }
+        assert_eq!(window.long_gaps.len(), 3);
+        let now = *times.last().unwrap();
+        let ages: Vec<Duration> = window.samples(now).map(|(age, _)| age).collect();
+        let expected: Vec<Duration> = times.iter().map(|t| now - *t).collect();
+        assert_eq!(ages, expected);
+        // Each sample leaves exactly a window after it was taken, long gaps or not.
+        for (i, taken) in times.iter().enumerate() {
+            let mut tally = Tally::new();
+            tally.add(
+                "eu",
+                "eu",
+                &window,
+                *taken + hour - Duration::from_millis(1),
+                3,
+                None,
+            );
+            let live = tally.rank(&Params::default(), "local").regions[0].samples;
+            let younger = times.iter().filter(|t| **t >= *taken).count();
+            assert_eq!(live, younger, "before sample {i} expires");
+        }
+        window.expire(times[3] + hour);
+        assert_eq!(window.len(), 3);
+        assert_eq!(window.long_gaps.len(), 1);
+        let ages: Vec<Duration> = window.samples(now).map(|(age, _)| age).collect();
+        assert_eq!(ages, expected[4..].to_vec());
     }
 
     #[test]
@@ -1134,7 +1244,8 @@ mod tests {
         window.record(start, ms(1));
         window.record(start + 10 * SECOND, ms(1));
         window.record(start + 5 * SECOND, ms(2));
-        assert_eq!(window.samples[1].at, window.samples[2].at);
+        let times: Vec<u32> = window.timed().map(|(at, _)| at).collect();
+        assert_eq!(times[1], times[2]);
         window.expire(start + 69 * SECOND);
         assert_eq!(window.len(), 2);
         window.expire(start + 70 * SECOND);

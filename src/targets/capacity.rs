@@ -17,15 +17,16 @@ use crate::probe;
 /// buffers (10.3-10.6 MiB measured with 100 ICMP targets, docs/scale.md).
 const BASE_BYTES: u64 = 10 * 1024 * 1024;
 
-/// Resident memory per ICMP target, as measured at 10,000 targets at 1 s (88-90 MiB,
-/// docs/scale.md): the task, its series, its ranking window, two copies of its configuration
-/// and its share of the compressed rendering.
-const ICMP_TARGET_BYTES: u64 = 8_000;
+/// Resident memory per ICMP target, as measured at 10,000 targets at 1 s (78 MiB on a loaded
+/// machine where the build before the cuts of docs/scale.md measured 110 MiB): the task, its
+/// series, its ranking window (6 bytes a sample), one copy of its configuration and its share
+/// of the compressed rendering.
+const ICMP_TARGET_BYTES: u64 = 7_000;
 
 /// Per HTTP, TCP or DNS target: the same, plus the connection's buffers during a probe and,
 /// for HTTP, five phase histograms. Not re-measured since the task-size cut: rough.
 fn target_bytes(target: &Target) -> u64 {
-    let window = 8 * window_samples(target);
+    let window = 6 * window_samples(target);
     let histograms = (1 + probe::phases(&target.probe).len() as u64) * 600;
     match target.probe.kind() {
         ProbeKind::Icmp => ICMP_TARGET_BYTES,

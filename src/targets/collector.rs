@@ -1,5 +1,7 @@
 //! The collectors that encode the targets' state at scrape time: every per-target family
-//! from the live targets, and the state of the shared ICMP sockets.
+//! from the live targets, and the state of the shared ICMP sockets. The families with a series
+//! set per target have a hand-written text encoder ([`super::text`]); prometheus-client
+//! encodes them in protobuf, and everything else in every format.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
@@ -13,20 +15,35 @@ use std::sync::atomic::Ordering;
 
 use super::live::{LiveTarget, LiveTargets};
 use super::series::{DIRECTIONS, StampSeries, TargetMetrics};
+use super::text::{DB_PHASE, DNS_PHASE, DURATION, FAILURES, HTTP_PHASE, PROBES, TARGET_UP};
 use crate::config::{Addresses, ProbeKind};
-use crate::metrics::{ProbeLabel, Registry, WithExtra, WithPairs};
+use crate::metrics::{ProbeLabel, Registry, TextCollector, WithExtra, WithPairs};
 use crate::probe::{IcmpSockets, ReplicationReport};
 
 /// Registers the targets' families: read from `live` and `icmp` at every scrape.
 pub fn register(registry: &mut Registry, live: LiveTargets, icmp: IcmpSockets) {
-    registry.register_collector(TargetCollector { targets: live });
+    registry.register_text_collector(TargetCollector {
+        targets: live.clone(),
+    });
+    registry.register_collector(TargetExtrasCollector { targets: live });
     registry.register_collector(IcmpCollector { icmp });
 }
 
-/// Encodes the per-target families from the live target map.
-#[derive(Debug)]
+/// Encodes the families with a series set per target from the live target map.
+#[derive(Clone, Debug)]
 struct TargetCollector {
     targets: LiveTargets,
+}
+
+impl TextCollector for TargetCollector {
+    fn encode_text(&self, openmetrics: bool, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let targets = self.targets.read().expect("targets lock");
+        let series: Vec<_> = targets.values().flat_map(|live| live.series()).collect();
+        let all: Vec<&TargetMetrics> = series.iter().map(|metrics| &**metrics).collect();
+        let mut writer = super::text::Writer::new(openmetrics, out);
+        super::text::encode(&mut writer, &all)?;
+        writer.finish()
+    }
 }
 
 impl Collector for TargetCollector {
@@ -36,32 +53,20 @@ impl Collector for TargetCollector {
         let series: Vec<_> = targets.values().flat_map(|live| live.series()).collect();
         let all = || series.iter().map(|metrics| &**metrics);
 
-        let mut family = encoder.encode_descriptor(
-            "regionprobe_probe_duration_seconds",
-            "Latency of each successful probe: ICMP round trip, TCP connect (and TLS handshake), DNS round trip, HTTP total.",
-            None,
-            MetricType::Histogram,
-        )?;
+        let (name, help) = DURATION;
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
         for t in all() {
             t.duration.encode(family.encode_family(&t.labels)?)?;
         }
 
-        let mut family = encoder.encode_descriptor(
-            "regionprobe_probes",
-            "Probes attempted.",
-            None,
-            MetricType::Counter,
-        )?;
+        let (name, help) = PROBES;
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for t in all() {
             t.probes.encode(family.encode_family(&t.labels)?)?;
         }
 
-        let mut family = encoder.encode_descriptor(
-            "regionprobe_probe_failures",
-            "Failed probes by reason: timeout, refused, unreachable, resolve, tls, http_status, validation, error.",
-            None,
-            MetricType::Counter,
-        )?;
+        let (name, help) = FAILURES;
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for t in all() {
             for (reason, counter) in &t.failures {
                 let labels = WithExtra(&t.labels, "reason", reason.as_str());
@@ -69,41 +74,41 @@ impl Collector for TargetCollector {
             }
         }
 
-        let mut family = encoder.encode_descriptor(
-            "regionprobe_target_up",
-            "1 if the target's last probe succeeded, else 0.",
-            None,
-            MetricType::Gauge,
-        )?;
+        let (name, help) = TARGET_UP;
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
         for t in all() {
             t.up.encode(family.encode_family(&t.labels)?)?;
         }
 
-        let mut family = encoder.encode_descriptor(
-            "regionprobe_http_phase_duration_seconds",
-            "Time per phase of each successful HTTP probe (summed over redirects): resolve, connect, tls, processing (request sent to response head), transfer (body).",
-            None,
-            MetricType::Histogram,
-        )?;
+        let (name, help) = HTTP_PHASE;
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
         encode_phases(&mut family, all(), ProbeKind::Http)?;
 
-        let mut family = encoder.encode_descriptor(
-            "regionprobe_dns_phase_duration_seconds",
-            "Time per phase of each successful DNS probe over tcp: connect, processing (query sent to answer).",
-            None,
-            MetricType::Histogram,
-        )?;
+        let (name, help) = DNS_PHASE;
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
         encode_phases(&mut family, all(), ProbeKind::Dns)?;
 
-        let mut family = encoder.encode_descriptor(
-            "regionprobe_db_phase_duration_seconds",
-            "Time per phase of each successful database probe: resolve, connect, tls, auth (startup and authentication), query (the read query), write (the heartbeat write, when asked).",
-            None,
-            MetricType::Histogram,
-        )?;
+        let (name, help) = DB_PHASE;
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
         for kind in [ProbeKind::Postgres, ProbeKind::Mysql, ProbeKind::Redis] {
             encode_phases(&mut family, all(), kind)?;
         }
+        Ok(())
+    }
+}
+
+/// Encodes the other per-target families: replication, HTTP, TLS, STAMP, the targets by kind
+/// and the host names' resolution.
+#[derive(Debug)]
+struct TargetExtrasCollector {
+    targets: LiveTargets,
+}
+
+impl Collector for TargetExtrasCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let targets = self.targets.read().expect("targets lock");
+        let series: Vec<_> = targets.values().flat_map(|live| live.series()).collect();
+        let all = || series.iter().map(|metrics| &**metrics);
 
         encode_replication(&mut encoder, all())?;
 
@@ -507,5 +512,120 @@ impl Collector for IcmpCollector {
             ConstCounter::new(state.duplicate).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metrics::Exposition;
+    use crate::probe::{Failure, Outcome, Phase, Phases, Reason};
+
+    /// Live targets of several kinds, with successes, failures of several reasons, phases,
+    /// the address series of an `addresses = "all"` target, and labels that need escaping.
+    fn live() -> LiveTargets {
+        let text = "[exporter]\nregion = \"eu\"\n\
+            [[target]]\nname = \"ping\"\nregion = \"us\"\nprobe = \"icmp\"\nhost = \"127.0.0.1\"\n\
+            [[target]]\nname = \"quiet\"\nregion = \"us\"\nprobe = \"icmp\"\nhost = \"127.0.0.2\"\n\
+            buckets = [0.00001, 0.5, 3, 2000000]\n\
+            [[target]]\nname = \"web\"\nregion = \"ap\"\nprobe = \"http\"\nurl = \"http://127.0.0.1:1/\"\n\
+            [[target]]\nname = \"dns\"\nregion = \"ap\"\nprobe = \"dns\"\nserver = \"127.0.0.1\"\n\
+            query = \"example.com\"\ntransport = \"tcp\"\n\
+            [[target]]\nname = \"every\"\nregion = \"eu\"\nprobe = \"tcp\"\n\
+            address = \"localhost:1\"\naddresses = \"all\"\n";
+        let mut config = crate::config::parse("test.toml", text, Some(Default::default())).unwrap();
+        Arc::make_mut(&mut config.targets[1]).region = "a \"quoted\\\" \n region".to_owned();
+        let live = LiveTargets::default();
+        let mut map = live.write().unwrap();
+        for (i, target) in config.targets.iter().enumerate() {
+            let t = LiveTarget::new(&config.exporter.region, target, config.ranking.window);
+            if target.name == "every" {
+                t.assign(&["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]);
+            }
+            let mut phases = Phases::default();
+            phases.add(Phase::Connect, Duration::from_micros(300));
+            phases.add(Phase::Processing, Duration::from_millis(7));
+            let record = |result: Result<Outcome, Failure>| {
+                t.record(&result);
+                for slot in t.slots() {
+                    slot.record(&result);
+                }
+            };
+            for n in 0..(20 + 7 * i as u64) {
+                let latency = Duration::from_micros(37 + n * n * 911);
+                record(Ok(Outcome {
+                    latency,
+                    phases: Some(phases),
+                    ..Outcome::default()
+                }));
+            }
+            let reasons = crate::probe::reasons(target.probe.kind());
+            for (n, reason) in reasons.iter().enumerate().skip(i % 2) {
+                for _ in 0..=n {
+                    record(Err(Failure::new(*reason, "test")));
+                }
+            }
+            if i == 0 {
+                record(Err(Failure::new(Reason::Timeout, "last")));
+            }
+            map.insert(target.name.clone(), Arc::new(t));
+        }
+        drop(map);
+        live
+    }
+
+    /// The hand-written text encoder writes exactly what prometheus-client's encoders wrote
+    /// for the same state, in both text formats; protobuf is unchanged.
+    #[test]
+    fn the_text_encoder_writes_what_prometheus_client_wrote() {
+        let live = live();
+        let icmp = crate::probe::Shared::default().icmp;
+        let mut before = Registry::default();
+        before.register_collector(TargetCollector {
+            targets: live.clone(),
+        });
+        before.register_collector(TargetExtrasCollector {
+            targets: live.clone(),
+        });
+        before.register_collector(IcmpCollector { icmp: icmp.clone() });
+        let mut now = Registry::default();
+        register(&mut now, live, icmp);
+        for format in [
+            Exposition::Text,
+            Exposition::OpenMetrics,
+            Exposition::Protobuf,
+        ] {
+            let old = before.encode_to_vec(format);
+            let new = now.encode_to_vec(format);
+            if old != new && format != Exposition::Protobuf {
+                let (old, new) = (
+                    String::from_utf8(old).unwrap(),
+                    String::from_utf8(new).unwrap(),
+                );
+                for (a, b) in old.lines().zip(new.lines()) {
+                    assert_eq!(a, b, "{format:?}");
+                }
+                panic!(
+                    "{format:?}: {} lines against {}",
+                    old.lines().count(),
+                    new.lines().count()
+                );
+            }
+            assert!(old == new, "{format:?} differs");
+        }
+        let text = String::from_utf8(now.encode_to_vec(Exposition::Text)).unwrap();
+        // The state is what the test meant: phases, addresses, escapes and failures are there.
+        for expected in [
+            "regionprobe_http_phase_duration_seconds_bucket{",
+            "regionprobe_dns_phase_duration_seconds_count{",
+            "address_index=\"1\"",
+            "target_region=\"a \\\"quoted\\\\\\\" \\n region\"",
+            "reason=\"refused\"",
+            "le=\"2e+06\"",
+        ] {
+            assert!(text.contains(expected), "{expected} missing");
+        }
     }
 }

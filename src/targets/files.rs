@@ -39,7 +39,7 @@ struct Watched {
     stamp: Option<(SystemTime, u64)>,
     /// Hash of the contents last read.
     hash: Option<u64>,
-    good: Vec<Target>,
+    good: Vec<Arc<Target>>,
     valid: bool,
     /// The problem last logged, so a file that stays bad is logged once.
     problem: Option<String>,
@@ -155,7 +155,10 @@ impl Watched {
                 if changed || !self.valid {
                     tracing::info!(file = %path.display(), targets = targets.len(), "target file read");
                 }
-                self.good = targets;
+                if changed {
+                    // Unchanged: the running targets keep sharing the same copies.
+                    self.good = targets;
+                }
                 self.valid = true;
                 self.problem = None;
                 changed

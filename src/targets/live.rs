@@ -22,7 +22,8 @@ pub type LiveTargets = Arc<RwLock<BTreeMap<String, Arc<LiveTarget>>>>;
 /// One running target.
 #[derive(Debug)]
 pub struct LiveTarget {
-    pub config: Target,
+    /// The configuration's own copy, shared.
+    pub config: Arc<Target>,
     /// The target's series; with `addresses = "all"`, only used (and exported) while the name
     /// has never resolved, to count that failure somewhere.
     pub metrics: Arc<TargetMetrics>,
@@ -119,7 +120,7 @@ pub struct LastResult {
 }
 
 impl LiveTarget {
-    pub fn new(source_region: &str, config: &Target, ranking_window: Duration) -> Self {
+    pub fn new(source_region: &str, config: &Arc<Target>, ranking_window: Duration) -> Self {
         LiveTarget {
             metrics: Arc::new(TargetMetrics::new(source_region, config, None)),
             status: Mutex::new(Status::new(ranking_window, config.interval)),
@@ -127,7 +128,7 @@ impl LiveTarget {
             slots: RwLock::new(Vec::new()),
             resolution: Resolution::default(),
             ranking_window: Mutex::new(ranking_window),
-            config: config.clone(),
+            config: Arc::clone(config),
         }
     }
 
@@ -268,7 +269,7 @@ pub fn tally(live: &LiveTargets, now: Instant) -> Tally {
 mod tests {
     use super::*;
 
-    fn target(lines: &str) -> Target {
+    fn target(lines: &str) -> Arc<Target> {
         let text = format!(
             "[[target]]\nname = \"lb\"\nregion = \"eu\"\nprobe = \"icmp\"\nhost = \"lb.example.test\"\n{lines}"
         );

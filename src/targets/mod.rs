@@ -9,10 +9,12 @@
 mod capacity;
 mod collector;
 mod files;
+mod histogram;
 mod live;
 mod schedule;
 mod series;
 mod srv;
+mod text;
 
 pub use capacity::Capacity;
 pub use collector::register;
@@ -103,6 +105,18 @@ impl Supervisor {
         self.shared.resolver.reload();
     }
 
+    /// Points `config`'s targets that equal a running one at the running one's configuration,
+    /// so a reload keeps one copy of each unchanged target, not two.
+    pub fn share(&self, config: &mut Config) {
+        for target in &mut config.targets {
+            if let Some(running) = self.running.get(&target.name)
+                && running.live.config == *target
+            {
+                *target = running.live.config.clone();
+            }
+        }
+    }
+
     /// Makes the running targets match `config`.
     pub fn apply(&mut self, config: &Config) -> Diff {
         let mut diff = Diff::default();
@@ -112,14 +126,17 @@ impl Supervisor {
         let window_changed = self.ranking_window != config.ranking.window;
         self.ranking_window = config.ranking.window;
 
-        let wanted: HashMap<&str, &Target> = config
+        let wanted: HashMap<&str, &Arc<Target>> = config
             .targets
             .iter()
             .map(|t| (t.name.as_str(), t))
             .collect();
         let mut live = self.live.write().expect("live targets lock");
         self.running.retain(|name, running| {
-            let keep = !region_changed && wanted.get(name.as_str()) == Some(&&running.live.config);
+            let keep = !region_changed
+                && wanted
+                    .get(name.as_str())
+                    .is_some_and(|wanted| **wanted == running.live.config);
             if !keep {
                 live.remove(name);
                 if wanted.contains_key(name.as_str()) {
@@ -160,7 +177,16 @@ impl Supervisor {
             );
         }
         diff.added = count - diff.unchanged - diff.changed;
+        shrink(&mut self.running);
         diff
+    }
+}
+
+/// Gives back a map's room once a reload left it mostly empty (a map never shrinks on its
+/// own), so the memory of a shrinking reload can go back to the system.
+fn shrink<V>(map: &mut HashMap<String, V>) {
+    if map.capacity() > 4 * map.len() + 64 {
+        map.shrink_to(2 * map.len());
     }
 }
 
@@ -321,5 +347,51 @@ async fn all_addresses(
             }
         }
         was = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(second_host: &str) -> Config {
+        let text = format!(
+            "[exporter]\nregion = \"eu\"\n\
+             [[target]]\nname = \"a\"\nregion = \"us\"\nprobe = \"icmp\"\nhost = \"127.0.0.1\"\n\
+             [[target]]\nname = \"b\"\nregion = \"us\"\nprobe = \"icmp\"\nhost = \"{second_host}\"\n"
+        );
+        crate::config::parse("t.toml", &text, Some(Default::default())).unwrap()
+    }
+
+    /// A running target and the configuration share one copy of its settings, across reloads.
+    #[tokio::test]
+    async fn a_target_has_one_copy_of_its_configuration() {
+        let mut registry = crate::metrics::Registry::default();
+        let live = LiveTargets::default();
+        let mut supervisor = Supervisor::new(
+            Shared::default(),
+            SchedulerMetrics::register(&mut registry),
+            live.clone(),
+        );
+        let first = config("127.0.0.2");
+        supervisor.apply(&first);
+        let running = |name: &str| live.read().unwrap()[name].config.clone();
+        assert!(Arc::ptr_eq(&running("a"), &first.targets[0]));
+        drop(first);
+
+        // A reload parses the file anew: what did not change is pointed at the running copy.
+        let mut second = config("127.0.0.3");
+        assert!(!Arc::ptr_eq(&running("a"), &second.targets[0]));
+        supervisor.share(&mut second);
+        assert!(Arc::ptr_eq(&running("a"), &second.targets[0]));
+        assert!(!Arc::ptr_eq(&running("b"), &second.targets[1]), "b changed");
+        let diff = supervisor.apply(&second);
+        assert_eq!((diff.unchanged, diff.changed), (1, 1));
+        assert!(Arc::ptr_eq(&running("b"), &second.targets[1]));
+        assert_eq!(
+            Arc::strong_count(&second.targets[0]),
+            2,
+            "the configuration and the target"
+        );
     }
 }

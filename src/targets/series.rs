@@ -7,17 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 
+use super::histogram::LatencyHistogram;
 use crate::config::{ProbeKind, Target};
-use crate::metrics::{TargetLabels, latency_histogram};
+use crate::metrics::TargetLabels;
 use crate::probe::{self, Failure, Outcome, Phase, Reason, ReplicationReport};
 
 /// One target's per-phase histograms, for the phases its probe kind reports.
 #[derive(Debug)]
 pub(super) struct PhaseHistograms {
     pub(super) kind: ProbeKind,
-    pub(super) histograms: Vec<(Phase, Histogram)>,
+    pub(super) histograms: Vec<(Phase, LatencyHistogram)>,
 }
 
 impl PhaseHistograms {
@@ -30,7 +30,7 @@ impl PhaseHistograms {
             kind: target.probe.kind(),
             histograms: phases
                 .iter()
-                .map(|phase| (*phase, latency_histogram(target.buckets.iter().copied())))
+                .map(|phase| (*phase, LatencyHistogram::new(&target.buckets)))
                 .collect(),
         })
     }
@@ -40,7 +40,9 @@ impl PhaseHistograms {
 #[derive(Debug)]
 pub struct TargetMetrics {
     pub(super) labels: TargetLabels,
-    pub(super) duration: Histogram,
+    /// `labels` as the text formats write them, escaped: `source_region="..",...,probe=".."`.
+    pub(super) label_text: Box<str>,
+    pub(super) duration: LatencyHistogram,
     pub(super) probes: Counter,
     pub(super) failures: Vec<(Reason, Counter)>,
     pub(super) up: Gauge,
@@ -53,9 +55,11 @@ pub struct TargetMetrics {
     /// a handshake succeeded).
     pub(super) cert_expiry: Option<Gauge<f64, AtomicU64>>,
     /// STAMP targets: the per-direction series.
-    pub(super) stamp: Option<StampSeries>,
+    /// Boxed, as the other kinds' extras: most targets have none, and inline they would
+    /// cost every target their size.
+    pub(super) stamp: Option<Box<StampSeries>>,
     /// Database targets with `replication`: the last report read (none until one was).
-    pub(super) replication: Option<Mutex<Option<ReplicationReport>>>,
+    pub(super) replication: Option<Box<Mutex<Option<ReplicationReport>>>>,
 }
 
 /// The `direction` label of the STAMP series, indexed as [`probe::FORWARD`] and
@@ -72,9 +76,9 @@ pub(super) struct StampSeries {
     pub(super) late: Counter,
     pub(super) invalid: Counter,
     /// Absolute IPDV of consecutive packets (RFC 5481).
-    pub(super) ipdv: [Histogram; 2],
+    pub(super) ipdv: [LatencyHistogram; 2],
     /// Only observed, and only exported, while both ends claim synchronised clocks.
-    pub(super) one_way: [Histogram; 2],
+    pub(super) one_way: [LatencyHistogram; 2],
     pub(super) one_way_observed: [AtomicBool; 2],
     /// Sender's and reflector's error estimates; NaN (not exported) without both claims.
     pub(super) clock_error: [Gauge<f64, AtomicU64>; 2],
@@ -85,7 +89,7 @@ pub(super) struct StampSeries {
 
 impl StampSeries {
     fn new(buckets: &[f64]) -> Self {
-        let histogram = || latency_histogram(buckets.iter().copied());
+        let histogram = || LatencyHistogram::new(buckets);
         let nan = || {
             let gauge = Gauge::<f64, AtomicU64>::default();
             gauge.set(f64::NAN);
@@ -142,15 +146,17 @@ impl TargetMetrics {
         address: Option<(&'static str, String)>,
     ) -> Self {
         let kind = target.probe.kind();
+        let labels = TargetLabels {
+            source_region: source_region.to_owned(),
+            target_region: target.region.clone(),
+            target: target.name.clone(),
+            probe: kind.as_str(),
+            address,
+        };
         TargetMetrics {
-            labels: TargetLabels {
-                source_region: source_region.to_owned(),
-                target_region: target.region.clone(),
-                target: target.name.clone(),
-                probe: kind.as_str(),
-                address,
-            },
-            duration: latency_histogram(target.buckets.iter().copied()),
+            label_text: labels.escaped(),
+            labels,
+            duration: LatencyHistogram::new(&target.buckets),
             probes: Counter::default(),
             failures: probe::reasons(kind)
                 .iter()
@@ -164,8 +170,11 @@ impl TargetMetrics {
                 gauge.set(f64::NAN);
                 gauge
             }),
-            stamp: (kind == ProbeKind::Stamp).then(|| StampSeries::new(&target.buckets)),
-            replication: target.probe.replication().map(|_| Mutex::new(None)),
+            stamp: (kind == ProbeKind::Stamp).then(|| Box::new(StampSeries::new(&target.buckets))),
+            replication: target
+                .probe
+                .replication()
+                .map(|_| Box::new(Mutex::new(None))),
         }
     }
 
@@ -231,5 +240,17 @@ impl TargetMetrics {
                 self.up.set(0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every target carries these inline; the extras of other kinds are boxed (docs/scale.md).
+    #[test]
+    fn a_targets_series_stay_small() {
+        let size = std::mem::size_of::<TargetMetrics>();
+        assert!(size <= 400, "TargetMetrics is {size} bytes");
     }
 }

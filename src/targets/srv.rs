@@ -39,7 +39,7 @@ struct Entry {
     task: JoinHandle<()>,
     /// The last good records, to re-check names against the other targets at every poll.
     last: Vec<(String, u16)>,
-    good: Vec<Target>,
+    good: Vec<Arc<Target>>,
     /// Until when `good` outlives failed lookups: the last good answer's TTL plus
     /// `keep_last_good`.
     good_until: Option<Instant>,
@@ -163,7 +163,10 @@ impl Entry {
                     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
                     tracing::info!(srv = %self.srv.name, targets = ?names, "SRV targets changed");
                 }
-                self.good = targets;
+                if changed {
+                    // Unchanged: the running targets keep sharing the same copies.
+                    self.good = targets;
+                }
                 self.valid = true;
                 self.problem = None;
                 changed
