@@ -59,7 +59,10 @@ SMOKEPING=/usr/bin/prometheus-smokeping-prober
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 WAN="$ROOT/target/release/wan"
-STOPPABLE=("$REGIONPROBE " "$SMOKEPING " "$WAN " "ping " "python3 -c" "tcpdump ")
+# The interpreter as /proc/PID/cmdline shows it (pyenv and venvs exec a resolved path): the hammer
+# clients must match a STOPPABLE prefix to be stopped at the end of their run.
+PYTHON=$(python3 -c 'import sys; print(sys.executable)')
+STOPPABLE=("$REGIONPROBE " "$SMOKEPING " "$WAN " "ping " "$PYTHON -c" "python3 -c" "tcpdump ")
 
 DURATION=${DURATION:-600}
 WARMUP=${WARMUP:-5}
@@ -206,7 +209,7 @@ run_one() {
     wait_http_a "$sp" "$sp_port" smokeping_prober
     if [[ $load == hammer ]]; then
         for ((c = 0; c < HAMMER_CLIENTS; c++)); do
-            ip netns exec "$NS_A" python3 -c '
+            ip netns exec "$NS_A" "$PYTHON" -c '
 import sys, urllib.request
 port = sys.argv[1]
 while True:

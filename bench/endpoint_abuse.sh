@@ -27,7 +27,8 @@ set -euo pipefail
 BENCH=endpoint_abuse
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-STOPPABLE=("$REGIONPROBE " "wrk " "python3 " "prlimit ")
+PYTHON=$(python3 -c 'import sys; print(sys.executable)')   # as /proc/PID/cmdline shows it
+STOPPABLE=("$REGIONPROBE " "wrk " "$PYTHON " "python3 " "prlimit ")
 
 PARTS=${PARTS:-"rtt readers nofile login"}
 N_RTT=${N_RTT:-500}
