@@ -63,6 +63,22 @@ fn ping_to(path: &Path, count: u32, interval: &str, dest: &str) -> Vec<f64> {
         .collect()
 }
 
+/// Round trips of a path whose two one-way delays add up to `ms`: none is shorter (a packet is
+/// never early), and the median is within a millisecond of it (the emulator's and the kernel's
+/// own time is well under that on an idle machine). Single round trips may be later: on a
+/// loaded CI machine the emulator's writer, at normal priority here, waits for a CPU at times
+/// (3 ms seen once), which says nothing about the delay it applies.
+fn assert_delayed(rtts: &[f64], ms: f64) {
+    let mut sorted = rtts.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    assert!(sorted[0] >= ms, "a round trip under {ms} ms: {rtts:?}");
+    let median = sorted[sorted.len() / 2];
+    assert!(
+        median < ms + 1.0,
+        "median round trip {median} ms, not {ms} ms: {rtts:?}"
+    );
+}
+
 fn b_addr() -> IpAddr {
     "10.77.0.2".parse().unwrap()
 }
@@ -87,14 +103,8 @@ fn each_direction_is_delayed_by_its_own_setting() {
     let path = path("wd", ab, ba, 1);
     let rtts = ping(&path, 10, "0.1");
     assert_eq!(rtts.len(), 10, "no loss was asked for: {rtts:?}");
-    // 10 ms + 20 ms, plus the emulator's and the kernel's own time (well under a millisecond
-    // on an idle machine; a loaded CI machine gets some slack).
-    for rtt in &rtts {
-        assert!(
-            (30.0..33.0).contains(rtt),
-            "round trip {rtt} ms, not 30 ms: {rtts:?}"
-        );
-    }
+    // 10 ms + 20 ms, plus the emulator's and the kernel's own time.
+    assert_delayed(&rtts, 30.0);
     let stats = path.wan.stats();
     assert_eq!(stats.seen_ab.get(&b_addr()), Some(&10));
     assert_eq!(stats.seen_ba.get(&b_addr()), Some(&10));
@@ -162,12 +172,8 @@ fn an_address_with_a_path_of_its_own_takes_it_and_the_others_the_default() {
     let default_rtts = ping_to(&path, 5, "0.1", "10.77.0.2");
     let special_rtts = ping_to(&path, 5, "0.1", "10.77.0.3");
     assert_eq!((default_rtts.len(), special_rtts.len()), (5, 5));
-    for rtt in &default_rtts {
-        assert!((10.0..13.0).contains(rtt), "default path: {default_rtts:?}");
-    }
-    for rtt in &special_rtts {
-        assert!((30.0..33.0).contains(rtt), "own path: {special_rtts:?}");
-    }
+    assert_delayed(&default_rtts, 10.0);
+    assert_delayed(&special_rtts, 30.0);
     let stats = path.wan.stats();
     assert_eq!(stats.seen_ab.get(&special), Some(&5));
     assert_eq!(stats.seen_ab.get(&b_addr()), Some(&5));
