@@ -583,6 +583,15 @@ pub fn panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
     out
 }
 
+/// A port free right now on 127.0.0.1 (for servers that cannot report a port they bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 //! - [`Postgres::tls`], [`Mariadb::tls`], [`Redis::tls`]: certificates from the test kit's
 //!   throwaway [`crate::peers::Pki`].
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::black_box::TempDir;
+use crate::black_box::{TempDir, free_port};
 use crate::services::Daemon;
 
 /// The password of every test server's privileged user.
@@ -48,15 +48,6 @@ pub fn available() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A port free right now on 127.0.0.1 (servers that cannot report a port they bound).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {

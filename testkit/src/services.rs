@@ -324,7 +324,7 @@ impl Prometheus {
 /// its `/health` answers. Both answer Prometheus' HTTP API (victoria-metrics the queries,
 /// vmalert `/api/v1/rules` and `/api/v1/alerts`), so each is a [`Prometheus`] to the tests.
 pub fn start_victoria(name: &str, binary: &Path, flags: &[String]) -> Prometheus {
-    let addr = SocketAddr::from(([127, 0, 0, 1], crate::databases::free_port()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], crate::black_box::free_port()));
     let mut daemon = Daemon::spawn(
         name,
         Command::new(binary)
