@@ -425,7 +425,7 @@ fn http_config(lines: &str) -> HttpConfig {
         .targets
         .remove(0);
     match std::sync::Arc::unwrap_or_clone(target).probe {
-        ProbeConfig::Http(http) => http,
+        ProbeConfig::Http(http) => *http,
         other => panic!("{other:?}"),
     }
 }

@@ -252,7 +252,7 @@ fn database(
                 .into(),
         ));
     }
-    Ok(ProbeConfig::Db(DbConfig {
+    Ok(ProbeConfig::Db(Box::new(DbConfig {
         kind,
         host,
         port,
@@ -266,7 +266,7 @@ fn database(
         keepalive: raw.keepalive.unwrap_or(false),
         tls,
         replication,
-    }))
+    })))
 }
 
 fn icmp(
@@ -434,7 +434,7 @@ fn http(
             ));
         }
     };
-    Ok(ProbeConfig::Http(HttpConfig {
+    Ok(ProbeConfig::Http(Box::new(HttpConfig {
         url,
         method,
         headers,
@@ -449,7 +449,7 @@ fn http(
         tls,
         ip_version,
         auth,
-    }))
+    })))
 }
 
 /// The URL without its `user:password@`, and those credentials, percent-decoded. Requests go
@@ -714,7 +714,7 @@ fn dns(key: &dyn Fn(&str) -> String, raw: RawTarget) -> Result<ProbeConfig, Inva
             })
             .collect::<Result<_, _>>()?,
     };
-    Ok(ProbeConfig::Dns(DnsConfig {
+    Ok(ProbeConfig::Dns(Box::new(DnsConfig {
         server,
         query,
         record_type,
@@ -723,7 +723,7 @@ fn dns(key: &dyn Fn(&str) -> String, raw: RawTarget) -> Result<ProbeConfig, Inva
         valid_rcodes,
         min_answers: raw.min_answers.unwrap_or(0),
         answer_regex: pattern(&key("answer_regex"), raw.answer_regex)?,
-    }))
+    })))
 }
 
 /// `ip`, `ip:port`, `[v6]:port`; port 53 by default. A name is refused: a DNS probe that needs
@@ -898,7 +898,7 @@ mod tests {
 
     fn dns_target(raw: RawTarget) -> Result<DnsConfig, Invalid> {
         match probe(0, ProbeKind::Dns, raw, IpVersion::Any)? {
-            ProbeConfig::Dns(config) => Ok(config),
+            ProbeConfig::Dns(config) => Ok(*config),
             other => panic!("not a dns config: {other:?}"),
         }
     }

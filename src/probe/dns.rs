@@ -235,7 +235,7 @@ mod tests {
         let config = crate::config::parse("test.toml", &text, Some(HashMap::new()))
             .unwrap_or_else(|err| panic!("{err}"));
         match &config.targets[0].probe {
-            ProbeConfig::Dns(dns) => dns.clone(),
+            ProbeConfig::Dns(dns) => (**dns).clone(),
             other => panic!("not a dns target: {other:?}"),
         }
     }
