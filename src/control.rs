@@ -135,7 +135,9 @@ impl Control {
                         self.renderings.invalidate();
                     }
                     let now = Instant::now();
-                    let snapshot = self.ranker.rank(targets::tally(&self.live, now), now);
+                    let snapshot = self
+                        .ranker
+                        .rank(targets::tally(&self.live, self.ranker.quantile(), now), now);
                     *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
                     if now >= trim_at {
                         release_free_memory();

@@ -83,8 +83,8 @@ pub async fn run(
     drop(supervisor);
     progress.finish();
     let now = Instant::now();
-    let snapshot =
-        Ranker::new(&config.exporter.region, &config.ranking).rank(tally(&live, now), now);
+    let mut ranker = Ranker::new(&config.exporter.region, &config.ranking);
+    let snapshot = ranker.rank(tally(&live, ranker.quantile(), now), now);
     Report {
         config,
         snapshot,

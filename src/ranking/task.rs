@@ -83,6 +83,11 @@ impl Ranker {
         }
     }
 
+    /// The quantile a [`Tally`] for [`Ranker::rank`] scores its targets at.
+    pub fn quantile(&self) -> f64 {
+        self.params.quantile
+    }
+
     /// Ranks the targets' windows as tallied at `now` and updates the failover choice.
     pub fn rank(&mut self, tally: Tally, now: Instant) -> Snapshot {
         let ranking = tally.rank(&self.params, &self.source_region);

@@ -227,11 +227,11 @@ impl LiveTarget {
     }
 }
 
-/// Every live target's window, by region, for the ranking at `now`. The addresses of an
-/// `addresses = "all"` target count as one target whose samples are all of theirs: it is down
-/// when every address is, degraded when some are.
-pub fn tally(live: &LiveTargets, now: Instant) -> Tally {
-    let mut tally = Tally::new();
+/// Every live target's window, by region, for the ranking at `now` (scored at `quantile`). The
+/// addresses of an `addresses = "all"` target count as one target whose samples are all of theirs:
+/// it is down when every address is, degraded when some are.
+pub fn tally(live: &LiveTargets, quantile: f64, now: Instant) -> Tally {
+    let mut tally = Tally::new(quantile);
     for target in live.read().expect("live targets lock").values() {
         let config = &target.config;
         let slots = target.slots();
