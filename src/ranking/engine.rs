@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The most samples a window keeps, whatever its window and interval: 60 KB per target. A
+/// The most samples a window keeps, whatever its window and interval: 50 KB per target. A
 /// 5m window at an interval under 30 ms therefore covers only the last 10,000 probes.
 pub const MAX_SAMPLES: usize = 10_000;
 
@@ -56,11 +56,40 @@ const FAILED: u32 = u32::MAX;
 const LOCAL: u32 = u32::MAX - 1;
 /// The largest latency a sample holds, microseconds (~71 minutes).
 const MAX_LATENCY: u32 = u32::MAX - 2;
+/// A sample's latency, in 3 bytes: [`pack`], [`unpack`].
+type Packed = [u8; 3];
+/// Latencies below this many microseconds (8.39 s) are held to the microsecond; longer ones in
+/// steps of 1,024 us.
+const EXACT_BELOW: u32 = 1 << 23;
+const PACKED_FAILED: u32 = 0xFF_FFFF;
+const PACKED_LOCAL: u32 = 0xFF_FFFE;
+
+/// A latency (microseconds, up to [`MAX_LATENCY`]), [`FAILED`] or [`LOCAL`] in 3 bytes: a
+/// window holds 301 samples per target (10,000 targets: 3 MB less than in 4 bytes).
+fn pack(latency: u32) -> Packed {
+    let code = match latency {
+        FAILED => PACKED_FAILED,
+        LOCAL => PACKED_LOCAL,
+        us if us < EXACT_BELOW => us,
+        us => EXACT_BELOW + (us.min(MAX_LATENCY) - EXACT_BELOW) / 1024,
+    };
+    let [a, b, c, _] = code.to_le_bytes();
+    [a, b, c]
+}
+
+fn unpack([a, b, c]: Packed) -> u32 {
+    match u32::from_le_bytes([a, b, c, 0]) {
+        PACKED_FAILED => FAILED,
+        PACKED_LOCAL => LOCAL,
+        code if code < EXACT_BELOW => code,
+        code => EXACT_BELOW + (code - EXACT_BELOW) * 1024,
+    }
+}
 /// Marks a gap in [`Window::gaps`] too long for 16 bits: it is the next of
 /// [`Window::long_gaps`].
 const LONG_GAP: u16 = u16::MAX;
 
-/// One target's recent probe results, oldest first: 6 bytes a sample (its latency, and its
+/// One target's recent probe results, oldest first: 5 bytes a sample (its latency, and its
 /// time as the milliseconds since the sample before), in rings allocated once.
 #[derive(Clone, Debug)]
 pub struct Window {
@@ -72,8 +101,8 @@ pub struct Window {
     front_at: u32,
     /// The offset of the newest sample held.
     back_at: u32,
-    /// Microseconds, or [`FAILED`] or [`LOCAL`].
-    latencies: VecDeque<u32>,
+    /// Microseconds, or [`FAILED`] or [`LOCAL`], [`pack`]ed.
+    latencies: VecDeque<Packed>,
     /// Milliseconds since the sample before, or [`LONG_GAP`]; the oldest sample's is 0.
     gaps: VecDeque<u16>,
     /// The gaps of 65.535 s or more, in order (rare: only past stalls or long intervals).
@@ -160,7 +189,7 @@ impl Window {
             }
             self.back_at = at;
         }
-        self.latencies.push_back(latency);
+        self.latencies.push_back(pack(latency));
     }
 
     /// Drops the oldest sample; the next one's time becomes the front's.
@@ -203,7 +232,7 @@ impl Window {
                         u32::from(*gap)
                     };
                 }
-                (at, *latency)
+                (at, unpack(*latency))
             })
     }
 
@@ -240,12 +269,12 @@ impl Window {
         let mut recent = self
             .live(now)
             .rev()
-            .filter(|latency| **latency != LOCAL)
+            .filter(|latency| *latency != LOCAL)
             .take(down_after.max(1));
         let mut seen = 0;
         for latency in recent.by_ref() {
             seen += 1;
-            if *latency != FAILED {
+            if latency != FAILED {
                 return Some(false);
             }
         }
@@ -256,12 +285,14 @@ impl Window {
     pub fn failing_locally(&self, now: Instant) -> bool {
         self.live(now)
             .next_back()
-            .is_some_and(|latency| *latency == LOCAL)
+            .is_some_and(|latency| latency == LOCAL)
     }
 
     /// The latencies of the samples younger than a window at `now`.
-    fn live(&self, now: Instant) -> impl DoubleEndedIterator<Item = &u32> {
-        self.latencies.range(self.expired(now)..)
+    fn live(&self, now: Instant) -> impl DoubleEndedIterator<Item = u32> + '_ {
+        self.latencies
+            .range(self.expired(now)..)
+            .map(|packed| unpack(*packed))
     }
 
     /// `at` in milliseconds since the epoch. Past `u32::MAX` ms (~49.7 days) the epoch moves
@@ -394,7 +425,7 @@ impl Tally {
         self.scratch.clear();
         let mut failures = 0;
         for latency in windows.iter().flat_map(|w| w.live(now)) {
-            match *latency {
+            match latency {
                 FAILED => failures += 1,
                 LOCAL => {}
                 latency => {
@@ -1088,6 +1119,36 @@ mod tests {
             window.samples(start + Duration::from_secs(12)).count(),
             1,
             "the first expired"
+        );
+    }
+
+    #[test]
+    fn samples_keep_their_microsecond_below_8_s_and_their_millisecond_above() {
+        for us in (0..EXACT_BELOW).step_by(997).chain([EXACT_BELOW - 1]) {
+            assert_eq!(unpack(pack(us)), us);
+        }
+        for us in (EXACT_BELOW..=MAX_LATENCY)
+            .step_by(1_234_567)
+            .chain([MAX_LATENCY])
+        {
+            let back = unpack(pack(us));
+            assert!(back <= us && us - back < 1024, "{us} -> {back}");
+        }
+        assert_eq!(unpack(pack(FAILED)), FAILED);
+        assert_eq!(unpack(pack(LOCAL)), LOCAL);
+        let now = Instant::now();
+        let mut window = Window::new(Duration::from_secs(60), Duration::from_secs(1));
+        window.record(now, Some(Duration::from_micros(8_388_607)));
+        window.record(now, Some(Duration::from_micros(3_600_001_000)));
+        window.record(now, None);
+        let held: Vec<_> = window.samples(now).map(|(_, latency)| latency).collect();
+        assert_eq!(
+            held,
+            [
+                Some(Duration::from_micros(8_388_607)),
+                Some(Duration::from_secs(3_600)),
+                None
+            ]
         );
     }
 
