@@ -170,7 +170,10 @@ impl Supervisor {
             // Spawned apart, not behind one `match` in one task: that task's future would be
             // as large as the larger of the two, for every target.
             let task = match target.addresses {
-                Addresses::First => tokio::spawn(first_address(ticker, live, shared, region)),
+                Addresses::First => {
+                    let probe = Probe::new(&target.probe, &shared, &region);
+                    tokio::spawn(first_address(ticker, live, probe))
+                }
                 Addresses::All { max, .. } => {
                     tokio::spawn(all_addresses(ticker, live, shared, max, region))
                 }
@@ -212,9 +215,11 @@ async fn bounded(probe: &mut Probe, limit: Duration) -> Result<crate::probe::Out
 
 /// One target, forever: probe on schedule, bounded by the timeout, record, log state changes.
 /// `addresses = "first"`: the probe resolves its host itself and probes the first address.
-async fn first_address(mut ticker: Ticker, live: Arc<LiveTarget>, shared: Shared, region: String) {
+///
+/// The probe is made by the caller: its task then holds neither the shared state nor the
+/// region it was made from, for the whole life of the target.
+async fn first_address(mut ticker: Ticker, live: Arc<LiveTarget>, mut probe: Probe) {
     let target = &live.config;
-    let mut probe = Probe::new(&target.probe, &shared, &region);
     let mut was_up: Option<bool> = None;
     loop {
         ticker.tick().await;
