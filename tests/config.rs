@@ -354,7 +354,7 @@ fn per_target_settings_override_defaults() {
         500,
         "inherited timeout shrinks to the interval"
     );
-    assert_eq!(a.buckets, vec![0.001, 0.01]);
+    assert_eq!(*a.buckets, [0.001, 0.01]);
     match &a.probe {
         ProbeConfig::Tcp(tcp) => {
             assert_eq!(
@@ -365,7 +365,7 @@ fn per_target_settings_override_defaults() {
         other => panic!("{other:?}"),
     }
     assert_eq!((b.interval.as_secs(), b.timeout.as_millis()), (2, 100));
-    assert_eq!(b.buckets, vec![0.5]);
+    assert_eq!(*b.buckets, [0.5]);
     assert!(matches!(&b.probe, ProbeConfig::Icmp(icmp) if icmp.payload_size == 1000));
 }
 

@@ -278,7 +278,7 @@ mod tests {
             defaults: TargetDefaults {
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_secs(1),
-                buckets: vec![0.1, 1.0],
+                buckets: [0.1, 1.0].into(),
                 down_after: 3,
                 clock_sync_error: None,
             },

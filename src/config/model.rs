@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::web::Web;
@@ -71,7 +72,8 @@ pub struct TargetSrv {
 pub struct TargetDefaults {
     pub interval: Duration,
     pub timeout: Duration,
-    pub buckets: Vec<f64>,
+    /// Shared with every target that does not set its own (one copy, not one per target).
+    pub buckets: Arc<[f64]>,
     pub down_after: usize,
     /// `[exporter] clock_sync_error`: what STAMP targets claim of this sidecar's clock.
     pub clock_sync_error: Option<Duration>,
@@ -160,8 +162,9 @@ pub struct Target {
     pub region: String,
     pub interval: Duration,
     pub timeout: Duration,
-    /// Upper bounds of the latency histogram, strictly increasing, seconds.
-    pub buckets: Vec<f64>,
+    /// Upper bounds of the latency histogram, strictly increasing, seconds; shared with the
+    /// defaults' when the target sets none.
+    pub buckets: Arc<[f64]>,
     /// Failed probes in a row after which the target is down (`[ranking] down_after` unless
     /// the target sets its own).
     pub down_after: usize,

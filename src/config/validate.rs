@@ -73,8 +73,8 @@ pub(super) fn validate(raw: RawFile) -> Result<Config, Invalid> {
         None => DEFAULT_TIMEOUT.min(interval),
     };
     let buckets = match raw.defaults.buckets {
-        Some(buckets) => check_buckets("defaults.buckets", buckets)?,
-        None => DEFAULT_BUCKETS.to_vec(),
+        Some(buckets) => check_buckets("defaults.buckets", buckets)?.into(),
+        None => DEFAULT_BUCKETS.into(),
     };
     let builtin = RankingParams::default();
     let ranking = RankingParams {
@@ -431,7 +431,7 @@ pub(super) fn target(
         None => defaults.timeout.min(interval),
     };
     let buckets = match raw.buckets.take() {
-        Some(buckets) => check_buckets(&key("buckets"), buckets)?,
+        Some(buckets) => check_buckets(&key("buckets"), buckets)?.into(),
         None => defaults.buckets.clone(),
     };
     let down_after = match raw.down_after.take() {
@@ -583,7 +583,7 @@ mod tests {
         let defaults = Defaults {
             interval: DEFAULT_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
-            buckets: DEFAULT_BUCKETS.to_vec(),
+            buckets: DEFAULT_BUCKETS.into(),
             down_after: 3,
             clock_sync_error: None,
         };
