@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The most samples a window keeps, whatever its window and interval: 50 KB per target. A
+/// The most samples a window keeps, whatever its window and interval: 40 KB per target. A
 /// 5m window at an interval under 30 ms therefore covers only the last 10,000 probes.
 pub const MAX_SAMPLES: usize = 10_000;
 
@@ -85,16 +85,20 @@ fn unpack([a, b, c]: Packed) -> u32 {
         code => EXACT_BELOW + (code - EXACT_BELOW) * 1024,
     }
 }
-/// Marks a gap in [`Window::gaps`] too long for 16 bits: it is the next of
-/// [`Window::long_gaps`].
-const LONG_GAP: u16 = u16::MAX;
+/// Marks a gap in [`Window::gaps`] more than 128 ms under or 126 ms over the interval (a
+/// skipped tick, a stall): it is the next of [`Window::long_gaps`].
+const ODD_GAP: u8 = u8::MAX;
 
-/// One target's recent probe results, oldest first: 5 bytes a sample (its latency, and its
-/// time as the milliseconds since the sample before), in rings allocated once.
+/// One target's recent probe results, oldest first: 4 bytes a sample (its latency in 3, and
+/// its time as the milliseconds since the sample before, relative to the interval, in 1), in
+/// rings allocated once.
 #[derive(Clone, Debug)]
 pub struct Window {
     window: Duration,
-    capacity: usize,
+    /// At most [`MAX_SAMPLES`].
+    capacity: u16,
+    /// The target's interval, milliseconds: the gap most samples have.
+    interval_ms: u32,
     /// Set by the first sample; sample times are offsets from it, in milliseconds.
     epoch: Option<Instant>,
     /// The offset of the oldest sample held.
@@ -103,9 +107,11 @@ pub struct Window {
     back_at: u32,
     /// Microseconds, or [`FAILED`] or [`LOCAL`], [`pack`]ed.
     latencies: VecDeque<Packed>,
-    /// Milliseconds since the sample before, or [`LONG_GAP`]; the oldest sample's is 0.
-    gaps: VecDeque<u16>,
-    /// The gaps of 65.535 s or more, in order (rare: only past stalls or long intervals).
+    /// Milliseconds since the sample before, as its difference from the interval plus 128, or
+    /// [`ODD_GAP`]; the oldest sample's is meaningless. Samples are timed at their tick, so a
+    /// gap is the interval give or take the scheduler's lag (milliseconds).
+    gaps: VecDeque<u8>,
+    /// The gaps the byte cannot hold, in order, exact (rare: skipped ticks, stalls).
     long_gaps: VecDeque<u32>,
 }
 
@@ -120,7 +126,8 @@ impl Window {
             .min(MAX_SAMPLES);
         Window {
             window,
-            capacity,
+            capacity: u16::try_from(capacity).expect("MAX_SAMPLES fits 16 bits"),
+            interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
             epoch: None,
             front_at: 0,
             back_at: 0,
@@ -132,7 +139,7 @@ impl Window {
 
     /// The most samples this window holds.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        usize::from(self.capacity)
     }
 
     /// Samples held, including any that expired since the last [`Window::record`].
@@ -145,8 +152,8 @@ impl Window {
         self.latencies.is_empty()
     }
 
-    /// Records a probe at `at`: its latency, or `None` if the destination did not answer.
-    /// One target's probes are sequential, so `at` should not go backwards; if it does, the
+    /// Records a probe at `at` (when it started: its tick): its latency, or `None` if the
+    /// destination did not answer. One target's probes are sequential, so `at` should not go backwards; if it does, the
     /// sample is filed at the latest time already held.
     pub fn record(&mut self, at: Instant, latency: Option<Duration>) {
         let latency = match latency {
@@ -171,7 +178,7 @@ impl Window {
             true => offset,
             false => offset.max(self.back_at),
         };
-        if self.latencies.len() >= self.capacity {
+        if self.latencies.len() >= self.capacity() {
             self.pop_front();
         }
         if self.latencies.is_empty() {
@@ -180,10 +187,10 @@ impl Window {
             self.gaps.push_back(0);
         } else {
             let gap = at - self.back_at;
-            match u16::try_from(gap) {
-                Ok(gap) if gap != LONG_GAP => self.gaps.push_back(gap),
+            match u8::try_from(i64::from(gap) - i64::from(self.interval_ms) + 128) {
+                Ok(code) if code != ODD_GAP => self.gaps.push_back(code),
                 _ => {
-                    self.gaps.push_back(LONG_GAP);
+                    self.gaps.push_back(ODD_GAP);
                     self.long_gaps.push_back(gap);
                 }
             }
@@ -199,14 +206,20 @@ impl Window {
         let Some(gap) = self.gaps.front_mut() else {
             return;
         };
-        let gap = std::mem::replace(gap, 0);
-        self.front_at += if gap == LONG_GAP {
+        let code = std::mem::replace(gap, 0);
+        self.front_at += if code == ODD_GAP {
             self.long_gaps
                 .pop_front()
                 .expect("a long gap for each marker")
         } else {
-            u32::from(gap)
+            self.gap(code)
         };
+    }
+
+    /// The milliseconds gap `code` (not [`ODD_GAP`]) stands for.
+    fn gap(&self, code: u8) -> u32 {
+        u32::try_from(i64::from(self.interval_ms) + i64::from(code) - 128)
+            .expect("encoded from a gap of 0 or more")
     }
 
     /// Drops the samples that are a whole window old at `now`.
@@ -226,10 +239,10 @@ impl Window {
             .enumerate()
             .map(move |(i, (gap, latency))| {
                 if i > 0 {
-                    at += if *gap == LONG_GAP {
+                    at += if *gap == ODD_GAP {
                         *long.next().expect("a long gap for each marker")
                     } else {
-                        u32::from(*gap)
+                        self.gap(*gap)
                     };
                 }
                 (at, unpack(*latency))
@@ -1374,7 +1387,8 @@ mod tests {
             assert!(window.len() <= 301);
         }
         assert_eq!(allocated(&window), (301, 301));
-        assert!(window.long_gaps.is_empty());
+        // 1 ms apart where the interval is 1 s: every gap is odd, held exactly aside.
+        assert_eq!(window.long_gaps.len(), 300);
         let now = start + Duration::from_millis(100_000);
         let mut tally = Tally::new(Params::default().quantile);
         tally.add("eu", "eu", &window, now, 3, None);
@@ -1384,7 +1398,39 @@ mod tests {
         assert!((p50 - 99.849).abs() <= 99.849 * 0.002, "{p50}");
     }
 
-    /// Gaps too long for 16 bits (a stall, a long interval) keep their exact length.
+    /// Gaps near the interval take one byte; every sample keeps its exact time.
+    #[test]
+    fn gaps_near_the_interval_take_one_byte_and_keep_their_time() {
+        let mut window = Window::new(Duration::from_secs(300), SECOND);
+        let start = Instant::now();
+        let mut at = start;
+        let mut times = vec![at];
+        window.record(at, ms(1));
+        // The scheduler's lag moves ticks by a few ms; one byte holds 128 ms under to 126 over.
+        for gap in [1000, 1003, 997, 1126, 872, 1000, 1125, 873, 1000] {
+            at += Duration::from_millis(gap);
+            times.push(at);
+            window.record(at, ms(1));
+        }
+        assert!(window.long_gaps.is_empty(), "{:?}", window.long_gaps);
+        for gap in [1127, 871, 2000, 0] {
+            at += Duration::from_millis(gap);
+            times.push(at);
+            window.record(at, ms(1));
+        }
+        assert_eq!(window.long_gaps, [1127, 871, 2000, 0]);
+        let ages: Vec<Duration> = window.samples(at).map(|(age, _)| age).collect();
+        let expected: Vec<Duration> = times.iter().map(|t| at - *t).collect();
+        assert_eq!(ages, expected);
+        // Popping odd gaps from the front keeps the rest in step.
+        window.expire(times[11] + Duration::from_secs(300));
+        assert_eq!(window.len(), 2);
+        assert_eq!(window.long_gaps, [0]);
+        let ages: Vec<Duration> = window.samples(at).map(|(age, _)| age).collect();
+        assert_eq!(ages, expected[12..].to_vec());
+    }
+
+    /// Gaps far off the interval (a stall, a skipped tick) keep their exact length.
     #[test]
     fn long_gaps_keep_their_time() {
         let hour = Duration::from_secs(3600);
@@ -1398,7 +1444,7 @@ mod tests {
             times.push(at);
             window.record(at, ms(i as u64 + 1));
         }
-        assert_eq!(window.long_gaps.len(), 3);
+        assert_eq!(window.long_gaps.len(), 6, "none is near the 10 s interval");
         let now = *times.last().unwrap();
         let ages: Vec<Duration> = window.samples(now).map(|(age, _)| age).collect();
         let expected: Vec<Duration> = times.iter().map(|t| now - *t).collect();
@@ -1420,7 +1466,7 @@ mod tests {
         }
         window.expire(times[3] + hour);
         assert_eq!(window.len(), 3);
-        assert_eq!(window.long_gaps.len(), 1);
+        assert_eq!(window.long_gaps.len(), 2);
         let ages: Vec<Duration> = window.samples(now).map(|(age, _)| age).collect();
         assert_eq!(ages, expected[4..].to_vec());
     }

@@ -17,16 +17,17 @@ use crate::probe;
 /// buffers (10.3-10.6 MiB measured with 100 ICMP targets, docs/scale.md).
 const BASE_BYTES: u64 = 10 * 1024 * 1024;
 
-/// Resident memory per ICMP target, as measured at 10,000 targets at 1 s (78 MiB on a loaded
-/// machine where the build before the cuts of docs/scale.md measured 110 MiB): the task, its
-/// series, its ranking window (6 bytes a sample), one copy of its configuration and its share
-/// of the compressed rendering.
-const ICMP_TARGET_BYTES: u64 = 7_000;
+/// Resident memory per ICMP target at 1 s once its 5-minute window has filled, as measured at
+/// 10,000 targets (62-63 MiB in a network namespace without scrapes, docs/scale.md "Fourth
+/// round"; RSS grows by ~3 MiB over the first 5 minutes as the windows' rings are written):
+/// the task, its series, its ranking window (4 bytes a sample), one copy of its configuration,
+/// and a margin for its share of the compressed rendering.
+const ICMP_TARGET_BYTES: u64 = 5_800;
 
 /// Per HTTP, TCP or DNS target: the same, plus the connection's buffers during a probe and,
 /// for HTTP, five phase histograms. Not re-measured since the task-size cut: rough.
 fn target_bytes(target: &Target) -> u64 {
-    let window = 6 * window_samples(target);
+    let window = 4 * window_samples(target);
     let histograms = (1 + probe::phases(&target.probe).len() as u64) * 600;
     match target.probe.kind() {
         ProbeKind::Icmp => ICMP_TARGET_BYTES,

@@ -548,9 +548,9 @@ mod tests {
             phases.add(Phase::Connect, Duration::from_micros(300));
             phases.add(Phase::Processing, Duration::from_millis(7));
             let record = |result: Result<Outcome, Failure>| {
-                t.record(&result);
+                t.record(tokio::time::Instant::now(), &result);
                 for slot in t.slots() {
-                    slot.record(&result);
+                    slot.record(tokio::time::Instant::now(), &result);
                 }
             };
             for n in 0..(20 + 7 * i as u64) {

@@ -58,9 +58,13 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn record(&self, result: &Result<Outcome, Failure>) {
+    /// Records one probe, started at `started` (its tick).
+    pub fn record(&self, started: Instant, result: &Result<Outcome, Failure>) {
         self.metrics.record(result);
-        self.status.lock().expect("status lock").record(result);
+        self.status
+            .lock()
+            .expect("status lock")
+            .record(started, result);
     }
 
     pub fn with_status<T>(&self, read: impl FnOnce(&Status) -> T) -> T {
@@ -88,15 +92,15 @@ impl Status {
         }
     }
 
-    fn record(&mut self, result: &Result<Outcome, Failure>) {
+    fn record(&mut self, started: Instant, result: &Result<Outcome, Failure>) {
         let now = SystemTime::now();
         let latency = result.as_ref().ok().map(|outcome| outcome.latency);
         match result {
             // Our own failure (no socket, no file descriptor): not the destination's loss.
             Err(failure) if failure.reason.is_local() => {
-                self.window.record_local_failure(Instant::now());
+                self.window.record_local_failure(started);
             }
-            _ => self.window.record(Instant::now(), latency),
+            _ => self.window.record(started, latency),
         }
         match result {
             Ok(_) => self.last_success = Some(now),
@@ -132,10 +136,15 @@ impl LiveTarget {
         }
     }
 
-    /// Records one probe everywhere it counts.
-    pub fn record(&self, result: &Result<Outcome, Failure>) {
+    /// Records one probe everywhere it counts, started at `started` (its tick: the ranking
+    /// window times samples by their ticks, so their gaps are the interval, give or take the
+    /// scheduler's lag, whatever each probe took).
+    pub fn record(&self, started: Instant, result: &Result<Outcome, Failure>) {
         self.metrics.record(result);
-        self.status.lock().expect("status lock").record(result);
+        self.status
+            .lock()
+            .expect("status lock")
+            .record(started, result);
     }
 
     /// Runs `read` on the status under its lock; keep it short (it blocks the target's task).
@@ -303,7 +312,10 @@ mod tests {
         );
         let ip = |last: u8| IpAddr::from([192, 0, 2, last]);
         let first = live.assign(&[ip(1), ip(2), ip(3)]);
-        first[1].record(&Err(Failure::new(crate::probe::Reason::Timeout, "x")));
+        first[1].record(
+            Instant::now(),
+            &Err(Failure::new(crate::probe::Reason::Timeout, "x")),
+        );
         let second = live.assign(&[ip(2), ip(4)]);
         let index = |n: usize| Some(("address_index", n.to_string()));
         assert_eq!(

@@ -222,12 +222,12 @@ async fn first_address(mut ticker: Ticker, live: Arc<LiveTarget>, mut probe: Pro
     let target = &live.config;
     let mut was_up: Option<bool> = None;
     loop {
-        ticker.tick().await;
+        let started = ticker.tick().await;
         let result = Box::pin(bounded(&mut probe, target.timeout)).await;
         if let Some(host) = probe.host() {
             live.note_resolution(host.is_name(), host.changes(), host.is_stale());
         }
-        live.record(&result);
+        live.record(started, &result);
         match &result {
             Err(failure) if was_up != Some(false) => {
                 tracing::warn!(target = %target.name, region = %target.region, reason = failure.reason.as_str(), detail = %failure.detail, "target down");
@@ -263,7 +263,7 @@ async fn all_addresses(
     let mut was: Option<(usize, usize)> = None;
     let mut warned_cut = false;
     loop {
-        ticker.tick().await;
+        let started = ticker.tick().await;
         let Some(host) = names.host_mut() else {
             // Validation allows `addresses` only for kinds with a host.
             return;
@@ -286,10 +286,10 @@ async fn all_addresses(
             Err(failure) => {
                 // Every address we knew fails (or the target's own series, if none yet).
                 if probes.is_empty() {
-                    live.record(&Err(failure.clone()));
+                    live.record(started, &Err(failure.clone()));
                 } else {
                     for (slot, _) in &probes {
-                        slot.record(&Err(failure.clone()));
+                        slot.record(started, &Err(failure.clone()));
                     }
                 }
                 if was != Some((0, probes.len())) {
@@ -324,7 +324,7 @@ async fn all_addresses(
         let results =
             futures_util::future::join_all(probes.iter_mut().map(|(slot, probe)| async move {
                 let result = bounded(probe, target.timeout).await;
-                slot.record(&result);
+                slot.record(started, &result);
                 (slot.address, result)
             }))
             .await;

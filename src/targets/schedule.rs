@@ -129,9 +129,10 @@ impl Ticker {
         }
     }
 
-    /// Waits for the next tick. The work done between two calls must fit in the interval (the
-    /// target's timeout guarantees it); ticks it overran are skipped and counted.
-    pub async fn tick(&mut self) {
+    /// Waits for the next tick and returns when it woke (the probe's start). The work done
+    /// between two calls must fit in the interval (the target's timeout guarantees it); ticks
+    /// it overran are skipped and counted.
+    pub async fn tick(&mut self) -> Instant {
         sleep_until(self.next).await;
         let now = Instant::now();
         let mut late = now - self.next;
@@ -143,6 +144,7 @@ impl Ticker {
         }
         self.lateness.lag.observe(late.as_secs_f64());
         self.next += self.schedule.interval;
+        now
     }
 }
 
