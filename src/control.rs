@@ -85,6 +85,25 @@ pub fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_free_memory() {}
 
+/// Fixes glibc's mmap threshold at its default, 128 KiB: every block that large (the
+/// `/metrics` rendering's compressed body and its buffers, the tables of large maps) gets a
+/// mapping of its own, unmapped when it is freed. glibc otherwise raises the threshold each
+/// time such a block is freed (up to 32 MiB), after which blocks of the rendering's size come
+/// from the heap and their pages stay resident between renderings. Call it first thing, before
+/// any thread starts.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn tune_allocator() {
+    // SAFETY: mallopt takes no pointer and only sets one of the allocator's parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// Elsewhere the allocator's own defaults stand.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn tune_allocator() {}
+
 /// The control loop's state.
 #[derive(Debug)]
 pub struct Control {

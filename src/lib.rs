@@ -27,6 +27,7 @@ mod reflector;
 mod targets;
 
 pub use cmd::{healthcheck, rank};
+pub use control::tune_allocator;
 pub use http::Options;
 pub use probe::{Reason, reasons};
 pub use targets::Capacity;

@@ -142,6 +142,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    regionprobe::tune_allocator();
     let cli = Cli::parse();
     let (source, chosen) = match &cli.config {
         Some(path) => (ConfigSource::File(path.clone()), None),
