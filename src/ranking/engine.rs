@@ -85,6 +85,7 @@ fn unpack([a, b, c]: Packed) -> u32 {
         code => EXACT_BELOW + (code - EXACT_BELOW) * 1024,
     }
 }
+
 /// Marks a gap in [`Window::gaps`] more than 128 ms under or 126 ms over the interval (a
 /// skipped tick, a stall): it is the next of [`Window::long_gaps`].
 const ODD_GAP: u8 = u8::MAX;
@@ -153,8 +154,8 @@ impl Window {
     }
 
     /// Records a probe at `at` (when it started: its tick): its latency, or `None` if the
-    /// destination did not answer. One target's probes are sequential, so `at` should not go backwards; if it does, the
-    /// sample is filed at the latest time already held.
+    /// destination did not answer. One target's probes are sequential, so `at` should not go
+    /// backwards; if it does, the sample is filed at the latest time already held.
     pub fn record(&mut self, at: Instant, latency: Option<Duration>) {
         let latency = match latency {
             Some(latency) => u32::try_from(latency.as_micros())
