@@ -1171,12 +1171,33 @@ fn a_sidecar_cut_off_from_every_region_keeps_its_candidate() {
         "the candidate is kept"
     );
 
-    // Back: no longer impaired, and still the same candidate.
-    far_b.ip(&format!("link set {}0 up", far_b.name));
-    far_c.ip(&format!("link set {}0 up", far_c.name));
-    let back = common::wait_for(WAIT, "the sidecar no longer impaired", || {
+    // Back, the candidate's link first: no longer impaired, and still the same candidate.
+    // (Brought back at once, the other region could answer first, one probe before the
+    // candidate: the sidecar is then no longer cut off, the candidate is still down by its
+    // last answers, and the engine rightly moves to the region that answers.)
+    let (first, second) = if candidate == "b" {
+        (&far_b, &far_c)
+    } else {
+        (&far_c, &far_b)
+    };
+    first.ip(&format!("link set {}0 up", first.name));
+    common::wait_for(WAIT, "the candidate up again", || {
         let r = ranking()?;
-        r["source_impaired"].is_null().then_some(r)
+        let up = r["regions"]
+            .as_array()?
+            .iter()
+            .any(|r| r["region"] == candidate.as_str() && r["up"] == true);
+        up.then_some(())
+    });
+    second.ip(&format!("link set {}0 up", second.name));
+    let back = common::wait_for(WAIT, "the sidecar no longer impaired, b and c up", || {
+        let r = ranking()?;
+        let up = r["regions"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["up"] == true)
+            .count();
+        (up == 3 && r["source_impaired"].is_null()).then_some(r)
     });
     assert_eq!(
         back["best"]["region"].as_str(),
