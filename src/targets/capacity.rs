@@ -231,7 +231,7 @@ mod tests {
             let mut map = live.write().unwrap();
             for target in &config.targets {
                 let target_live = super::super::live::LiveTarget::new(
-                    &config.exporter.region,
+                    &config.exporter.region.as_str().into(),
                     target,
                     config.ranking.window,
                 );

@@ -540,7 +540,11 @@ mod tests {
         let live = LiveTargets::default();
         let mut map = live.write().unwrap();
         for (i, target) in config.targets.iter().enumerate() {
-            let t = LiveTarget::new(&config.exporter.region, target, config.ranking.window);
+            let t = LiveTarget::new(
+                &config.exporter.region.as_str().into(),
+                target,
+                config.ranking.window,
+            );
             if target.name == "every" {
                 t.assign(&["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]);
             }

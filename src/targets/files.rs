@@ -83,11 +83,21 @@ impl TargetFiles {
 
     /// Reads the files that changed; true when the targets of one of them did. `base` is
     /// the configuration the files' targets join (their names must not collide with its).
+    ///
+    /// Called every second: while no file changed on disk it only reads their metadata (the
+    /// names of every target, which a changed file's must not collide with, are gathered only
+    /// when one did).
     pub fn poll(&mut self, base: &Config) -> bool {
+        let touched: Vec<bool> = self.files.iter_mut().map(Watched::touched).collect();
+        if !touched.contains(&true) {
+            return false;
+        }
         let mut changed = false;
         let mut names: HashSet<String> = base.targets.iter().map(|t| t.name.clone()).collect();
-        for watched in &mut self.files {
-            changed |= watched.poll(&names);
+        for (watched, touched) in self.files.iter_mut().zip(touched) {
+            if touched {
+                changed |= watched.reread(&names);
+            }
             names.extend(watched.good.iter().map(|t| t.name.clone()));
         }
         *self.shown.lock().expect("files lock") = self
@@ -116,15 +126,21 @@ impl TargetFiles {
 }
 
 impl Watched {
-    fn poll(&mut self, taken: &HashSet<String>) -> bool {
-        let path = &self.file.path;
-        let stamp = std::fs::metadata(path)
+    /// Whether the file may have changed since it was last read (its modification time or
+    /// size differ, or it cannot be read at all): then [`Watched::reread`] reads it.
+    fn touched(&mut self) -> bool {
+        let stamp = std::fs::metadata(&self.file.path)
             .ok()
             .and_then(|meta| Some((meta.modified().ok()?, meta.len())));
         if stamp.is_some() && stamp == self.stamp {
             return false;
         }
         self.stamp = stamp;
+        true
+    }
+
+    fn reread(&mut self, taken: &HashSet<String>) -> bool {
+        let path = &self.file.path;
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) => {

@@ -28,7 +28,8 @@ pub struct LiveTarget {
     /// has never resolved, to count that failure somewhere.
     pub metrics: Arc<TargetMetrics>,
     status: Mutex<Status>,
-    source_region: String,
+    /// The one string every target shares.
+    source_region: Arc<str>,
     /// `addresses = "all"`: one slot per address, by `address_index`.
     slots: RwLock<Vec<Arc<Slot>>>,
     /// The host name's resolution, as the target's task last saw it.
@@ -124,11 +125,11 @@ pub struct LastResult {
 }
 
 impl LiveTarget {
-    pub fn new(source_region: &str, config: &Arc<Target>, ranking_window: Duration) -> Self {
+    pub fn new(source_region: &Arc<str>, config: &Arc<Target>, ranking_window: Duration) -> Self {
         LiveTarget {
             metrics: Arc::new(TargetMetrics::new(source_region, config, None)),
             status: Mutex::new(Status::new(ranking_window, config.interval)),
-            source_region: source_region.to_owned(),
+            source_region: Arc::clone(source_region),
             slots: RwLock::new(Vec::new()),
             resolution: Resolution::default(),
             ranking_window: Mutex::new(ranking_window),
@@ -306,7 +307,7 @@ mod tests {
     #[test]
     fn an_address_keeps_its_index_and_series_while_it_stays() {
         let live = LiveTarget::new(
-            "here",
+            &"here".into(),
             &target("addresses = \"all\""),
             Duration::from_secs(60),
         );
@@ -335,7 +336,7 @@ mod tests {
         );
 
         let by_address = LiveTarget::new(
-            "here",
+            &"here".into(),
             &target("addresses = \"all\"\naddress_label = \"address\""),
             Duration::from_secs(60),
         );

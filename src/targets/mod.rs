@@ -59,7 +59,8 @@ impl std::fmt::Display for Diff {
 pub struct Supervisor {
     /// All schedules are aligned to this instant, across reloads.
     anchor: Instant,
-    region: String,
+    /// Shared by every target's series (their `source_region`).
+    region: Arc<str>,
     ranking_window: Duration,
     shared: Shared,
     scheduler: SchedulerMetrics,
@@ -86,7 +87,7 @@ impl Supervisor {
         let phase = schedule::BATCH.mul_f64(rand::random::<f64>());
         Supervisor {
             anchor: Instant::now() + phase,
-            region: String::new(),
+            region: Arc::from(""),
             ranking_window: Duration::ZERO,
             shared,
             scheduler,
@@ -121,8 +122,10 @@ impl Supervisor {
     pub fn apply(&mut self, config: &Config) -> Diff {
         let mut diff = Diff::default();
         self.shared.resolver.set_params(config.resolver);
-        let region_changed = self.region != config.exporter.region;
-        self.region = config.exporter.region.clone();
+        let region_changed = *self.region != *config.exporter.region;
+        if region_changed {
+            self.region = Arc::from(config.exporter.region.as_str());
+        }
         let window_changed = self.ranking_window != config.ranking.window;
         self.ranking_window = config.ranking.window;
 
@@ -253,7 +256,7 @@ async fn all_addresses(
     live: Arc<LiveTarget>,
     shared: Shared,
     max: usize,
-    region: String,
+    region: Arc<str>,
 ) {
     let target = &live.config;
     // This prober only resolves: its host follows the name's TTL and keeps the last good
@@ -396,8 +399,8 @@ mod tests {
         assert!(Arc::ptr_eq(&running("b"), &second.targets[1]));
         assert_eq!(
             Arc::strong_count(&second.targets[0]),
-            2,
-            "the configuration and the target"
+            3,
+            "the configuration, the target and its series' labels"
         );
     }
 }

@@ -2,11 +2,13 @@
 //! the target itself so the hot path touches its own atomics and never a label-map lookup.
 //! Removing a target drops its series with it. [`super::collector`] encodes them.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 
 use super::histogram::LatencyHistogram;
 use crate::config::{ProbeKind, Target};
@@ -36,6 +38,56 @@ impl PhaseHistograms {
     }
 }
 
+/// A counter held inline in its target's series. prometheus-client's `Counter` is an `Arc`: a
+/// heap allocation of its own (32 bytes with malloc's header) for every series, and an ICMP
+/// target has six counters and a gauge. Encoded as prometheus-client encodes its own.
+#[derive(Debug, Default)]
+pub struct Count(AtomicU64);
+
+impl Count {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl EncodeMetric for Count {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        ConstCounter::new(self.get()).encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A gauge held inline in its target's series, as [`Count`].
+#[derive(Debug, Default)]
+pub struct Level(AtomicI64);
+
+impl Level {
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl EncodeMetric for Level {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        ConstGauge::new(self.get()).encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 /// One target's series.
 #[derive(Debug)]
 pub struct TargetMetrics {
@@ -43,9 +95,9 @@ pub struct TargetMetrics {
     /// `labels` as the text formats write them, escaped: `source_region="..",...,probe=".."`.
     pub(super) label_text: Box<str>,
     pub(super) duration: LatencyHistogram,
-    pub(super) probes: Counter,
-    pub(super) failures: Vec<(Reason, Counter)>,
-    pub(super) up: Gauge,
+    pub(super) probes: Count,
+    pub(super) failures: Box<[(Reason, Count)]>,
+    pub(super) up: Level,
     /// Per-phase histograms: HTTP targets (every phase), DNS targets over tcp (connect and
     /// processing; over udp the round trip is the one phase, the latency itself).
     pub(super) phases: Option<PhaseHistograms>,
@@ -141,15 +193,14 @@ impl StampSeries {
 impl TargetMetrics {
     /// `address`: the extra label of one address of an `addresses = "all"` target.
     pub fn new(
-        source_region: &str,
-        target: &Target,
+        source_region: &Arc<str>,
+        target: &Arc<Target>,
         address: Option<(&'static str, String)>,
     ) -> Self {
         let kind = target.probe.kind();
         let labels = TargetLabels {
-            source_region: source_region.to_owned(),
-            target_region: target.region.clone(),
-            target: target.name.clone(),
+            source_region: Arc::clone(source_region),
+            config: Arc::clone(target),
             probe: kind.as_str(),
             address,
         };
@@ -157,12 +208,12 @@ impl TargetMetrics {
             label_text: labels.escaped(),
             labels,
             duration: LatencyHistogram::new(&target.buckets),
-            probes: Counter::default(),
+            probes: Count::default(),
             failures: probe::reasons(kind)
                 .iter()
-                .map(|reason| (*reason, Counter::default()))
+                .map(|reason| (*reason, Count::default()))
                 .collect(),
-            up: Gauge::default(),
+            up: Level::default(),
             phases: PhaseHistograms::of(target),
             redirects: (kind == ProbeKind::Http).then(Gauge::default),
             cert_expiry: target.probe.uses_tls().then(|| {
@@ -246,6 +297,37 @@ impl TargetMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The inline counter and gauge encode exactly as prometheus-client's own, in text and
+    /// in protobuf (the type line, the `_total` suffix, the value's field).
+    #[test]
+    fn inline_counts_encode_as_prometheus_clients_own() {
+        use prometheus_client::encoding::{prometheus_protobuf as protobuf, text};
+        use prometheus_client::registry::Registry;
+        let (count, counter) = (Count::default(), Counter::<u64>::default());
+        let (level, gauge) = (Level::default(), Gauge::<i64>::default());
+        for _ in 0..3 {
+            count.inc();
+            counter.inc();
+        }
+        level.set(-7);
+        gauge.set(-7);
+        let mut ours = Registry::default();
+        ours.register("probes", "Probes", count);
+        ours.register("up", "Up", level);
+        let mut theirs = Registry::default();
+        theirs.register("probes", "Probes", counter);
+        theirs.register("up", "Up", gauge);
+        let encode = |registry: &Registry| {
+            let mut out = String::new();
+            text::encode(&mut out, registry).unwrap();
+            (out, format!("{:?}", protobuf::encode(registry).unwrap()))
+        };
+        let (ours, theirs) = (encode(&ours), encode(&theirs));
+        assert!(ours.0.contains("probes_total 3"), "{}", ours.0);
+        assert!(ours.0.contains("up -7"), "{}", ours.0);
+        assert_eq!(ours, theirs);
+    }
 
     /// Every target carries these inline; the extras of other kinds are boxed (docs/scale.md).
     #[test]
