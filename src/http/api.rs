@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::sync::atomic::Ordering;
 
 use crate::config::{Addresses, Config};
-use crate::probe::{self, Failure};
+use crate::probe::{self, Failure, Reason};
 use crate::ranking::{Snapshot, describe};
 use crate::targets::{LastResult, LiveTarget, LiveTargets};
 
@@ -249,9 +249,9 @@ pub fn targets(live: &LiveTargets) -> TargetsView {
 fn last_view(last: &LastResult) -> LastView {
     LastView {
         at: time(last.at),
-        success: last.failure.is_none(),
+        success: last.reason.is_none(),
         latency_seconds: last.latency.map(secs),
-        reason: last.failure.as_ref().map(|f| f.reason.as_str()),
+        reason: last.reason.map(Reason::as_str),
     }
 }
 
@@ -281,7 +281,7 @@ fn target_view(target: &LiveTarget) -> TargetView {
         interval_seconds: secs(config.interval),
         timeout_seconds: secs(config.timeout),
         source: config.source.to_string(),
-        up: status.last.as_ref().map(|last| last.failure.is_none()),
+        up: status.last.as_ref().map(|last| last.reason.is_none()),
         state: "pending",
         last: status.last.as_ref().map(last_view),
         last_success: status.last_success.map(time),
@@ -314,7 +314,7 @@ fn target_view(target: &LiveTarget) -> TargetView {
                 addresses.push(AddressView {
                     index: slot.index,
                     address: slot.address.to_string(),
-                    up: status.last.as_ref().map(|last| last.failure.is_none()),
+                    up: status.last.as_ref().map(|last| last.reason.is_none()),
                     last: status.last.as_ref().map(last_view),
                     last_error: status.last_failure.as_ref().map(error_view),
                 });

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::series::TargetMetrics;
 use crate::config::{AddressLabel, Addresses, Target};
-use crate::probe::{Failure, Outcome};
+use crate::probe::{Failure, Outcome, Reason};
 use crate::ranking::{Tally, Window};
 
 /// Every live target by name; the supervisor writes it, scrapes, the ranker and the APIs read.
@@ -110,7 +110,7 @@ impl Status {
         self.last = Some(LastResult {
             at: now,
             latency,
-            failure: result.as_ref().err().cloned(),
+            reason: result.as_ref().err().map(|failure| failure.reason),
         });
     }
 }
@@ -120,8 +120,9 @@ impl Status {
 pub struct LastResult {
     pub at: SystemTime,
     pub latency: Option<Duration>,
-    /// `reason` and detail of a failure.
-    pub failure: Option<Failure>,
+    /// Why it failed; `None` for a success. The failure's detail is `Status::last_failure`'s
+    /// (a copy here cost every target 48 bytes).
+    pub reason: Option<Reason>,
 }
 
 impl LiveTarget {
