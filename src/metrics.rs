@@ -9,18 +9,12 @@
 //! for it (see [`Exposition::negotiate`]), carries both.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, NativeHistogramConfig};
 use prometheus_client::registry::{Metric, Registry as Families};
-
-use std::sync::Arc;
-
-use crate::config::Target;
 
 /// Buckets of `regionprobe_scheduler_lag_seconds`: 100 us to ~1.6 s by powers of four. A
 /// healthy scheduler stays in the first buckets; anything past 10 ms means starved threads.
@@ -136,103 +130,6 @@ impl Exposition {
                 "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
             }
         }
-    }
-}
-
-/// The labels every per-target series carries; the series of one address of an
-/// `addresses = "all"` target add `address_index` (or `address`).
-///
-/// The values are not copied: the source region is the one string every target shares, and
-/// `target_region` and `target` are read from the target's own configuration (10,000 targets
-/// held 30,000 small strings, ~1 MB, when each label was a `String` of its own).
-#[derive(Clone, Debug)]
-pub struct TargetLabels {
-    pub source_region: Arc<str>,
-    /// `target_region` is its `region`, `target` its `name`.
-    pub config: Arc<Target>,
-    pub probe: &'static str,
-    pub address: Option<(&'static str, String)>,
-}
-
-impl TargetLabels {
-    pub fn target_region(&self) -> &str {
-        &self.config.region
-    }
-
-    pub fn target(&self) -> &str {
-        &self.config.name
-    }
-
-    /// The labels as both text formats write them, without braces, values escaped (what the
-    /// per-target text encoder copies into every line).
-    pub fn escaped(&self) -> Box<str> {
-        let mut out = String::new();
-        let mut pairs = vec![
-            ("source_region", &*self.source_region),
-            ("target_region", self.target_region()),
-            ("target", self.target()),
-            ("probe", self.probe),
-        ];
-        if let Some((name, value)) = &self.address {
-            pairs.push((name, value.as_str()));
-        }
-        for (i, (name, value)) in pairs.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(name);
-            out.push_str("=\"");
-            for c in value.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '"' => out.push_str("\\\""),
-                    '\n' => out.push_str("\\n"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-        }
-        out.into()
-    }
-}
-
-impl EncodeLabelSet for TargetLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        [
-            ("source_region", &*self.source_region),
-            ("target_region", self.target_region()),
-            ("target", self.target()),
-            ("probe", self.probe),
-        ]
-        .encode(encoder)?;
-        match &self.address {
-            Some((name, value)) => [(*name, value.as_str())].encode(encoder),
-            None => Ok(()),
-        }
-    }
-}
-
-/// A target's labels plus one more (`reason`, `phase`), borrowed so a scrape clones no strings.
-pub struct WithExtra<'a>(pub &'a TargetLabels, pub &'static str, pub &'static str);
-
-impl EncodeLabelSet for WithExtra<'_> {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        self.0.encode(encoder)?;
-        [(self.1, self.2)].encode(encoder)
-    }
-}
-
-/// A target's labels plus borrowed pairs (`replica`, `stage`): label values a server reports,
-/// bounded by its replicas.
-pub struct WithPairs<'a>(pub &'a TargetLabels, pub &'a [(&'static str, &'a str)]);
-
-impl EncodeLabelSet for WithPairs<'_> {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        self.0.encode(encoder)?;
-        for pair in self.1 {
-            [*pair].encode(encoder)?;
-        }
-        Ok(())
     }
 }
 

@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::labels::{WithExtra, WithPairs};
 use super::live::{LiveTarget, LiveTargets};
 use super::series::{DIRECTIONS, StampSeries, TargetMetrics};
 use super::text::{DB_PHASE, DNS_PHASE, DURATION, FAILURES, HTTP_PHASE, PROBES, TARGET_UP};
 use crate::config::{Addresses, ProbeKind};
-use crate::metrics::{ProbeLabel, Registry, TextCollector, WithExtra, WithPairs};
+use crate::metrics::{ProbeLabel, Registry, TextCollector};
 use crate::probe::{IcmpSockets, ReplicationReport};
 
 /// Registers the targets' families: read from `live` and `icmp` at every scrape.

@@ -10,6 +10,7 @@ mod capacity;
 mod collector;
 mod files;
 mod histogram;
+mod labels;
 mod live;
 mod schedule;
 mod series;

@@ -11,8 +11,8 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 
 use super::histogram::LatencyHistogram;
+use super::labels::TargetLabels;
 use crate::config::{ProbeKind, Target};
-use crate::metrics::TargetLabels;
 use crate::probe::{self, Failure, Outcome, Phase, Reason, ReplicationReport};
 
 /// One target's per-phase histograms, for the phases its probe kind reports.

@@ -1,6 +1,6 @@
 //! The per-target families with a series set for every target (latency and phase histograms,
 //! probes, failures, up) in the two text formats, written by hand: each target's label set is
-//! escaped once, when the target is made ([`crate::metrics::TargetLabels::escaped`]), and copied into every line; the
+//! escaped once, when the target is made ([`super::labels::TargetLabels::escaped`]), and copied into every line; the
 //! bucket lines come from the histogram's counts and its shared `le` texts. The same bytes as
 //! prometheus-client's encoders (a unit test in [`super::collector`] compares them), at a
 //! fraction of the CPU: theirs re-encode the labels on every bucket line and take a snapshot,
