@@ -282,8 +282,8 @@ pub struct Host {
     name: String,
     version: IpVersion,
     literal: Option<IpAddr>,
-    /// Boxed: most hosts are literal addresses, which never resolve, and inline it would cost
-    /// each of their tasks 80 bytes.
+    /// Boxed: most hosts are literal addresses, which never resolve, and inline it made every
+    /// `Host` 64 bytes larger (136 bytes against 72).
     resolved: Option<Box<Resolved>>,
     /// A lookup running beside the probes (the TTL ran out while addresses were known).
     refresh: Option<JoinHandle<Lookup>>,
