@@ -1086,6 +1086,17 @@ fn a_sidecar_without_icmp_permission_blames_itself() {
     drop(dir);
 }
 
+/// How many regions of a `/api/v1/ranking` answer are up (`up = true`) or down (`false`).
+fn regions_up(ranking: &serde_json::Value, up: bool) -> Option<usize> {
+    Some(
+        ranking["regions"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["up"] == up)
+            .count(),
+    )
+}
+
 /// Issue 14: a sidecar cut off from every other region at once (its links to both go down,
 /// its own region still answers) blames itself: it says it is impaired and keeps its failover
 /// candidate instead of dropping it; once the links are back it is no longer impaired.
@@ -1124,11 +1135,7 @@ fn a_sidecar_cut_off_from_every_region_keeps_its_candidate() {
     };
     let candidate = common::wait_for(WAIT, "a candidate, b and c up", || {
         let r = ranking()?;
-        let up = r["regions"]
-            .as_array()?
-            .iter()
-            .filter(|r| r["up"] == true)
-            .count();
+        let up = regions_up(&r, true)?;
         (up == 3 && r["source_impaired"].is_null())
             .then(|| r["best"]["region"].as_str().map(str::to_owned))
             .flatten()
@@ -1139,11 +1146,7 @@ fn a_sidecar_cut_off_from_every_region_keeps_its_candidate() {
     far_c.ip(&format!("link set {}0 down", far_c.name));
     let cut = common::wait_for(WAIT, "the sidecar impaired, b and c down", || {
         let r = ranking()?;
-        let down = r["regions"]
-            .as_array()?
-            .iter()
-            .filter(|r| r["up"] == false)
-            .count();
+        let down = regions_up(&r, false)?;
         (down == 2 && r["source_impaired"].is_string()).then_some(r)
     });
     let impaired = cut["source_impaired"].as_str().unwrap();
@@ -1192,11 +1195,7 @@ fn a_sidecar_cut_off_from_every_region_keeps_its_candidate() {
     second.ip(&format!("link set {}0 up", second.name));
     let back = common::wait_for(WAIT, "the sidecar no longer impaired, b and c up", || {
         let r = ranking()?;
-        let up = r["regions"]
-            .as_array()?
-            .iter()
-            .filter(|r| r["up"] == true)
-            .count();
+        let up = regions_up(&r, true)?;
         (up == 3 && r["source_impaired"].is_null()).then_some(r)
     });
     assert_eq!(

@@ -28,8 +28,6 @@ pub struct LiveTarget {
     /// has never resolved, to count that failure somewhere.
     pub metrics: Arc<TargetMetrics>,
     status: Mutex<Status>,
-    /// The one string every target shares.
-    source_region: Arc<str>,
     /// `addresses = "all"`: one slot per address, by `address_index`.
     slots: RwLock<Vec<Arc<Slot>>>,
     /// The host name's resolution, as the target's task last saw it.
@@ -130,7 +128,6 @@ impl LiveTarget {
         LiveTarget {
             metrics: Arc::new(TargetMetrics::new(source_region, config, None)),
             status: Mutex::new(Status::new(ranking_window, config.interval)),
-            source_region: Arc::clone(source_region),
             slots: RwLock::new(Vec::new()),
             resolution: Resolution::default(),
             ranking_window: Mutex::new(ranking_window),
@@ -208,7 +205,7 @@ impl LiveTarget {
                 index,
                 address: *address,
                 metrics: Arc::new(TargetMetrics::new(
-                    &self.source_region,
+                    &self.metrics.labels.source_region,
                     &self.config,
                     Some(value),
                 )),
