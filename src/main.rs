@@ -73,6 +73,12 @@ struct Cli {
     /// rendezvous hashing of the target names; overrides exporter.shard.
     #[arg(long, global = true, value_name = "K/N", value_parser = shard)]
     shard: Option<regionprobe::config::Shard>,
+    /// Threads that run the probes and the ranking (the HTTP server has one of its own). One
+    /// carries 10,000 ICMP targets at 1 s; more only help when the probes' own work (TLS
+    /// handshakes, HTTP bodies) needs more than a core. Each extra thread costs wake-ups even
+    /// when idle: docs/scale.md, "Sixth round".
+    #[arg(long = "runtime.workers", global = true, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: u16,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -216,7 +222,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(USAGE_ERROR);
             }
             match load(&source) {
-                Ok(config) => rank(config, duration, format, progress),
+                Ok(config) => match runtime(cli.workers) {
+                    Ok(runtime) => runtime.block_on(rank(config, duration, format, progress)),
+                    Err(err) => {
+                        eprintln!("{err:#}");
+                        ExitCode::FAILURE
+                    }
+                },
                 Err(err) => {
                     eprintln!("{err}");
                     ExitCode::from(USAGE_ERROR)
@@ -241,7 +253,9 @@ fn main() -> ExitCode {
                 lifecycle: cli.enable_lifecycle,
                 ..regionprobe::Options::default()
             };
-            match run(source, overrides.clone(), options) {
+            let served = runtime(cli.workers)
+                .and_then(|runtime| runtime.block_on(run(source, overrides.clone(), options)));
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");
@@ -406,7 +420,22 @@ fn logfmt_value(value: &str) -> String {
     out
 }
 
-#[tokio::main]
+/// The probes' runtime: `workers` threads named `probe`, plus the thread that calls it (the
+/// control loop: reloads, the ranking).
+///
+/// Not tokio's default of one worker per CPU the process may use: a sidecar on a 64-core node
+/// would start 64, and every idle worker is woken to look for work whenever a reply wakes a
+/// probe. At 1,000 ICMP targets two workers made 40% more system calls than one (futex and
+/// eventfd wake-ups) for the same probes.
+fn runtime(workers: u16) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(workers))
+        .thread_name("probe")
+        .enable_all()
+        .build()
+        .context("starting the probes' runtime")
+}
+
 async fn run(
     source: ConfigSource,
     overrides: regionprobe::config::Overrides,
@@ -438,6 +467,10 @@ async fn run(
         "http"
     };
     tracing::info!(
+        "probes run on {} worker thread(s) (--runtime.workers)",
+        tokio::runtime::Handle::current().metrics().num_workers()
+    );
+    tracing::info!(
         "regionprobe {} listening on {scheme}://{bound}",
         env!("CARGO_PKG_VERSION")
     );
@@ -451,7 +484,6 @@ async fn run(
     Ok(())
 }
 
-#[tokio::main]
 async fn rank(
     config: regionprobe::config::Config,
     duration: Duration,

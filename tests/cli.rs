@@ -323,3 +323,54 @@ fn prometheus_style_flags_work() {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
 }
+
+/// The threads running the probes' tasks, by name (`probe`; the blocking pool's threads share
+/// it, but none is started while only TCP probes run).
+fn probe_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "probe")
+        .count()
+}
+
+/// Issue 15: the probes run on `--runtime.workers` threads, one by default whatever the
+/// machine's CPU count (tokio's default would start one per CPU); 0 is refused.
+#[test]
+fn the_probes_run_on_the_requested_worker_threads() {
+    let dir = TempDir::new("workers");
+    let path = dir.write(
+        "exporter.toml",
+        &format!(
+            "[exporter]\nregion = \"eu\"\nlisten = \"127.0.0.1:0\"\n{}",
+            tcp_target("t")
+        ),
+    );
+    let path = path.to_str().unwrap();
+    for (args, workers) in [(&[][..], 1), (&["--runtime.workers", "3"][..], 3)] {
+        let mut running = Running::start(&dir.0, &[&["--config", path][..], args].concat());
+        let addr = running.addr();
+        let log = running.wait_for_log("worker thread(s)");
+        assert!(
+            log.contains(&format!("probes run on {workers} worker thread(s)")),
+            "{args:?}: {log}"
+        );
+        assert_eq!(probe_threads(running.child.id()), workers, "{args:?}");
+        // The probes do run on them.
+        wait_for(WAIT, "a probe", || {
+            let scrape = Scrape::parse(&http(addr, "GET", "/metrics").1);
+            (scrape.value("regionprobe_probes_total", &[("target", "t")])? >= 1.0).then_some(())
+        });
+        running.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(running.exit_status().unwrap().success());
+    }
+    let refused = Command::new(common::BIN)
+        .args(["--config", path, "--runtime.workers", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--runtime.workers"),
+        "{refused:?}"
+    );
+}
