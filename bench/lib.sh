@@ -186,6 +186,18 @@ proc_ticks() {
     echo "${f[11]} ${f[12]}"
 }
 
+# threads_cpu_ns PID NAME: CPU time in ns (schedstat, exact) of PID's threads named NAME.
+threads_cpu_ns() {
+    local task total=0 comm run
+    for task in /proc/"$1"/task/*; do
+        comm=$(<"$task/comm") 2>/dev/null || continue
+        [[ $comm == "$2" ]] || continue
+        read -r run _ <"$task/schedstat" 2>/dev/null || continue
+        total=$((total + run))
+    done
+    echo "$total"
+}
+
 # "utime stime" summed over a process and its children (nginx's master and workers).
 tree_ticks() {
     local u=0 s=0 pid t
