@@ -420,17 +420,26 @@ fn logfmt_value(value: &str) -> String {
     out
 }
 
-/// The probes' runtime: `workers` threads named `probe`, plus the thread that calls it (the
-/// control loop: reloads, the ranking).
+/// The probes' runtime: `workers` threads named `probe` (its blocking pool's are
+/// `probe-blocking`), plus the thread that calls it (the control loop: reloads, the ranking).
 ///
 /// Not tokio's default of one worker per CPU the process may use: a sidecar on a 64-core node
 /// would start 64, and every idle worker is woken to look for work whenever a reply wakes a
 /// probe. At 1,000 ICMP targets two workers made 40% more system calls than one (futex and
 /// eventfd wake-ups) for the same probes.
 fn runtime(workers: u16) -> anyhow::Result<tokio::runtime::Runtime> {
+    // tokio starts the workers first, as it builds the runtime, before anything can ask its
+    // blocking pool for a thread: the first `workers` threads are the workers.
+    let started = std::sync::atomic::AtomicUsize::new(0);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(workers))
-        .thread_name("probe")
+        .thread_name_fn(move || {
+            match started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < usize::from(workers)
+            {
+                true => "probe".to_owned(),
+                false => "probe-blocking".to_owned(),
+            }
+        })
         .enable_all()
         .build()
         .context("starting the probes' runtime")

@@ -324,8 +324,8 @@ fn prometheus_style_flags_work() {
     }
 }
 
-/// The threads running the probes' tasks, by name (`probe`; the blocking pool's threads share
-/// it, but none is started while only TCP probes run).
+/// The threads running the probes' tasks, by name (`probe`; the blocking pool's are
+/// `probe-blocking`).
 fn probe_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -355,7 +355,11 @@ fn the_probes_run_on_the_requested_worker_threads() {
             log.contains(&format!("probes run on {workers} worker thread(s)")),
             "{args:?}: {log}"
         );
-        assert_eq!(probe_threads(running.child.id()), workers, "{args:?}");
+        // A thread takes its name as it starts, shortly after the runtime spawned it.
+        let pid = running.child.id();
+        wait_for(WAIT, &format!("{workers} threads named probe"), || {
+            (probe_threads(pid) == workers).then_some(())
+        });
         // The probes do run on them.
         wait_for(WAIT, "a probe", || {
             let scrape = Scrape::parse(&http(addr, "GET", "/metrics").1);
