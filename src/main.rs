@@ -73,10 +73,10 @@ struct Cli {
     /// rendezvous hashing of the target names; overrides exporter.shard.
     #[arg(long, global = true, value_name = "K/N", value_parser = shard)]
     shard: Option<regionprobe::config::Shard>,
-    /// Threads that run the probes and the ranking (the HTTP server has one of its own). One
-    /// carries 10,000 ICMP targets at 1 s; more only help when the probes' own work (TLS
-    /// handshakes, HTTP bodies) needs more than a core. Each extra thread costs wake-ups even
-    /// when idle: docs/scale.md, "Sixth round".
+    /// Threads that run the probes (the control loop and the ranking run on the main thread,
+    /// the HTTP server on one of its own). One carries 10,000 ICMP targets at 1 s; more only
+    /// help when the probes' own work (TLS handshakes, HTTP bodies) needs more than a core.
+    /// Each extra thread costs wake-ups even when idle: docs/scale.md, "Sixth round".
     #[arg(long = "runtime.workers", global = true, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: u16,
     #[command(subcommand)]
@@ -434,10 +434,11 @@ fn runtime(workers: u16) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(workers))
         .thread_name_fn(move || {
-            match started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < usize::from(workers)
-            {
-                true => "probe".to_owned(),
-                false => "probe-blocking".to_owned(),
+            let nth = started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if nth < usize::from(workers) {
+                "probe".to_owned()
+            } else {
+                "probe-blocking".to_owned()
             }
         })
         .enable_all()

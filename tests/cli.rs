@@ -360,7 +360,7 @@ fn the_probes_run_on_the_requested_worker_threads() {
         wait_for(WAIT, &format!("{workers} threads named probe"), || {
             (probe_threads(pid) == workers).then_some(())
         });
-        // The probes do run on them.
+        // And the probes run.
         wait_for(WAIT, "a probe", || {
             let scrape = Scrape::parse(&http(addr, "GET", "/metrics").1);
             (scrape.value("regionprobe_probes_total", &[("target", "t")])? >= 1.0).then_some(())
