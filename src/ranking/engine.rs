@@ -279,34 +279,26 @@ impl Window {
 
     /// Whether the destination is down at `now`: its last `down_after` answers (local
     /// failures skipped) are all failures. `None` before that many probes reached it.
+    #[cfg(test)]
     pub fn down(&self, now: Instant, down_after: usize) -> Option<bool> {
-        let mut recent = self
-            .live(now)
-            .rev()
-            .filter(|latency| *latency != LOCAL)
-            .take(down_after.max(1));
-        let mut seen = 0;
-        for latency in recent.by_ref() {
-            seen += 1;
-            if latency != FAILED {
-                return Some(false);
-            }
+        self.at(now).down(down_after)
+    }
+
+    /// The samples younger than a window at `now`: the expired ones are found once, however
+    /// many questions the tally then asks of them.
+    fn at(&self, now: Instant) -> Live<'_> {
+        let skip = self.expired(now);
+        let (front, back) = self.latencies.as_slices();
+        match skip.checked_sub(front.len()) {
+            None => Live {
+                older: &front[skip..],
+                newer: back,
+            },
+            Some(into_back) => Live {
+                older: &[],
+                newer: &back[into_back..],
+            },
         }
-        (seen >= down_after.max(1)).then_some(true)
-    }
-
-    /// Whether our side fails this target at `now`: its newest sample is a local failure.
-    pub fn failing_locally(&self, now: Instant) -> bool {
-        self.live(now)
-            .next_back()
-            .is_some_and(|latency| latency == LOCAL)
-    }
-
-    /// The latencies of the samples younger than a window at `now`.
-    fn live(&self, now: Instant) -> impl DoubleEndedIterator<Item = u32> + '_ {
-        self.latencies
-            .range(self.expired(now)..)
-            .map(|packed| unpack(*packed))
     }
 
     /// `at` in milliseconds since the epoch. Past `u32::MAX` ms (~49.7 days) the epoch moves
@@ -334,6 +326,46 @@ impl Window {
         self.epoch = Some(epoch);
         u32::try_from(at.saturating_duration_since(epoch).as_millis())
             .expect("within u32::MAX ms of the rebased epoch")
+    }
+}
+
+/// A window's live samples (younger than the window at some `now`), oldest first, as the
+/// ring's two slices.
+#[derive(Clone, Copy)]
+struct Live<'a> {
+    older: &'a [Packed],
+    newer: &'a [Packed],
+}
+
+impl Live<'_> {
+    fn latencies(self) -> impl DoubleEndedIterator<Item = u32> {
+        self.older
+            .iter()
+            .chain(self.newer)
+            .map(|packed| unpack(*packed))
+    }
+
+    /// Its last `down_after` answers (local failures skipped) are all failures; `None`
+    /// before that many.
+    fn down(self, down_after: usize) -> Option<bool> {
+        let mut recent = self
+            .latencies()
+            .rev()
+            .filter(|latency| *latency != LOCAL)
+            .take(down_after.max(1));
+        let mut seen = 0;
+        for latency in recent.by_ref() {
+            seen += 1;
+            if latency != FAILED {
+                return Some(false);
+            }
+        }
+        (seen >= down_after.max(1)).then_some(true)
+    }
+
+    /// Its newest sample is a local failure.
+    fn failing_locally(self) -> bool {
+        self.latencies().next_back() == Some(LOCAL)
     }
 }
 
@@ -415,9 +447,10 @@ impl Tally {
         down_after: usize,
         lag: Option<f64>,
     ) {
+        let live = || windows.iter().map(|window| window.at(now));
         let (mut down_count, mut any_up) = (0, false);
-        for window in windows {
-            match window.down(now, down_after) {
+        for window in live() {
+            match window.down(down_after) {
                 Some(true) => down_count += 1,
                 Some(false) => any_up = true,
                 None => {}
@@ -438,16 +471,14 @@ impl Tally {
         let tally = self.regions.get_mut(region).expect("inserted above");
         self.scratch.clear();
         let mut failures = 0;
-        for latency in windows.iter().flat_map(|w| w.live(now)) {
+        for latency in live().flat_map(Live::latencies) {
             match latency {
                 FAILED => failures += 1,
                 LOCAL => {}
-                latency => {
-                    self.scratch.push(latency);
-                    tally.pool.add(latency);
-                }
+                latency => self.scratch.push(latency),
             }
         }
+        tally.pool.add_all(&self.scratch);
         let [quantile] = quantiles(&mut self.scratch, [self.quantile]);
         tally.targets.push(TargetSummary {
             name: name.to_owned(),
@@ -456,7 +487,7 @@ impl Tally {
             failures,
             down,
             addresses_down,
-            failing_locally: windows.iter().any(|w| w.failing_locally(now)),
+            failing_locally: live().any(Live::failing_locally),
             lag,
         });
     }
@@ -537,12 +568,22 @@ impl Pool {
         lower + ((1 << shift) - 1) / 2
     }
 
+    #[cfg(test)]
     fn add(&mut self, us: u32) {
+        self.add_all(&[us]);
+    }
+
+    fn add_all(&mut self, latencies: &[u32]) {
+        if latencies.is_empty() {
+            return;
+        }
         if self.counts.is_empty() {
             self.counts = vec![0; POOL_BUCKETS];
         }
-        self.counts[Pool::bucket(us)] += 1;
-        self.total += 1;
+        for us in latencies {
+            self.counts[Pool::bucket(*us)] += 1;
+        }
+        self.total += latencies.len();
     }
 
     /// The nearest-rank quantiles `qs`, as [`quantiles`] ranks them; `None` when empty.
@@ -1752,6 +1793,47 @@ mod tests {
     }
 
     proptest! {
+        /// The tally reads a window through [`Window::at`], the ring's two slices cut past
+        /// the expired samples; [`Window::samples`] walks the same samples by their times. They
+        /// agree on every window: wrapped rings (more samples than the capacity), odd gaps
+        /// (stalls), local failures and any `now`.
+        #[test]
+        fn the_live_slices_are_the_samples_younger_than_the_window(
+            window_s in 1..20u64,
+            steps in prop::collection::vec((0..3_000u64, 0..20u8), 1..120),
+            after_ms in 0..25_000u64,
+        ) {
+            let interval = Duration::from_secs(1);
+            let mut window = Window::new(Duration::from_secs(window_s), interval);
+            let start = Instant::now();
+            let mut at = start;
+            for (gap_ms, kind) in &steps {
+                at += Duration::from_millis(*gap_ms);
+                match kind {
+                    0 => window.record_local_failure(at),
+                    1..=3 => window.record(at, None),
+                    us => window.record(at, Some(Duration::from_micros(u64::from(*us) * 37))),
+                }
+            }
+            let now = at + Duration::from_millis(after_ms);
+            // `samples` shows either failure as no latency.
+            let expected: Vec<Option<u32>> = window
+                .samples(now)
+                .map(|(_, latency)| latency.map(|l| l.as_micros() as u32))
+                .collect();
+            let live = window.at(now);
+            let got: Vec<Option<u32>> = live
+                .latencies()
+                .map(|l| (l <= MAX_LATENCY).then_some(l))
+                .collect();
+            prop_assert_eq!(&got, &expected);
+            prop_assert_eq!(live.older.len() + live.newer.len() <= window.capacity(), true);
+            prop_assert_eq!(
+                live.failing_locally(),
+                live.latencies().next_back() == Some(LOCAL)
+            );
+        }
+
         #[test]
         fn selected_quantiles_match_the_sorted_definition(
             mut latencies in prop::collection::vec(0..1_000u32, 1..300),
@@ -1889,5 +1971,54 @@ mod tests {
         }
         assert_eq!(changes.len(), 1, "only the first choice: {changes:?}");
         assert_eq!(changes[0].0, 0);
+    }
+}
+
+/// A benchmark, not a test: `bench/tally.sh` runs it (release build) and prints what one
+/// ranking of 1,000 targets with full 5-minute windows at 1 s costs. It lives here because the
+/// engine is private to the crate.
+#[cfg(test)]
+mod tally_bench {
+    use super::*;
+
+    #[test]
+    #[ignore = "a benchmark: bench/tally.sh"]
+    fn tally_of_1000_full_windows() {
+        let start = Instant::now();
+        let mut seed = 12345u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let windows: Vec<Window> = (0..1000)
+            .map(|_| {
+                let mut window = Window::new(Duration::from_secs(300), Duration::from_secs(1));
+                for s in 0..310u64 {
+                    let r = next();
+                    // Loopback-like: 40-120 us, one loss in a thousand, a little jitter.
+                    let latency = (r % 1000 != 0).then(|| Duration::from_micros(40 + r % 80));
+                    window.record(start + Duration::from_millis(s * 1000 + r % 3), latency);
+                }
+                window
+            })
+            .collect();
+        let now = start + Duration::from_secs(310);
+        let names: Vec<String> = (0..1000).map(|i| format!("t{i:05}")).collect();
+        let params = Params::default();
+        let rounds = 200;
+        let clock = Instant::now();
+        let mut successes = 0;
+        for _ in 0..rounds {
+            let mut tally = Tally::new(params.quantile);
+            for (window, name) in windows.iter().zip(&names) {
+                tally.add("bench", name, window, now, params.down_after, None);
+            }
+            successes = tally.rank(&params, "here").regions[0].successes;
+        }
+        let per = clock.elapsed() / rounds;
+        assert!(successes > 290_000, "{successes} successes in the windows");
+        println!("tally: 1,000 targets x 300 samples: {per:?} per ranking ({rounds} rankings)");
     }
 }
