@@ -516,9 +516,15 @@ impl Mariadb {
     fn start(id: u32, extra: &[&str]) -> Self {
         let dir = TempDir::new("mariadb");
         let data = dir.0.join("data");
+        // Each server's own temporary directory: bootstraps running at once in the shared
+        // /tmp failed now and then (CI: "Could not remove temporary table
+        // '/tmp/#sql-temptable-...', error: 2", then "Unknown table 'mysql.tmp_user_sys'").
+        let tmp = dir.0.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("mariadb tmpdir");
         run(Command::new("/usr/bin/mariadb-install-db")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -531,6 +537,7 @@ impl Mariadb {
             Command::new("/usr/sbin/mariadbd")
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .arg(format!("--socket={}", socket.display()))
                 .arg(format!("--pid-file={}", dir.0.join("pid").display()))
                 .arg(format!("--log-bin={}", dir.0.join("bin").display()))
