@@ -447,13 +447,24 @@ impl Tally {
         down_after: usize,
         lag: Option<f64>,
     ) {
-        let live = || windows.iter().map(|window| window.at(now));
-        let (mut down_count, mut any_up) = (0, false);
-        for window in live() {
-            match window.down(down_after) {
+        // One pass per window, its expired samples found once.
+        let (mut down_count, mut any_up, mut failing_locally) = (0, false, false);
+        let mut failures = 0;
+        self.scratch.clear();
+        for window in windows {
+            let live = window.at(now);
+            match live.down(down_after) {
                 Some(true) => down_count += 1,
                 Some(false) => any_up = true,
                 None => {}
+            }
+            failing_locally |= live.failing_locally();
+            for latency in live.latencies() {
+                match latency {
+                    FAILED => failures += 1,
+                    LOCAL => {}
+                    latency => self.scratch.push(latency),
+                }
             }
         }
         let down = if !windows.is_empty() && down_count == windows.len() {
@@ -469,15 +480,6 @@ impl Tally {
                 .insert(region.to_owned(), RegionTally::default());
         }
         let tally = self.regions.get_mut(region).expect("inserted above");
-        self.scratch.clear();
-        let mut failures = 0;
-        for latency in live().flat_map(Live::latencies) {
-            match latency {
-                FAILED => failures += 1,
-                LOCAL => {}
-                latency => self.scratch.push(latency),
-            }
-        }
         tally.pool.add_all(&self.scratch);
         let [quantile] = quantiles(&mut self.scratch, [self.quantile]);
         tally.targets.push(TargetSummary {
@@ -487,7 +489,7 @@ impl Tally {
             failures,
             down,
             addresses_down,
-            failing_locally: live().any(Live::failing_locally),
+            failing_locally,
             lag,
         });
     }
