@@ -568,14 +568,29 @@ fn locally_unreachable_route_raw() {
 
 /// The router drops everything for 10.252.0.0/24 (and fd72:7070:252::/64) without a word
 /// (`blackhole`): each probe ends at its timeout, as `timeout`, without a latency sample.
+///
+/// With 100 more targets on loopback, the targets' ticks are 10 ms apart (`BATCH`), shared two
+/// or three at a time: the silent targets share theirs, and their group's task, with `lo4`,
+/// which must get its answer recorded while the group waits out the silent ones' deadline.
 fn silence_is_timeout(kind: Kind, tag: &str, block: u32) {
     let net = routed(kind, tag, block);
     net.router.ip("route add blackhole 10.252.0.0/24");
-    let mut targets = vec![("quiet4", "10.252.0.9"), ("lo4", "127.0.0.1")];
+    let mut targets = vec![
+        ("quiet4".to_owned(), "10.252.0.9".to_owned()),
+        ("lo4".to_owned(), "127.0.0.1".to_owned()),
+    ];
     if net.ipv6 {
         net.router.ip("-6 route add blackhole fd72:7070:252::/64");
-        targets.push(("quiet6", "fd72:7070:252::9"));
+        targets.push(("quiet6".to_owned(), "fd72:7070:252::9".to_owned()));
     }
+    let fillers: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("fill{i}"), format!("127.0.1.{}", i + 1)))
+        .collect();
+    targets.extend(fillers.iter().cloned());
+    let targets: Vec<(&str, &str)> = targets
+        .iter()
+        .map(|(name, host)| (name.as_str(), host.as_str()))
+        .collect();
     let text = config(net.uplink.inside, "500ms", "300ms", &targets);
     let probed = Probed::start(&net.prober, &text);
 
@@ -589,6 +604,9 @@ fn silence_is_timeout(kind: Kind, tag: &str, block: u32) {
         assert_fails_only_with(&s, "quiet6", "timeout");
     }
     assert_healthy(&s, "lo4", 1.0);
+    for (name, _) in &fillers {
+        assert_healthy(&s, name, 1.0);
+    }
     // Nothing came back, so nothing can be unmatched.
     assert_eq!(unmatched(&s, "4"), 0.0);
 }

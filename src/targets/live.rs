@@ -235,6 +235,26 @@ impl LiveTarget {
     }
 }
 
+/// Logs a target's change of state after a probe: down at its first failure (and at start),
+/// up again at its first success after one; every other probe at debug or trace level.
+pub fn log_change(target: &Target, result: &Result<Outcome, Failure>, was_up: &mut Option<bool>) {
+    match result {
+        Err(failure) if *was_up != Some(false) => {
+            tracing::warn!(target = %target.name, region = %target.region, reason = failure.reason.as_str(), detail = %failure.detail, "target down");
+        }
+        Err(failure) => {
+            tracing::debug!(target = %target.name, reason = failure.reason.as_str(), detail = %failure.detail, "probe failed");
+        }
+        Ok(_) if *was_up == Some(false) => {
+            tracing::info!(target = %target.name, region = %target.region, "target up again");
+        }
+        Ok(outcome) => {
+            tracing::trace!(target = %target.name, latency = ?outcome.latency, "probe ok");
+        }
+    }
+    *was_up = Some(result.is_ok());
+}
+
 /// Every live target's window, by region, for the ranking at `now` (scored at `quantile`). The
 /// addresses of an `addresses = "all"` target count as one target whose samples are all of theirs:
 /// it is down when every address is, degraded when some are.

@@ -133,16 +133,26 @@ impl Ticker {
     /// between two calls must fit in the interval (the target's timeout guarantees it); ticks
     /// it overran are skipped and counted.
     pub async fn tick(&mut self) -> Instant {
+        self.tick_for(|| 1).await
+    }
+
+    /// [`Ticker::tick`] for a tick that starts `probes()` probes (a batch's members, counted
+    /// once it woke): each one's lag is observed and each one's skipped ticks are counted, as
+    /// if every probe had its own ticker.
+    pub async fn tick_for(&mut self, probes: impl FnOnce() -> usize) -> Instant {
         sleep_until(self.next).await;
         let now = Instant::now();
+        let probes = probes() as u64;
         let mut late = now - self.next;
         if late >= self.schedule.interval {
             let missed = (late.as_nanos() / self.schedule.interval.as_nanos()) as u32;
-            self.lateness.skipped.inc_by(u64::from(missed));
+            self.lateness.skipped.inc_by(u64::from(missed) * probes);
             self.next += self.schedule.interval * missed;
             late = now - self.next;
         }
-        self.lateness.lag.observe(late.as_secs_f64());
+        for _ in 0..probes {
+            self.lateness.lag.observe(late.as_secs_f64());
+        }
         self.next += self.schedule.interval;
         now
     }
