@@ -5,7 +5,8 @@
 //! - `http`: `/metrics`, the status page, the JSON API, health and reload, behind `[web]`;
 //!   `cmd`: the `rank` and `healthcheck` commands;
 //! - `reflector`: the STAMP session-reflector's thread and counters;
-//! - `targets`: one task per target on its schedule, the live state, and its series;
+//! - `targets`: one task per target (per shared tick for ICMP) on its schedule, the live state,
+//!   and its series;
 //! - `ranking`: the pure engine (windows, scores, failover hysteresis) and the task state
 //!   that keeps it current;
 //! - `probe`: the probers, one file per kind, with the shared ICMP engine, name resolution and

@@ -354,7 +354,13 @@ impl Pinger {
             .map_err(io::Error::from)?,
             // A raw socket gets a copy of every ICMP packet of the host: let the kernel keep
             // only the replies to our identifier and the errors.
-            SocketKind::Raw => socket.attach_filter(&raw_filter(family, ident))?,
+            SocketKind::Raw => {
+                socket.attach_filter(&raw_filter(family, ident))?;
+                if let Err(err) = block_other_icmp_types(&socket, family) {
+                    // The BPF filter still drops them, after the kernel copied each one.
+                    tracing::debug!(ip_version = family.label(), error = %err, "no ICMP type filter");
+                }
+            }
         }
         let timestamps = match wanted {
             Timestamps::Kernel => {
@@ -529,6 +535,51 @@ fn raw_filter(family: IpFamily, ident: u16) -> Vec<SockFilter> {
             SockFilter::new(RET, 0, 0, ACCEPT),
             SockFilter::new(RET, 0, 0, 0),
         ],
+    }
+}
+
+/// The ICMP types a raw socket has a use for: echo reply, destination unreachable, time
+/// exceeded (ICMPv4 0, 3, 11; ICMPv6 129, 1, 3).
+fn wanted_icmp_types(family: IpFamily) -> [u8; 3] {
+    match family {
+        IpFamily::V4 => [0, 3, 11],
+        IpFamily::V6 => [129, 1, 3],
+    }
+}
+
+/// Has the kernel drop every other ICMP type before it copies a packet to the raw socket
+/// (`ICMP_FILTER`, `ICMP6_FILTER`: raw(7), icmp6(4)). The BPF filter runs only on the copy:
+/// without this, each of our own echo requests (the kernel hands a raw socket every ICMP
+/// packet of the host, outgoing requests on loopback included) and every neighbour discovery
+/// packet was cloned, filtered and freed. Both filters are bitmaps of the types to *block*.
+#[allow(unsafe_code)]
+fn block_other_icmp_types(socket: &Socket, family: IpFamily) -> io::Result<()> {
+    const ICMP_FILTER: libc::c_int = 1; // <linux/icmp.h>
+    const ICMP6_FILTER: libc::c_int = 1; // <linux/icmpv6.h>
+    let mut blocked = [u32::MAX; 8];
+    for kind in wanted_icmp_types(family) {
+        blocked[usize::from(kind >> 5)] &= !(1u32 << (kind & 31));
+    }
+    let (level, name, len) = match family {
+        // Only the first word: ICMPv4's filter covers the types below 32 (above, none exist).
+        IpFamily::V4 => (libc::SOL_RAW, ICMP_FILTER, 4),
+        IpFamily::V6 => (libc::IPPROTO_ICMPV6, ICMP6_FILTER, 32),
+    };
+    // SAFETY: `blocked` outlives the call and holds at least `len` bytes; the kernel copies
+    // them and keeps no pointer.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            blocked.as_ptr().cast(),
+            len,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -1190,6 +1241,41 @@ mod tests {
             let _ = quoted_token(IpFamily::V4, &v4[..len.min(v4.len())]);
         }
         assert!(quoted_token(IpFamily::V6, &v6[..56]).is_empty());
+    }
+
+    /// The kernel hands a raw ICMP socket every ICMP packet of the host, our own echo requests
+    /// looped back included; with the type filter, and no BPF filter, only the wanted types
+    /// arrive: the reply to our request, never the request itself.
+    #[test]
+    fn the_type_filter_keeps_our_own_requests_out() {
+        use std::io::Read;
+        let Ok(socket) = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) else {
+            eprintln!("SKIP: a raw ICMP socket needs CAP_NET_RAW");
+            return;
+        };
+        block_other_icmp_types(&socket, IpFamily::V4).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let request = echo_request(IpFamily::V4, rand::random(), 1, &[7; TOKEN_LEN], 16);
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        socket.send_to(&request, &to.into()).unwrap();
+        // Everything that arrives within the timeout (other processes' ICMP too).
+        let mut types = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(len) = (&socket).read(&mut buf) {
+            let header = usize::from(buf[0] & 0x0f) * 4;
+            if len > header {
+                types.push(buf[header]);
+            }
+        }
+        assert!(types.contains(&0), "the echo reply passes: {types:?}");
+        assert!(
+            types
+                .iter()
+                .all(|t| wanted_icmp_types(IpFamily::V4).contains(t)),
+            "only echo replies and errors reach the socket: {types:?}"
+        );
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! The running targets: one task each, started, kept or stopped as configurations arrive.
+//! The running targets: one task each (ICMP targets: one per group that shares a tick, see
+//! [`batch`]), started, kept or stopped as configurations arrive.
 //!
 //! Applying a configuration diffs it against what runs: a target whose resolved config is
 //! unchanged keeps its task, schedule and series; a removed one stops and its series vanish;

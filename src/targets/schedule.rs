@@ -1,4 +1,4 @@
-//! When probes run: one task per target on a fixed-rate schedule.
+//! When probes run: each target (or group of ICMP targets) on a fixed-rate schedule.
 //!
 //! Ticks are `anchor + offset + k * interval`, computed from the anchor rather than from the
 //! previous tick, so they never drift. A tick is late when the runtime wakes us after it; if
