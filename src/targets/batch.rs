@@ -4,9 +4,10 @@
 //! rounds their offsets), so 1,000 targets at 1 s fire in 100 groups of 10. With one task per
 //! target each probe paid for its own timer entry (the tick), a second one (its timeout), a
 //! boxed future and two polls of its task; the timer wheel's walk over scattered entries alone
-//! was a tenth of the prober's CPU (docs/scale.md, "Eighth round"). A group's task waits for
-//! the tick once, sends every member's echo request back to back, and waits for the answers
-//! under one deadline: one timer entry and about two polls per group instead of per target.
+//! was a tenth of the probe thread's CPU (docs/scale.md, seventh and eighth rounds). A group's
+//! task waits for the tick once, sends every member's echo request back to back, and waits for
+//! the answers under one deadline: one timer entry and about two polls per group instead of
+//! per target.
 //!
 //! Only ICMP targets with `addresses = "first"` are grouped: their probe's own work is a few
 //! microseconds, so running a group's probes on one task costs nothing in parallelism. The
@@ -118,7 +119,7 @@ impl Member {
 
 impl Batches {
     /// Whether a target of this kind runs in a group (with `addresses = "first"`).
-    pub fn groups(kind: ProbeKind) -> bool {
+    pub fn grouped(kind: ProbeKind) -> bool {
         kind == ProbeKind::Icmp
     }
 

@@ -192,7 +192,7 @@ impl Supervisor {
             // Spawned apart, not behind one `match` in one task: that task's future would be
             // as large as the larger of the two, for every target.
             let task = match target.addresses {
-                Addresses::First if Batches::groups(kind) => {
+                Addresses::First if Batches::grouped(kind) => {
                     let probe = Probe::new(&target.probe, &shared, &region);
                     Task::Grouped {
                         _membership: self.batches.join(schedule, live, probe, &self.scheduler),
