@@ -29,7 +29,7 @@ use futures_util::future::join_all;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
-use super::live::{LiveTarget, log_change};
+use super::live::LiveTarget;
 use super::schedule::{Schedule, SchedulerMetrics, Ticker};
 use crate::config::ProbeKind;
 use crate::probe::{Failure, Outcome, Probe};
@@ -107,12 +107,8 @@ impl Member {
     }
 
     fn finish(&mut self, started: Instant, result: &Result<Outcome, Failure>) {
-        if let Some(host) = self.probe.host() {
-            self.live
-                .note_resolution(host.is_name(), host.changes(), host.is_stale());
-        }
-        self.live.record(started, result);
-        log_change(&self.live.config, result, &mut self.was_up);
+        self.live
+            .settle(self.probe.host(), started, result, &mut self.was_up);
         self.done = true;
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::series::TargetMetrics;
 use crate::config::{AddressLabel, Addresses, Target};
-use crate::probe::{Failure, Outcome, Reason};
+use crate::probe::{Failure, Host, Outcome, Reason};
 use crate::ranking::{Tally, Window};
 
 /// Every live target by name; the supervisor writes it, scrapes, the ranker and the APIs read.
@@ -146,6 +146,23 @@ impl LiveTarget {
             .record(started, result);
     }
 
+    /// Everything the end of one probe of an `addresses = "first"` target updates: the name's
+    /// resolution state (from the probe's `host`), the series and window ([`Self::record`]),
+    /// and the log line of a change of state (`was_up` is the caller's memory of the last one).
+    pub fn settle(
+        &self,
+        host: Option<&Host>,
+        started: Instant,
+        result: &Result<Outcome, Failure>,
+        was_up: &mut Option<bool>,
+    ) {
+        if let Some(host) = host {
+            self.note_resolution(host.is_name(), host.changes(), host.is_stale());
+        }
+        self.record(started, result);
+        log_change(&self.config, result, was_up);
+    }
+
     /// Runs `read` on the status under its lock; keep it short (it blocks the target's task).
     pub fn with_status<T>(&self, read: impl FnOnce(&Status) -> T) -> T {
         read(&self.status.lock().expect("status lock"))
@@ -237,7 +254,7 @@ impl LiveTarget {
 
 /// Logs a target's change of state after a probe: down at its first failure (and at start),
 /// up again at its first success after one; every other probe at debug or trace level.
-pub fn log_change(target: &Target, result: &Result<Outcome, Failure>, was_up: &mut Option<bool>) {
+fn log_change(target: &Target, result: &Result<Outcome, Failure>, was_up: &mut Option<bool>) {
     match result {
         Err(failure) if *was_up != Some(false) => {
             tracing::warn!(target = %target.name, region = %target.region, reason = failure.reason.as_str(), detail = %failure.detail, "target down");

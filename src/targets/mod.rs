@@ -36,7 +36,7 @@ use tokio::time::{Instant, timeout};
 use crate::config::{Addresses, Config, Target};
 use crate::probe::{Failure, Probe, Reason, Shared};
 use batch::{Batches, Membership};
-use live::{Slot, log_change};
+use live::Slot;
 use schedule::{Schedule, Ticker};
 
 /// What [`Supervisor::apply`] did.
@@ -261,11 +261,7 @@ async fn first_address(mut ticker: Ticker, live: Arc<LiveTarget>, mut probe: Pro
     loop {
         let started = ticker.tick().await;
         let result = Box::pin(bounded(&mut probe, target.timeout)).await;
-        if let Some(host) = probe.host() {
-            live.note_resolution(host.is_name(), host.changes(), host.is_stale());
-        }
-        live.record(started, &result);
-        log_change(target, &result, &mut was_up);
+        live.settle(probe.host(), started, &result, &mut was_up);
     }
 }
 
